@@ -1,0 +1,3 @@
+from capitu.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,66 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = Path(os.environ.get("CAPITU_CORPUS", REPO.parent / "shared" / "corpus"))
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    if not (CORPUS / "MANIFEST.csv").exists():
+        pytest.skip(f"shared corpus not found at {CORPUS} (set CAPITU_CORPUS)")
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def small_corpus(corpus, tmp_path_factory) -> Path:
+    """A folder of a few short real works: Machado's stories and criticism (xz, as shipped)."""
+    folder = tmp_path_factory.mktemp("small_corpus")
+    names = [
+        "machado/critica/cenasVida.txt.xz",
+        "machado/critica/fagundes.txt.xz",
+        "machado/critica/garrett.txt.xz",
+        "machado/critica/eduardo.txt.xz",
+        "machado/critica/castroAlves.txt.xz",
+        "machado/critica/idealCritico.txt.xz",
+        "machado/conto/reliquias.txt.xz",
+        "pessoa/poemas.txt.xz",
+    ]
+    for name in names:
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((corpus / name).read_bytes())
+    return folder
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    from capitu.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse errors and --help
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def prepare_folder(source: Path, out: Path, **options) -> dict:
+    from capitu.data.prepare import PrepareOptions, prepare
+
+    return prepare(PrepareOptions(source=str(source), out=out, progress=False, **options))
+
+
+@pytest.fixture(scope="session")
+def prepared_bpe(small_corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "bpe"
+    prepare_folder(small_corpus, out, vocab_size=2048)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_char(small_corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "char"
+    prepare_folder(small_corpus, out, tokenizer="char")
+    return out
