@@ -1,0 +1,1 @@
+"""Data: read sources, clean, deduplicate, split, tokenize, write token files."""
