@@ -1,0 +1,206 @@
+"""Typed configuration: dataclasses, TOML presets shipped in the package, dotted overrides.
+
+`load_config("tiny", file, ["model.pos=rope"])` starts from the dataclass defaults, applies
+the preset `capitu/presets/tiny.toml`, then a user TOML file, then `--set` overrides. Every
+key is checked against the dataclass fields and every value against the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capitu.errors import UserError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+MODEL_KINDS = ("gpt", "ffn")
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "gpt"  # gpt, or ffn (Bengio et al. 2003)
+    vocab_size: int = 0  # 0: taken from the data's tokenizer
+    block_size: int = 256  # training context length
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 0  # 0: n_head (multi-head); 1: multi-query; in between: grouped-query
+    n_embd: int = 128
+    pos: str = "learned"
+    rope_base: float = 10000.0
+    mlp_ratio: float = 4.0
+    mlp_hidden: int = 0  # 0: mlp_ratio * n_embd
+    bias: bool = True
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    ffn_context: int = 5  # Bengio's n: tokens the feed-forward model sees
+    ffn_hidden: int = 512
+    ffn_direct: bool = True  # Bengio's direct connections from the embeddings to the output
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden or int(round(self.mlp_ratio * self.n_embd))
+
+    def validate(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise UserError(f"model.kind must be one of {', '.join(MODEL_KINDS)}, got '{self.kind}'")
+        if self.pos not in POSITIONS:
+            raise UserError(f"model.pos must be one of {', '.join(POSITIONS)}, got '{self.pos}'")
+        positive = ["block_size", "n_layer", "n_head", "n_embd", "ffn_context", "ffn_hidden"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if self.n_kv_head < 0 or self.n_head % self.kv_heads:
+            raise UserError(
+                f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head})"
+            )
+        if self.pos == "rope" and self.head_dim % 2:
+            raise UserError(f"rope needs an even head size, got {self.head_dim}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+def check_type(value, kind, key: str):
+    """`value` as the field's type (ints are accepted for floats), or a UserError."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float, str, bool) and type(value) is kind:
+        return value
+    if typing.get_origin(kind) is list and isinstance(value, list):
+        return value
+    raise UserError(f"{key} must be of type {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def parse_value(text: str):
+    """A `--set` value as TOML reads it (numbers, booleans, quoted strings); else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply(target, values: dict, prefix: str = "") -> None:
+    """Set nested dataclass fields from a dict, checking every key and type."""
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    hints = typing.get_type_hints(type(target))
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise UserError(f"unknown config key '{name}' (known: {', '.join(prefix + f for f in fields)})")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"{name} is a section; set its keys, e.g. {name}.{dataclasses.fields(current)[0].name}")
+            apply(current, value, f"{name}.")
+        else:
+            setattr(target, key, check_type(value, hints[key], name))
+
+
+def overrides_to_dict(overrides: list[str]) -> dict:
+    nested: dict = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value, got '{item}'")
+        *parents, leaf = key.strip().split(".")
+        level = nested
+        for parent in parents:
+            level = level.setdefault(parent, {})
+        level[leaf] = parse_value(text.strip())
+    return nested
+
+
+def read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: invalid TOML: {error}") from None
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def load_layers(config, preset: str | None, file: Path | None, overrides: list[str]):
+    """Apply preset, file and overrides, in that order, onto `config`."""
+    if preset:
+        if preset not in preset_names():
+            raise UserError(f"unknown preset '{preset}' (known: {', '.join(preset_names())})")
+        apply(config, read_toml(PRESETS_DIR / f"{preset}.toml"))
+    if file:
+        apply(config, read_toml(file))
+    apply(config, overrides_to_dict(overrides))
+    return config
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls, values: dict):
+    config = cls()
+    apply(config, values)
+    return config
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decay floor, as a share of lr
+    warmup_steps: int = 50
+    weight_decay: float = 0.1  # weight matrices only; never biases, norms or gains
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0: no clipping
+    batch_tokens: int = 8192  # tokens per optimizer step, over micro-batches and processes
+    micro_batch: int = 16  # sequences per forward pass
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # a folder made by `capitu prepare`
+
+
+@dataclass
+class RunConfig:
+    tokens: int = 0  # budget in training tokens (0: none)
+    steps: int = 0  # budget in optimizer steps (0: none)
+    time: float = 0.0  # budget in seconds of training (0: none)
+    seed: int = 1337
+    device: str = "auto"  # auto (cuda, mps, cpu), or a torch device name
+    dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 elsewhere; or float32, bfloat16
+    compile: bool = False
+    eval_every: int = 100  # steps between validations
+    eval_windows: int = 32  # validation windows, the same ones every time
+    log_every: int = 10
+    checkpoint_every: int = 200
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def load_config(preset: str | None = None, file: Path | None = None, overrides: list[str] = ()) -> Config:
+    config = load_layers(Config(), preset, file, list(overrides))
+    config.model.validate()
+    return config

@@ -1,0 +1,181 @@
+"""GPT-2, with switchable position encodings and grouped-query attention.
+
+With `pos="learned"` and `n_kv_head == n_head` this is exactly GPT-2 (pre-LayerNorm blocks,
+tanh GELU, 4x MLP, tied embeddings, scaled residual initialisation); module names follow
+HF's GPT2LMHeadModel so that weights map one to one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from capitu.config import ModelConfig
+from capitu.errors import UserError
+from capitu.models.kv_cache import KVCache
+from capitu.models.positions import alibi_bias, alibi_slopes, apply_rope, rope_angles, sinusoidal
+
+
+class ContextTooLong(UserError):
+    pass
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        # one projection for queries, keys and values: n_head + 2 * n_kv_head heads
+        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope=None, bias=None, cache: KVCache | None = None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2
+        )
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(self.layer, k, v)
+        if bias is not None:  # ALiBi: the bias carries the causal mask too
+            mask, causal = bias.to(q.dtype), False
+        elif past and T > 1:  # queries past the cache see the cache and their own prefix
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+            causal = False
+        else:  # no cache: plain causal; one new token: it sees everything cached
+            mask, causal = None, past == 0
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, H * d)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope=None, bias=None, cache=None):
+        x = x + self.attn(self.ln_1(x), rope, bias, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    supports_kv_cache = True
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        if config.vocab_size < 1:
+            raise UserError("model.vocab_size must be set (it comes from the data's tokenizer)")
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        if config.pos == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        if config.pos == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(config.n_head), persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), one per residual add
+        for name, parameter in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def new_cache(self, batch: int, max_length: int, dtype=None, device=None) -> KVCache:
+        c = self.config
+        weight = self.transformer.wte.weight
+        return KVCache(c.n_layer, batch, c.kv_heads, max_length, c.head_dim, dtype or weight.dtype, device or weight.device)
+
+    def kv_bytes_per_token(self, bytes_per_value: int = 4) -> int:
+        """Keys and values of every layer for one position: 2 * layers * kv heads * head size."""
+        c = self.config
+        return 2 * c.n_layer * c.kv_heads * c.head_dim * bytes_per_value
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+        """idx (B, T) token ids -> logits (B, T, V) and, with targets (B, T), the mean loss."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        positions = torch.arange(start, start + T, device=idx.device)
+        x = self.transformer.wte(idx)
+        pos = self.config.pos
+        if pos == "learned":
+            if start + T > self.config.block_size:
+                raise ContextTooLong(
+                    f"learned positions stop at {self.config.block_size} tokens; got {start + T} "
+                    "(crop the context, or use a model with sinusoidal, rope, alibi or no positions)"
+                )
+            x = x + self.transformer.wpe(positions)
+        elif pos == "sinusoidal":
+            x = x + sinusoidal(positions, self.config.n_embd).to(x.dtype)
+        rope = rope_angles(positions, self.config.head_dim, self.config.rope_base) if pos == "rope" else None
+        bias = alibi_bias(self.alibi_slopes, positions, start + T) if pos == "alibi" else None
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, rope, bias, cache)
+        if cache is not None:
+            cache.advance(T)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Unique parameters; without embeddings: less the token and position tables (an
+        untied output layer is a projection and stays)."""
+        total = sum(p.numel() for p in self.parameters())
+        if not embeddings:
+            total -= self.transformer.wte.weight.numel()
+            if "wpe" in self.transformer:
+                total -= self.transformer.wpe.weight.numel()
+        return total
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (PaLM appendix B, as nanoGPT): 6N + 12 * L * H * d * T,
+        N the parameters less position embeddings (the tied output layer does the work)."""
+        c = self.config
+        n = self.num_params() - (self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0)
+        return 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * c.block_size
