@@ -38,7 +38,7 @@ def add_prepare(commands) -> None:
     p.add_argument("--cache", type=Path, default=None, help="download cache for named sources "
                    "(default $CAPITU_CACHE or ~/.cache/capitu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(run=run_prepare)
+    p.set_defaults(handler=run_prepare)
 
 
 def run_prepare(args) -> None:
@@ -55,6 +55,69 @@ def run_prepare(args) -> None:
     print(format_summary(prepare(options)))
 
 
+def add_models(commands) -> None:
+    p = commands.add_parser(
+        "models", help="table of the model variants of a preset: parameters, KV-cache bytes per token",
+        description="Build every variant of the grid on a preset and print its parameter counts, "
+        "training FLOPs per token and KV-cache bytes per token (fp32 and bf16).",
+    )
+    p.add_argument("--preset", default="tiny", help="tiny, small or gpt2 (default tiny)")
+    p.add_argument("--vocab-size", type=int, default=16384, help="vocabulary size (default 16384)")
+    p.add_argument("--grid", type=Path, default=None, help="a grid TOML file (default: the shipped grid)")
+    p.set_defaults(handler=run_models)
+
+
+def run_models(args) -> None:
+    from capitu.config import load_config
+    from capitu.models import build_model
+    from capitu.models.variants import load_grid, variant_config
+
+    base = load_config(args.preset, overrides=[f"model.vocab_size={args.vocab_size}"])
+    print(f"preset {args.preset}, vocab {args.vocab_size:,}, context {base.model.block_size}")
+    print(f"{'variant':<11} {'params':>12} {'non-emb':>12} {'GFLOP/tok':>10} {'KV B/tok fp32':>14} {'bf16':>8}")
+    for variant in load_grid(args.grid):
+        model = build_model(variant_config(base, variant).model)
+        print(f"{variant.name:<11} {model.num_params():>12,} {model.num_params(False):>12,} "
+              f"{model.flops_per_token() / 1e9:>10.3f} {model.kv_bytes_per_token(4):>14,} {model.kv_bytes_per_token(2):>8,}")
+
+
+def add_export(commands) -> None:
+    p = commands.add_parser(
+        "export", help="export a run's model to HF transformers' GPT-2 format",
+        description="Write the GPT-2-equivalent model of RUN (learned positions, multi-head) as a folder "
+        "that transformers.GPT2LMHeadModel.from_pretrained loads, tokenizer included.",
+    )
+    p.add_argument("run", type=Path, help="a run or model folder (model.safetensors, config.json)")
+    p.add_argument("--format", choices=["hf"], default="hf", help="output format (hf)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")
+    p.set_defaults(handler=_export)
+
+
+def _export(args) -> None:
+    from capitu.models.hf import export_hf
+
+    export_hf(args.run, args.out)
+    print(f"exported {args.run} to {args.out} (HF GPT2LMHeadModel)")
+
+
+def add_import(commands) -> None:
+    p = commands.add_parser(
+        "import", help="bring an HF GPT-2 checkpoint in as a capitu model folder",
+        description="Convert an HF GPT-2 folder (config.json, model.safetensors, tokenizer.json) into a "
+        "capitu model folder that eval and generate use.",
+    )
+    p.add_argument("folder", type=Path, help="an HF GPT-2 folder")
+    p.add_argument("--out", type=Path, required=True, help="the capitu model folder to write")
+    p.set_defaults(handler=_import)
+
+
+def _import(args) -> None:
+    from capitu.models.hf import import_hf
+
+    import_hf(args.folder, args.out)
+    print(f"imported {args.folder} into {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="capitu",
@@ -63,13 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"capitu {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add_prepare(commands)
+    add_models(commands)
+    add_export(commands)
+    add_import(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        args.handler(args)
     except UserError as error:
         print(f"capitu: error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,87 @@
+"""Model checkpoints: `model.safetensors` + `config.json` (+ the data's `tokenizer.json`).
+
+Enough to rebuild, evaluate and generate with no training state. Loading never runs code
+from a file: weights come from safetensors, everything else from JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from capitu.config import ModelConfig, from_dict, to_dict
+from capitu.errors import UserError
+from capitu.models import build_model
+
+MODEL_FORMAT = "capitu-model/1"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TOKENIZER = "tokenizer.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    partial.write_bytes(data)
+    partial.replace(path)
+
+
+def atomic_write_json(path: Path, content: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(content, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without the tied output weight (safetensors stores no shared tensors)."""
+    state = model.state_dict()
+    if getattr(model.config, "tie_embeddings", False) and "lm_head.weight" in state:
+        state.pop("lm_head.weight")
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_model(folder: Path, model: torch.nn.Module, extra: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{WEIGHTS}.tmp-{os.getpid()}"
+    save_file(unique_state_dict(model), str(partial), metadata={"format": MODEL_FORMAT})
+    partial.replace(folder / WEIGHTS)
+    atomic_write_json(folder / CONFIG, {"format": MODEL_FORMAT, "model": to_dict(model.config), **(extra or {})})
+
+
+def read_config(folder: Path) -> dict:
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file():
+        raise UserError(f"{folder} is not a capitu run or model folder (no {CONFIG})")
+    try:
+        content = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"{folder / CONFIG}: corrupt: {error}") from None
+    if not isinstance(content, dict) or content.get("format") != MODEL_FORMAT:
+        raise UserError(f"{folder / CONFIG}: not a capitu model config")
+    return content
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"{path}: corrupt or unreadable weights: {error}") from None
+
+
+def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model of a run or model folder; returns (model in eval mode, config.json)."""
+    folder = Path(folder)
+    content = read_config(folder)
+    config = from_dict(ModelConfig, content["model"])
+    model = build_model(config)
+    state = load_weights(folder / WEIGHTS)
+    if config.tie_embeddings and "lm_head.weight" in model.state_dict():
+        state["lm_head.weight"] = state.get("transformer.wte.weight")
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise UserError(f"{folder / WEIGHTS}: weights do not match the config: {first}") from None
+    return model.to(device).eval(), content

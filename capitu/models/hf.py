@@ -1,0 +1,121 @@
+"""Interop with HF transformers' GPT2LMHeadModel, without importing transformers.
+
+The GPT-2-equivalent configuration (learned positions, multi-head attention, biases, tied
+embeddings) maps one to one: the same parameter names, with HF's Conv1D weights stored
+transposed ([in, out]) where nn.Linear stores [out, in].
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from capitu.checkpoint import TOKENIZER, atomic_write_json, load_model, load_weights, save_model, unique_state_dict
+from capitu.config import ModelConfig
+from capitu.errors import UserError
+from capitu.models import GPT
+from capitu.tokenizer import EOT, load_tokenizer
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers some versions save
+
+
+def check_exportable(config: ModelConfig) -> None:
+    problems = []
+    if config.kind != "gpt":
+        problems.append("model.kind must be gpt")
+    if config.pos != "learned":
+        problems.append(f"model.pos is {config.pos}, GPT-2 has learned positions")
+    if config.kv_heads != config.n_head:
+        problems.append(f"model.n_kv_head is {config.kv_heads}, GPT-2 has multi-head attention ({config.n_head})")
+    if not config.bias:
+        problems.append("GPT-2 has biases (model.bias = true)")
+    if not config.tie_embeddings:
+        problems.append("GPT-2 ties input and output embeddings")
+    if problems:
+        raise UserError("only the GPT-2-equivalent configuration exports to HF: " + "; ".join(problems))
+
+
+def hf_config(config: ModelConfig) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": config.hidden,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+    }
+
+
+def export_hf(run: Path, out: Path) -> None:
+    """Write a folder that GPT2LMHeadModel.from_pretrained (and AutoTokenizer) load."""
+    model, _ = load_model(run)
+    check_exportable(model.config)
+    if not (run / TOKENIZER).is_file() or load_tokenizer(run / TOKENIZER).kind != "bpe":
+        raise UserError("HF export needs the run's BPE tokenizer.json (a char tokenizer has no HF equivalent)")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"output folder {out} is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for name, tensor in unique_state_dict(model).items():
+        state[name] = tensor.t().contiguous() if name.endswith(CONV1D) else tensor
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    atomic_write_json(out / "config.json", hf_config(model.config))
+    shutil.copyfile(run / TOKENIZER, out / TOKENIZER)
+    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    atomic_write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size, **special,
+    })
+    atomic_write_json(out / "special_tokens_map.json", special)
+
+
+def import_hf(folder: Path, out: Path) -> None:
+    """Bring an HF GPT-2 checkpoint folder (config.json + model.safetensors) in as a capitu
+    model folder."""
+    try:
+        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"{folder}: cannot read config.json: {error}") from None
+    if hf.get("model_type") != "gpt2":
+        raise UserError(f"{folder}: model_type is {hf.get('model_type')!r}, only gpt2 can be imported")
+    if hf.get("activation_function", "gelu_new") != "gelu_new":
+        raise UserError(f"{folder}: activation {hf['activation_function']} is not GPT-2's gelu_new")
+    if not (folder / "model.safetensors").is_file():
+        raise UserError(f"{folder}: no model.safetensors")
+    config = ModelConfig(
+        kind="gpt", vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+        n_head=hf["n_head"], n_embd=hf["n_embd"], pos="learned",
+        mlp_hidden=hf.get("n_inner") or 4 * hf["n_embd"], dropout=0.0, bias=True, tie_embeddings=True,
+    )
+    model = GPT(config)
+    state = {}
+    for name, tensor in load_weights(folder / "model.safetensors").items():
+        if name.endswith(HF_BUFFERS):
+            continue
+        name = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
+        state[name] = tensor.t().contiguous() if name.endswith(CONV1D) else tensor
+    state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as error:
+        raise UserError(f"{folder}: weights do not match its config: {str(error).splitlines()[0]}") from None
+    save_model(out, model, {"imported_from": str(folder)})
+    if (folder / TOKENIZER).is_file():
+        shutil.copyfile(folder / TOKENIZER, out / TOKENIZER)

@@ -1,0 +1,54 @@
+"""Named model variants (`capitu/presets/grid.toml` or a user's grid file) applied to a preset."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capitu.config import PRESETS_DIR, Config, apply, overrides_to_dict, read_toml
+from capitu.errors import UserError
+from capitu.models import build_model
+
+
+@dataclass
+class Variant:
+    name: str
+    set: list[str] = field(default_factory=list)
+    kv_divisor: int = 0
+    widen: bool = False
+
+
+def load_grid(path: Path | None = None) -> list[Variant]:
+    content = read_toml(path or PRESETS_DIR / "grid.toml")
+    variants = []
+    for entry in content.get("variant", []):
+        try:
+            variants.append(Variant(**entry))
+        except TypeError as error:
+            raise UserError(f"grid entry {entry.get('name', '?')}: {error}") from None
+    if not variants or len({v.name for v in variants}) != len(variants):
+        raise UserError("a grid needs at least one [[variant]], with distinct names")
+    return variants
+
+
+def widen_to_match(config: Config, target_params: int) -> None:
+    """Set model.mlp_hidden so that the model has about `target_params` parameters: each MLP
+    hidden unit costs 2 * n_embd weights (+1 bias) in every layer."""
+    current = build_model(config.model).num_params()
+    per_unit = config.model.n_layer * (2 * config.model.n_embd + int(config.model.bias))
+    config.model.mlp_hidden = config.model.hidden + round((target_params - current) / per_unit)
+
+
+def variant_config(base: Config, variant: Variant) -> Config:
+    """The base config with the variant's changes; `base.model.vocab_size` must be set."""
+    config = copy.deepcopy(base)
+    apply(config, overrides_to_dict(variant.set))
+    if variant.kv_divisor:
+        if config.model.n_head % variant.kv_divisor:
+            raise UserError(f"variant {variant.name}: n_head {config.model.n_head} not divisible by {variant.kv_divisor}")
+        config.model.n_kv_head = config.model.n_head // variant.kv_divisor
+    config.model.validate()
+    if variant.widen:
+        widen_to_match(config, build_model(base.model).num_params())
+    return config

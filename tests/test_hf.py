@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+import transformers
+
+from capitu.checkpoint import load_model, save_model
+from capitu.config import ModelConfig
+from capitu.models import GPT
+from capitu.models.hf import export_hf, import_hf
+from capitu.errors import UserError
+
+from conftest import run_cli
+
+
+def hf_model(vocab=128):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=48, n_layer=2, n_head=4,
+                                     resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def test_weights_from_hf_give_the_same_logits(tmp_path):
+    reference = hf_model()
+    reference.save_pretrained(tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "ours")
+    model, _ = load_model(tmp_path / "ours")
+    idx = torch.randint(0, 128, (2, 40))
+    with torch.no_grad():
+        expected = reference(idx).logits
+    torch.testing.assert_close(model(idx)[0], expected, atol=1e-5, rtol=0)
+
+
+def test_export_then_import_round_trips(tmp_path, prepared_bpe):
+    torch.manual_seed(0)
+    vocab = json.loads((prepared_bpe / "meta.json").read_text())["tokenizer"]["vocab_size"]
+    model = GPT(ModelConfig(vocab_size=vocab, block_size=64, n_layer=2, n_head=4, n_embd=32)).eval()
+    save_model(tmp_path / "run", model)
+    (tmp_path / "run" / "tokenizer.json").write_bytes((prepared_bpe / "tokenizer.json").read_bytes())
+    export_hf(tmp_path / "run", tmp_path / "hf")
+    loaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    idx = torch.randint(0, vocab, (2, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx).logits, model(idx)[0], atol=1e-5, rtol=0)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "Não há de consentir? — disse-me ele."
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    import_hf(tmp_path / "hf", tmp_path / "back")
+    back, _ = load_model(tmp_path / "back")
+    for name, value in model.state_dict().items():
+        assert torch.equal(back.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("change", [{"pos": "rope"}, {"n_kv_head": 2}, {"bias": False}, {"kind": "ffn"}])
+def test_other_variants_refuse_to_export(tmp_path, change, capsys):
+    from capitu.models import build_model
+
+    model = build_model(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=16, **change))
+    save_model(tmp_path / "run", model)
+    code, _, err = run_cli(["export", tmp_path / "run", "--format", "hf", "--out", tmp_path / "hf"], capsys)
+    assert code == 2 and "only the GPT-2-equivalent configuration exports" in err
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=16))
+    save_model(tmp_path / "run", model)
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="corrupt or unreadable weights"):
+        load_model(tmp_path / "run")
+    with pytest.raises(UserError, match="not a capitu run"):
+        load_model(tmp_path)

@@ -1,0 +1,173 @@
+import math
+
+import pytest
+import torch
+
+from capitu.config import ModelConfig, load_config
+from capitu.models import GPT, ContextTooLong, FeedForwardLM, build_model
+from capitu.models.positions import alibi_slopes, apply_rope, rope_angles, sinusoidal
+from capitu.models.variants import load_grid, variant_config
+
+V = 97
+POSITIONS = ["learned", "sinusoidal", "rope", "alibi", "none"]
+ATTENTION = [0, 2, 1]  # multi-head, grouped-query, multi-query (n_head = 4)
+
+
+def gpt(pos="learned", n_kv_head=0, **changes):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_kv_head=n_kv_head, n_embd=32, pos=pos, **changes)
+    return GPT(config).eval()
+
+
+def ffn(**changes):
+    torch.manual_seed(0)
+    return FeedForwardLM(ModelConfig(kind="ffn", vocab_size=V, n_embd=16, ffn_context=3, ffn_hidden=32, **changes)).eval()
+
+
+@pytest.mark.parametrize("pos", POSITIONS)
+@pytest.mark.parametrize("n_kv_head", ATTENTION)
+def test_causality(pos, n_kv_head):
+    model = gpt(pos, n_kv_head)
+    idx = torch.randint(0, V, (2, 16))
+    changed = idx.clone()
+    changed[:, 9] = (idx[:, 9] + 1) % V
+    a, _ = model(idx)
+    b, _ = model(changed)
+    assert torch.equal(a[:, :9], b[:, :9])
+    assert not torch.allclose(a[:, 9:], b[:, 9:])
+
+
+@pytest.mark.parametrize("pos", POSITIONS)
+@pytest.mark.parametrize("n_kv_head", ATTENTION)
+@pytest.mark.parametrize("prompt", [1, 5])
+def test_cache_parity(pos, n_kv_head, prompt):
+    model = gpt(pos, n_kv_head)
+    idx = torch.randint(0, V, (3, 20))
+    full, _ = model(idx)
+    cache = model.new_cache(batch=3, max_length=20)
+    pieces = [model(idx[:, :prompt], cache=cache)[0]]
+    for t in range(prompt, 20):
+        pieces.append(model(idx[:, t:t + 1], cache=cache)[0])
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+    # a second multi-token chunk after a filled cache (prefill in two parts)
+    cache = model.new_cache(batch=3, max_length=20)
+    chunked = torch.cat([model(idx[:, :7], cache=cache)[0], model(idx[:, 7:], cache=cache)[0]], 1)
+    torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_bytes_scale_with_kv_heads():
+    sizes = {}
+    for n_kv_head in (4, 2, 1):
+        model = gpt("learned", n_kv_head)
+        cache = model.new_cache(batch=2, max_length=32)
+        sizes[n_kv_head] = cache.nbytes
+        assert cache.bytes_per_token() == model.kv_bytes_per_token(4) == 2 * 2 * n_kv_head * 8 * 4
+    assert sizes[4] == 2 * sizes[2] == 4 * sizes[1]
+
+
+def test_gqa_equals_mha_with_repeated_heads():
+    """A GQA model whose K/V heads, repeated per group, are an MHA model's K/V heads."""
+    mha, gqa = gpt("rope", 0), gpt("rope", 2)
+    head_dim, groups = 8, 2
+    with torch.no_grad():
+        state = gqa.state_dict()
+        for name, value in state.items():
+            if "c_attn" not in name and name in mha.state_dict():
+                mha.state_dict()[name].copy_(value)
+        for layer in range(2):
+            for kind in ("weight", "bias"):
+                w = state[f"transformer.h.{layer}.attn.c_attn.{kind}"]
+                q, k, v = w.split([4 * head_dim, 2 * head_dim, 2 * head_dim])
+                repeat = lambda t: t.view(2, head_dim, *t.shape[1:]).repeat_interleave(groups, 0).reshape(4 * head_dim, *t.shape[1:])
+                mha.state_dict()[f"transformer.h.{layer}.attn.c_attn.{kind}"].copy_(torch.cat([q, repeat(k), repeat(v)]))
+    idx = torch.randint(0, V, (2, 12))
+    torch.testing.assert_close(mha(idx)[0], gqa(idx)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(query_position, key_position):
+        cq, sq = rope_angles(torch.tensor([query_position]), 16, 10000.0)
+        ck, sk = rope_angles(torch.tensor([key_position]), 16, 10000.0)
+        return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum().item()
+
+    assert score(5, 2) == pytest.approx(score(105, 102), abs=1e-4)
+    assert score(5, 2) != pytest.approx(score(5, 4), abs=1e-4)
+
+
+def test_alibi_slopes_follow_the_paper():
+    assert alibi_slopes(8).tolist() == pytest.approx([2 ** -(i + 1) for i in range(8)])
+    # 12 heads: the 8-head slopes, then every other one of the 16-head sequence (2^-0.5 ratio)
+    sixteen = [2 ** (-0.5 * (i + 1)) for i in range(16)]
+    assert alibi_slopes(12).tolist() == pytest.approx([2 ** -(i + 1) for i in range(8)] + sixteen[0::2][:4])
+
+
+def test_sinusoidal_table_is_the_closed_form():
+    table = sinusoidal(torch.arange(50), 16)
+    for p in (0, 7, 49):
+        for i in range(8):
+            angle = p / 10000 ** (2 * i / 16)
+            assert table[p, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
+            assert table[p, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
+
+
+def test_learned_positions_refuse_past_the_block_but_others_extrapolate():
+    with pytest.raises(ContextTooLong, match="learned positions stop at 32"):
+        gpt("learned")(torch.zeros(1, 33, dtype=torch.long))
+    for pos in ("sinusoidal", "rope", "alibi", "none"):
+        logits, _ = gpt(pos)(torch.zeros(1, 40, dtype=torch.long))
+        assert logits.shape == (1, 40, V) and torch.isfinite(logits).all()
+
+
+def test_feed_forward_sees_exactly_the_last_n_tokens():
+    model = ffn()
+    idx = torch.randint(1, V, (2, 12))
+    base, _ = model(idx)
+    for changed_position in range(12):
+        changed = idx.clone()
+        changed[:, changed_position] = (idx[:, changed_position] + 1) % V
+        logits, _ = model(changed)
+        differs = [(logits[:, t] - base[:, t]).abs().max().item() > 0 for t in range(12)]
+        assert differs == [changed_position <= t < changed_position + 3 for t in range(12)]
+
+
+def test_feed_forward_matches_a_loop_over_positions():
+    model = ffn()
+    idx = torch.randint(1, V, (1, 6))
+    logits, _ = model(idx)
+    padded = [0, 0] + idx[0].tolist()
+    for t in range(6):
+        x = torch.cat([model.wte.weight[i] for i in padded[t:t + 3]])
+        expected = model.output(torch.tanh(model.hidden(x))) + model.direct(x)
+        torch.testing.assert_close(logits[0, t], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [v.name for v in load_grid()])
+def test_initial_loss_is_near_ln_vocab(variant):
+    torch.manual_seed(0)
+    base = load_config("tiny", overrides=["model.vocab_size=512", "model.block_size=64"])
+    model = build_model(variant_config(base, next(v for v in load_grid() if v.name == variant)).model)
+    idx = torch.randint(0, 512, (4, 64))
+    targets = torch.randint(0, 512, (4, 64))
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(512)) < 0.1
+
+
+def test_widened_variants_match_the_baseline_parameter_count():
+    base = load_config("small", overrides=["model.vocab_size=16384"])
+    grid = {v.name: v for v in load_grid()}
+    baseline = build_model(base.model).num_params()
+    for name in ("gqa-wide", "mqa-wide"):
+        widened = build_model(variant_config(base, grid[name]).model).num_params()
+        assert abs(widened - baseline) / baseline < 1e-3
+    assert build_model(variant_config(base, grid["gqa"]).model).num_params() < 0.95 * baseline
+
+
+def test_gpt2_preset_has_gpt2_small_parameter_count():
+    config = load_config("gpt2", overrides=["model.vocab_size=50257"]).model
+    model = GPT(config)
+    assert model.num_params() == 124_439_808  # GPT-2 small, as HF counts it
+    n = model.num_params() - config.block_size * config.n_embd
+    assert model.flops_per_token() == 6 * n + 12 * 12 * 12 * 64 * 1024
