@@ -6,6 +6,7 @@ Every subcommand turns a `UserError` into a one-line message and exit code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -118,6 +119,59 @@ def _import(args) -> None:
     print(f"imported {args.folder} into {args.out}")
 
 
+def add_train(commands) -> None:
+    p = commands.add_parser(
+        "train", help="train a model from scratch (or resume a run)",
+        description="Train a model on a folder made by `capitu prepare`. The config starts from a preset, "
+        "then --config FILE.toml, then --set overrides (e.g. --set model.pos=rope). "
+        "Under torchrun it trains with DDP: torchrun --nproc_per_node=N -m capitu train ...",
+    )
+    p.add_argument("--data", help="a prepared data folder (train.bin, val.bin, meta.json)")
+    p.add_argument("--preset", default="tiny", help="tiny, small or gpt2 (default tiny)")
+    p.add_argument("--config", type=Path, help="a TOML file with [model], [optim], [data], [run] sections")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. model.n_kv_head=2 (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="the run folder")
+    p.add_argument("--tokens", type=int, help="budget in training tokens (run.tokens)")
+    p.add_argument("--steps", type=int, help="budget in optimizer steps (run.steps; the schedule's length)")
+    p.add_argument("--time", type=float, help="stop after this many seconds of training (run.time)")
+    p.add_argument("--device", help="cuda, mps, cpu (run.device; default: the best available)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--pause-at", type=int, default=0, metavar="STEP",
+                   help="checkpoint and stop at this step (continue later with --resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_train)
+
+
+def run_train(args) -> None:
+    from capitu.config import load_config
+    from capitu.train.trainer import train
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={json.dumps(str(args.data))}")
+    if args.tokens is not None:
+        overrides += [f"run.tokens={args.tokens}", "run.steps=0"]
+    if args.steps is not None:
+        overrides.append(f"run.steps={args.steps}")
+    if args.time is not None:
+        overrides.append(f"run.time={args.time}")
+    if args.device:
+        overrides.append(f"run.device={json.dumps(args.device)}")
+    if not args.resume and not args.data and not any(o.startswith("data.path=") for o in overrides):
+        raise UserError("--data is required (a folder made by capitu prepare)")
+    config = load_config(args.preset, args.config, overrides)
+    last = train(config, args.out, resume=args.resume, pause_at=args.pause_at, progress=not args.quiet)
+    summary = f"step {last.get('step')}, {last.get('tokens', 0):,} tokens, train loss {last.get('train_loss', float('nan')):.4f}"
+    if "val_loss" in last:
+        summary += f", val loss {last['val_loss']:.4f}"
+    if last.get("stopped") in ("SIGINT", "SIGTERM"):
+        print(f"capitu: {last['stopped']}: checkpoint saved at {summary}; continue with --resume", file=sys.stderr)
+        raise SystemExit(130)
+    state = "finished" if last.get("stopped") == "budget" else f"paused ({last.get('stopped')}); continue with --resume"
+    print(f"{args.out}: {state} at {summary}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="capitu",
@@ -129,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models(commands)
     add_export(commands)
     add_import(commands)
+    add_train(commands)
     return parser
 
 

@@ -15,25 +15,28 @@ SPLITS = ("train", "val", "test")
 
 
 def assign_splits(documents: list[Document], seed: int, val_fraction: float, test_fraction: float) -> None:
-    """Set `split` on every kept document: test and validation filled to their byte share
-    first, in shuffled order, the rest to train."""
+    """Set `split` on every kept document. In shuffled order, a document goes to test or
+    validation while it fits under that split's byte share, else to train; a split left
+    empty (a corpus of few large works) then takes the smallest train document."""
     kept = sorted((d for d in documents if not d.removed), key=lambda d: d.name)
     if len(kept) < 3:
         raise UserError(
             f"need at least 3 distinct documents to split train/val/test by document, found {len(kept)}"
         )
     random.Random(seed).shuffle(kept)
-    total = sum(len(d.text.encode("utf-8")) for d in kept)
+    size = {d.name: len(d.text.encode("utf-8")) for d in kept}
+    total = sum(size.values())
     target = {"test": test_fraction * total, "val": val_fraction * total}
     filled = {"test": 0, "val": 0}
-    for document in kept[:-1]:  # the last one always goes to train, so train is never empty
-        # the emptier of the splits still under target first, so both get a document
-        open_splits = [s for s in ("test", "val") if filled[s] < target[s]]
-        split = min(open_splits, key=lambda s: filled[s] / target[s], default="train")
-        document.split = split
-        if split != "train":
-            filled[split] += len(document.text.encode("utf-8"))
-    kept[-1].split = "train"
+    for document in kept:
+        fits = [s for s in ("test", "val") if filled[s] + size[document.name] <= target[s]]
+        document.split = fits[0] if fits else "train"
+        if fits:
+            filled[fits[0]] += size[document.name]
+    for split in ("test", "val"):
+        if not any(d.split == split for d in kept):
+            smallest = min((d for d in kept if d.split == "train"), key=lambda d: (size[d.name], d.name))
+            smallest.split = split
 
 
 def count_leaks(documents: list[Document], min_paragraph_chars: int) -> int:

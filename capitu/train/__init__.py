@@ -1,0 +1,1 @@
+"""Training: seeded window sampling, AdamW with warmup and cosine decay, the loop."""

@@ -1,0 +1,129 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from capitu.config import load_config
+from capitu.train.trainer import train
+
+from conftest import REPO, run_cli
+
+TINY = [
+    "model.n_layer=2", "model.n_head=4", "model.n_embd=32", "model.block_size=32",
+    "optim.micro_batch=8", "optim.batch_tokens=256", "optim.warmup_steps=5", "optim.lr=0.01",
+    "run.eval_every=10", "run.eval_windows=8", "run.log_every=5", "run.checkpoint_every=1000",
+]
+
+
+def config_for(data, *extra):
+    return load_config("tiny", overrides=[*TINY, f'data.path="{data}"', *extra])
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_below_a_unigram_model(prepared_char, tmp_path):
+    last = train(config_for(prepared_char, "run.steps=150", "optim.batch_tokens=512"), tmp_path / "run", progress=False)
+    meta = json.loads((prepared_char / "meta.json").read_text())
+    tokens = np.fromfile(prepared_char / "train.bin", dtype=meta["dtype"])
+    frequencies = np.bincount(tokens, minlength=meta["tokenizer"]["vocab_size"]) / len(tokens)
+    unigram = -(frequencies[frequencies > 0] * np.log(frequencies[frequencies > 0])).sum()
+    first = metrics(tmp_path / "run")[0]
+    assert abs(first["train_loss"] - math.log(meta["tokenizer"]["vocab_size"])) < 0.5
+    assert last["val_loss"] < unigram - 0.2, (last["val_loss"], unigram)
+
+
+def test_exact_resume_is_bit_identical(prepared_char, tmp_path):
+    train(config_for(prepared_char, "run.steps=12", "model.dropout=0.1"), tmp_path / "straight", progress=False)
+    paused = train(config_for(prepared_char, "run.steps=12", "model.dropout=0.1"), tmp_path / "halves",
+                   pause_at=6, progress=False)
+    assert paused["step"] == 6
+    train(config_for(prepared_char, "run.steps=12"), tmp_path / "halves", resume=True, progress=False)
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "halves" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight = {m["step"]: m["train_loss"] for m in metrics(tmp_path / "straight")}
+    halves = {m["step"]: m["train_loss"] for m in metrics(tmp_path / "halves")}
+    assert set(straight) <= set(halves) and 6 in halves  # the pause logs its step too
+    assert all(halves[step] == loss for step, loss in straight.items())
+
+
+def test_run_folder_holds_what_it_promises(prepared_char, tmp_path):
+    train(config_for(prepared_char, "run.steps=10"), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("model.safetensors", "config.json", "train_state.pt", "tokenizer.json", "run.json",
+                 "best/model.safetensors", "best/config.json"):
+        assert (run / name).is_file(), name
+    info = json.loads((run / "run.json").read_text())
+    assert info["config"]["model"]["n_layer"] == 2 and info["versions"]["torch"] == torch.__version__
+    assert info["data_fingerprint"] == json.loads((prepared_char / "meta.json").read_text())["fingerprint"]
+    record = metrics(run)[-1]
+    for key in ("step", "tokens", "train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes"):
+        assert key in record
+    assert record["tokens"] == 10 * 256
+
+
+def test_sigint_leaves_a_checkpoint_that_resumes(prepared_char, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "capitu", "train", "--data", str(prepared_char), "--out", str(run),
+               "--steps", "100000", "--quiet", *sum((["--set", s] for s in TINY), [])]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 2:
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "checkpoint saved" in err and "Traceback" not in err
+    step = torch.load(run / "train_state.pt", weights_only=True)["step"]
+    assert step >= 5
+    last = train(config_for(prepared_char, f"run.steps={step + 3}"), run, resume=True, progress=False)
+    assert last["step"] == step + 3
+
+
+def test_ddp_two_processes_equal_one_with_accumulation(prepared_char, tmp_path):
+    common = ["--data", str(prepared_char), "--steps", "4", "--quiet", *sum((["--set", s] for s in TINY), []),
+              "--set", "optim.batch_tokens=512"]
+    single = subprocess.run([sys.executable, "-m", "capitu", "train", "--out", str(tmp_path / "one"), *common],
+                            capture_output=True, text=True, cwd=REPO)
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    double = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         "-m", "capitu", "train", "--out", str(tmp_path / "two"), *common],
+        capture_output=True, text=True, cwd=REPO, env=env,
+    )
+    assert double.returncode == 0, double.stderr[-2000:]
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["accumulation"] == 2
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["accumulation"] == 1
+    a = load_file(tmp_path / "one" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "model.colour=red"], "unknown config key 'model.colour'"),
+        (["--set", "model.n_kv_head=3"], "must be divisible by model.n_kv_head"),
+        (["--set", "model.block_size=100000000"], "longer than the train split"),
+        (["--data", "{tmp}/missing"], "data folder not found"),
+        (["--resume"], "no readable config.json"),
+    ],
+)
+def test_bad_configs_exit_2(args, message, prepared_char, tmp_path, capsys):
+    args = [a.format(tmp=tmp_path) for a in args]
+    if "--data" not in args:
+        args += ["--data", str(prepared_char)]
+    code, _, err = run_cli(["train", "--out", tmp_path / "run", "--steps", "2", "--quiet", *args], capsys)
+    assert code == 2 and err.startswith("capitu: error: ") and message in err
