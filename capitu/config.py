@@ -52,7 +52,10 @@ class ModelConfig:
     def hidden(self) -> int:
         return self.mlp_hidden or int(round(self.mlp_ratio * self.n_embd))
 
-    def validate(self) -> None:
+    def validate(self, building: bool = False) -> None:
+        """Check every field; `building` a model also needs the vocabulary size."""
+        if building and self.vocab_size < 1:
+            raise UserError("model.vocab_size must be set (it comes from the data's tokenizer)")
         if self.kind not in MODEL_KINDS:
             raise UserError(f"model.kind must be one of {', '.join(MODEL_KINDS)}, got '{self.kind}'")
         if self.pos not in POSITIONS:

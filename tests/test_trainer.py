@@ -127,3 +127,12 @@ def test_bad_configs_exit_2(args, message, prepared_char, tmp_path, capsys):
         args += ["--data", str(prepared_char)]
     code, _, err = run_cli(["train", "--out", tmp_path / "run", "--steps", "2", "--quiet", *args], capsys)
     assert code == 2 and err.startswith("capitu: error: ") and message in err
+
+
+def test_corrupt_training_state_is_a_clear_error(prepared_char, tmp_path, capsys):
+    train(config_for(prepared_char, "run.steps=2"), tmp_path / "run", progress=False)
+    (tmp_path / "run" / "train_state.pt").write_bytes(b"not a checkpoint")
+    code, _, err = run_cli(["train", "--out", tmp_path / "run", "--resume", "--steps", "4", "--quiet"], capsys)
+    assert code == 2 and "corrupt or not a capitu training state" in err
+    code, _, err = run_cli(["train", "--data", prepared_char, "--out", tmp_path / "run", "--steps", "4", "--quiet"], capsys)
+    assert code == 2 and "already holds a run" in err

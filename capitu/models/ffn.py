@@ -12,7 +12,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from capitu.config import ModelConfig
-from capitu.errors import UserError
 from capitu.tokenizer import EOT_ID
 
 
@@ -21,9 +20,7 @@ class FeedForwardLM(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        config.validate()
-        if config.vocab_size < 1:
-            raise UserError("model.vocab_size must be set (it comes from the data's tokenizer)")
+        config.validate(building=True)
         self.config = config
         self.context = config.ffn_context
         width = config.ffn_context * config.n_embd

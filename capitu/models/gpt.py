@@ -92,9 +92,7 @@ class GPT(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        config.validate()
-        if config.vocab_size < 1:
-            raise UserError("model.vocab_size must be set (it comes from the data's tokenizer)")
+        config.validate(building=True)
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
