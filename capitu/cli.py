@@ -172,6 +172,39 @@ def run_train(args) -> None:
     print(f"{args.out}: {state} at {summary}")
 
 
+def add_eval(commands) -> None:
+    p = commands.add_parser(
+        "eval", help="perplexity, bits per byte and word perplexity of a run on a split or a text",
+        description="Score RUN over a whole split (non-overlapping windows of its training context, or "
+        "sliding windows with --stride) or over any text (--text), optionally at other context lengths.",
+    )
+    p.add_argument("run", type=Path, help="a run folder (or its best/ folder)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="default test")
+    p.add_argument("--text", type=Path, help="a text file or folder, cleaned and tokenized as prepare does")
+    p.add_argument("--lengths", help="other context lengths, e.g. 128,256,512,1024,2048")
+    p.add_argument("--stride", type=int, default=0, help="sliding-window step (default: the context, no overlap)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_eval)
+
+
+def run_eval(args) -> None:
+    from capitu.checkpoint import atomic_write_json
+    from capitu.evaluate import evaluate_run, format_table
+
+    try:
+        lengths = [int(n) for n in args.lengths.split(",")] if args.lengths else None
+    except ValueError:
+        raise UserError(f"--lengths expects comma-separated integers, got {args.lengths}") from None
+    if lengths and min(lengths) < 1:
+        raise UserError("--lengths must be positive")
+    result = evaluate_run(args.run, args.split, args.text, lengths, args.stride, args.device, not args.quiet)
+    name = "eval_text.json" if args.text else f"eval_{args.split}.json"
+    atomic_write_json(args.run / name, result)
+    print(json.dumps(result, indent=1) if args.json else format_table(result))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="capitu",
@@ -184,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export(commands)
     add_import(commands)
     add_train(commands)
+    add_eval(commands)
     return parser
 
 

@@ -1,0 +1,138 @@
+"""`capitu eval`: cross-entropy of a run over a whole split or any text, and what it means.
+
+Every token of the split after the first is scored once: non-overlapping windows of the
+training context (or, with `stride`, sliding windows whose last `stride` targets are
+scored, each with the longest context the window allows). From the summed negative log
+likelihood (nats) and meta.json's denominators: loss per token, perplexity, bits per byte,
+bits per character and word-level perplexity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from capitu.checkpoint import TOKENIZER, load_model
+from capitu.data.clean import clean_document
+from capitu.data.sources import decode_text, iter_documents, list_inputs
+from capitu.errors import UserError
+from capitu.tokenizer import load_tokenizer
+
+
+def text_tokens(path: Path, tokenizer) -> tuple[np.ndarray, dict]:
+    """Tokens and denominators of a text file or folder, cleaned and laid out as prepare does
+    (each document preceded by end-of-text)."""
+    ids: list[int] = []
+    counts = {"documents": 0, "bytes": 0, "characters": 0, "words": 0}
+    for raw in iter_documents(path, list_inputs(path)):
+        text = decode_text(raw.data)[0] if raw.data is not None else None
+        if text is None:
+            continue
+        text = clean_document(text, Counter())
+        ids.append(tokenizer.eot_id)
+        ids.extend(tokenizer.encode(text))
+        counts["documents"] += 1
+        counts["bytes"] += len(text.encode("utf-8"))
+        counts["characters"] += len(text)
+        counts["words"] += len(text.split())
+    if not counts["documents"]:
+        raise UserError(f"nothing readable in {path}")
+    counts["tokens"] = len(ids)
+    return np.array(ids, dtype=np.int64), counts
+
+
+def window_plan(n_tokens: int, length: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, first scored target) of each window, whose targets are
+    tokens[start+1 : end+1]. Windows advance by `stride`; each scores only the targets no
+    earlier window scored, so together they score targets 1 .. n_tokens-1 exactly once."""
+    plan = []
+    scored_until, start = 1, 0
+    while scored_until < n_tokens:
+        end = min(start + length, n_tokens - 1)
+        plan.append((start, end, scored_until))
+        scored_until = end + 1
+        start += stride
+    return plan
+
+
+@torch.no_grad()
+def negative_log_likelihood(model, tokens: np.ndarray, length: int, stride: int, device, progress: bool) -> tuple[float, int]:
+    """Summed NLL (nats) over targets 1 .. len(tokens)-1, and their count."""
+    total, scored = 0.0, 0
+    plan = window_plan(len(tokens), length, stride)
+    for start, end, first in tqdm(plan, desc="eval", unit=" windows", disable=not progress):
+        x = torch.from_numpy(np.asarray(tokens[start:end], dtype=np.int64))[None].to(device)
+        y = torch.from_numpy(np.asarray(tokens[start + 1:end + 1], dtype=np.int64))[None].to(device)
+        logits, _ = model(x)
+        keep = first - (start + 1)  # targets before `first` were scored by an earlier window
+        losses = F.cross_entropy(logits[0, keep:].float(), y[0, keep:], reduction="sum")
+        total += losses.item()
+        scored += y.shape[1] - keep
+    return total, scored
+
+
+def metrics(nll: float, scored: int, counts: dict) -> dict:
+    return {
+        "loss": nll / scored,
+        "ppl": math.exp(nll / scored),
+        "bpb": nll / (math.log(2) * counts["bytes"]),
+        "bpc": nll / (math.log(2) * counts["characters"]),
+        "word_ppl": math.exp(nll / counts["words"]),
+        "tokens": scored,
+    }
+
+
+def evaluate_run(run: Path, split: str = "test", text: Path | None = None, lengths: list[int] | None = None,
+                 stride: int = 0, device: str = "cpu", progress: bool = True) -> dict:
+    run = Path(run)
+    model, content = load_model(run, device)
+    config = model.config
+    tokenizer = load_tokenizer(run / TOKENIZER)
+    if text is not None:
+        tokens, counts = text_tokens(Path(text), tokenizer)
+        source = str(text)
+    else:
+        data = Path(content.get("config", {}).get("data", {}).get("path", ""))
+        if not (data / "meta.json").is_file():
+            raise UserError(f"the run's data folder {data} is missing; evaluate with --text PATH")
+        if split not in ("train", "val", "test"):
+            raise UserError(f"--split must be train, val or test, got {split}")
+        meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+        tokens = np.memmap(data / f"{split}.bin", dtype=meta["dtype"], mode="r")
+        counts, source = meta["splits"][split], f"{data} ({split})"
+    block = config.block_size if config.kind == "gpt" else config.ffn_context
+    stride = stride or block
+    if not 0 < stride <= block:
+        raise UserError(f"--stride must be between 1 and the context length {block}")
+    result = {"run": str(run), "source": source, "context": block, "stride": stride,
+              **metrics(*negative_log_likelihood(model, tokens, block, stride, device, progress), counts)}
+    if lengths:
+        result["lengths"] = {}
+        for length in lengths:
+            if config.kind == "gpt" and config.pos == "learned" and length > config.block_size:
+                result["lengths"][str(length)] = {"supported": False,
+                                                  "reason": f"learned positions stop at {config.block_size}"}
+                continue
+            nll, scored = negative_log_likelihood(model, tokens, length, length, device, progress)
+            result["lengths"][str(length)] = {"supported": True, **metrics(nll, scored, counts)}
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{result['run']} on {result['source']}: {result['tokens']:,} tokens scored (context {result['context']}, stride {result['stride']})",
+             f"{'length':>7} {'loss':>8} {'ppl':>10} {'bpb':>7} {'bpc':>7} {'word ppl':>10}"]
+
+    def row(name, m):
+        return f"{name:>7} {m['loss']:>8.4f} {m['ppl']:>10.2f} {m['bpb']:>7.4f} {m['bpc']:>7.4f} {m['word_ppl']:>10.2f}"
+
+    lines.append(row(str(result["context"]), result))
+    for length, m in result.get("lengths", {}).items():
+        lines.append(row(length, m) if m["supported"] else f"{length:>7} not supported ({m['reason']})")
+    return "\n".join(lines)
