@@ -150,18 +150,19 @@ def run_train(args) -> None:
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.path={json.dumps(str(args.data))}")
+    budget = {}  # what the user asked for; on --resume it replaces the saved budget
     if args.tokens is not None:
-        overrides += [f"run.tokens={args.tokens}", "run.steps=0"]
+        budget.update(tokens=args.tokens, steps=0)
     if args.steps is not None:
-        overrides.append(f"run.steps={args.steps}")
+        budget["steps"] = args.steps
     if args.time is not None:
-        overrides.append(f"run.time={args.time}")
+        budget["time"] = args.time
     if args.device:
         overrides.append(f"run.device={json.dumps(args.device)}")
     if not args.resume and not args.data and not any(o.startswith("data.path=") for o in overrides):
         raise UserError("--data is required (a folder made by capitu prepare)")
-    config = load_config(args.preset, args.config, overrides)
-    last = train(config, args.out, resume=args.resume, pause_at=args.pause_at, progress=not args.quiet)
+    config = None if args.resume else load_config(args.preset, args.config, overrides)
+    last = train(config, args.out, resume=args.resume, pause_at=args.pause_at, progress=not args.quiet, budget=budget)
     summary = f"step {last.get('step')}, {last.get('tokens', 0):,} tokens, train loss {last.get('train_loss', float('nan')):.4f}"
     if "val_loss" in last:
         summary += f", val loss {last['val_loss']:.4f}"

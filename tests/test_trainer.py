@@ -47,7 +47,7 @@ def test_exact_resume_is_bit_identical(prepared_char, tmp_path):
     paused = train(config_for(prepared_char, "run.steps=12", "model.dropout=0.1"), tmp_path / "halves",
                    pause_at=6, progress=False)
     assert paused["step"] == 6
-    train(config_for(prepared_char, "run.steps=12"), tmp_path / "halves", resume=True, progress=False)
+    train(None, tmp_path / "halves", resume=True, progress=False)  # the saved budget: 12 steps
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "halves" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -86,7 +86,7 @@ def test_sigint_leaves_a_checkpoint_that_resumes(prepared_char, tmp_path):
     assert process.returncode == 130 and "checkpoint saved" in err and "Traceback" not in err
     step = torch.load(run / "train_state.pt", weights_only=True)["step"]
     assert step >= 5
-    last = train(config_for(prepared_char, f"run.steps={step + 3}"), run, resume=True, progress=False)
+    last = train(None, run, resume=True, progress=False, budget={"steps": step + 3})
     assert last["step"] == step + 3
 
 

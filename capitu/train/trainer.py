@@ -207,14 +207,16 @@ def evaluate(model, tokens: np.ndarray, starts: np.ndarray, block: int, micro_ba
     return sum(losses) / len(starts)
 
 
-def train(config: Config, out: Path, resume: bool = False, pause_at: int = 0, progress: bool = True) -> dict:
-    """Train (or resume) the run in `out`; returns the last metrics line."""
+def train(config: Config | None, out: Path, resume: bool = False, pause_at: int = 0, progress: bool = True,
+          budget: dict | None = None) -> dict:
+    """Train the run in `out` with `config`, or resume it with its saved config (`config` is
+    then ignored); `budget` ({"tokens", "steps", "time"}) replaces the run's budget."""
     out = Path(out)
     if resume:
-        budget = config.run
         config = from_dict(Config, read_saved_config(out))
-        config.run.tokens, config.run.steps, config.run.time = budget.tokens, budget.steps, budget.time
-    elif (out / "config.json").exists():
+    for key, value in (budget or {}).items():
+        setattr(config.run, key, value)
+    if not resume and (out / "config.json").exists():
         raise UserError(f"{out} already holds a run; use --resume to continue it, or another --out")
     config.model.validate()
     device = pick_device(config.run.device, int(os.environ.get("LOCAL_RANK", 0)))
