@@ -284,7 +284,7 @@ def _train(config: Config, out: Path, resume: bool, pause_at: int, show_progress
     peak = peak_flops(device)
     target = min(steps, pause_at) if pause_at else steps
     bar = tqdm(total=target, initial=progress["step"], desc="train", unit=" steps", disable=not (show_progress and ddp.main))
-    stop_reason = "budget"
+    stop_reason = "pause-at" if target < steps else "budget"
     last = {}
     started = time.perf_counter() - progress["elapsed"]
     window_start, window_tokens = time.perf_counter(), 0
