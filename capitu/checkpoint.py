@@ -76,12 +76,17 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[torch.
     content = read_config(folder)
     config = from_dict(ModelConfig, content["model"])
     model = build_model(config)
-    state = load_weights(folder / WEIGHTS)
-    if config.tie_embeddings and "lm_head.weight" in model.state_dict():
+    restore_weights(model, folder / WEIGHTS)
+    return model.to(device).eval(), content
+
+
+def restore_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load saved weights into `model`, re-tying the output layer that saving left out."""
+    state = load_weights(path)
+    if getattr(model.config, "tie_embeddings", False) and "lm_head.weight" in model.state_dict():
         state["lm_head.weight"] = state.get("transformer.wte.weight")
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError) as error:
         first = str(error).strip().splitlines()[0]
-        raise UserError(f"{folder / WEIGHTS}: weights do not match the config: {first}") from None
-    return model.to(device).eval(), content
+        raise UserError(f"{path}: weights do not match the config: {first}") from None

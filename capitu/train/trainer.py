@@ -26,7 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import capitu
-from capitu.checkpoint import TOKENIZER, atomic_write_json, load_weights, save_model
+from capitu.checkpoint import TOKENIZER, atomic_write_json, restore_weights, save_model
 from capitu.config import Config, from_dict, to_dict
 from capitu.errors import UserError
 from capitu.models import build_model
@@ -248,10 +248,7 @@ def _train(config: Config, out: Path, resume: bool, pause_at: int, show_progress
 
     if resume:
         state = load_train_state(out)
-        weights = load_weights(out / "model.safetensors")
-        if config.model.tie_embeddings and "lm_head.weight" in model.state_dict():
-            weights["lm_head.weight"] = weights["transformer.wte.weight"]
-        model.load_state_dict(weights)
+        restore_weights(model, out / "model.safetensors")
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng_cpu"])
