@@ -206,6 +206,113 @@ def run_eval(args) -> None:
     print(json.dumps(result, indent=1) if args.json else format_table(result))
 
 
+def add_generate(commands) -> None:
+    p = commands.add_parser(
+        "generate", help="continue Portuguese prompts with a run's model (KV cache, streaming, comparisons)",
+        description="Sample a continuation of each prompt from RUN. A prompt is read as the start of a "
+        "document (after end-of-text, as in training); an empty prompt starts from end-of-text. "
+        "--compare prints every run's continuation of the same prompts with the same seed.",
+    )
+    p.add_argument("run", type=Path, nargs="?", help="a run or model folder")
+    p.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: empty)")
+    p.add_argument("--prompts", type=Path, help="a UTF-8 file with one prompt per line")
+    p.add_argument("-n", "--new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus: keep the smallest set with this mass (default 1)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL penalty, >1 discourages repeats "
+                   "(default 1: none)")
+    p.add_argument("--seed", type=int, default=1337, help="sampling seed (default 1337)")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="more runs to put side by side")
+    p.add_argument("--markdown", action="store_true", help="with --compare: Markdown tables, a column per run")
+    p.add_argument("--device", default="auto", help="cpu, cuda or mps (default: the best available)")
+    p.set_defaults(handler=run_generate)
+
+
+def run_generate(args) -> None:
+    from capitu.generate import Sampling, compare, complete, load_for_generation, markdown_table, read_prompts
+    from capitu.train.trainer import pick_device
+
+    runs = ([args.run] if args.run else []) + (args.compare or [])
+    if not runs:
+        raise UserError("give a run folder (capitu generate RUN --prompt ...)")
+    if args.new_tokens < 1:
+        raise UserError(f"-n/--new-tokens must be at least 1, got {args.new_tokens}")
+    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    sampling.validate()
+    prompts = (args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
+    prompts = prompts or [""]
+    device = pick_device(args.device, 0)
+    if args.compare:
+        results = compare(runs, prompts, args.new_tokens, sampling, args.seed, device)
+        if args.markdown:
+            print(markdown_table(results))
+            return
+        for entry in results:
+            print(f"=== prompt: {entry['prompt']!r}")
+            for run, text in entry["outputs"].items():
+                print(f"--- {run}\n{text}\n")
+        return
+    model, tokenizer = load_for_generation(runs[0], device)
+    for number, prompt in enumerate(prompts):
+        if number:
+            print("\n" + "-" * 40)
+        if args.stream:
+            print(prompt, end="", flush=True)
+            complete(model, tokenizer, prompt, args.new_tokens, sampling, args.seed,
+                     write=lambda piece: print(piece, end="", flush=True))
+            print()
+        else:
+            print(complete(model, tokenizer, prompt, args.new_tokens, sampling, args.seed))
+
+
+def add_bench(commands) -> None:
+    p = commands.add_parser(
+        "bench", help="tokens/s (training, prefill, decode), peak memory and KV-cache size of a model",
+        description="Measure a run's model (RUN) or a preset's (--preset, with --set overrides): training "
+        "tokens/s, prefill and decode tokens/s at batch 1 and 16, peak memory of training and of "
+        "generation (CUDA: max allocated; CPU: peak RSS of a measuring subprocess), KV-cache bytes per "
+        "token and the SDPA kernel that ran.",
+    )
+    p.add_argument("run", type=Path, nargs="?", help="a run or model folder")
+    p.add_argument("--preset", help="bench a fresh model of this preset instead of a run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --preset: override a config value (repeatable)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or mps (default: the best available)")
+    p.add_argument("--train-steps", type=int, default=5, help="timed training steps (default 5)")
+    p.add_argument("--prompt-length", type=int, default=0, help="prompt tokens (default: half the context)")
+    p.add_argument("--new-tokens", type=int, default=0, help="generated tokens (default: the rest of the context)")
+    p.add_argument("--batch-sizes", default="1,16", help="generation batch sizes (default 1,16)")
+    p.add_argument("--repeats", type=int, default=3, help="generation runs per batch size, best kept (default 3)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(handler=run_bench)
+
+
+def run_bench(args) -> None:
+    from capitu.bench import BenchOptions, bench, config_of_run, format_table
+    from capitu.checkpoint import WEIGHTS, read_config
+    from capitu.config import load_config
+
+    if bool(args.run) == bool(args.preset):
+        raise UserError("give either a run folder or --preset")
+    try:
+        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    except ValueError:
+        raise UserError(f"--batch-sizes expects comma-separated integers, got {args.batch_sizes}") from None
+    options = BenchOptions(args.train_steps, args.prompt_length, args.new_tokens, batch_sizes, args.repeats, args.device)
+    if args.run:
+        if args.overrides:
+            raise UserError("--set applies to --preset only (a run's model is fixed)")
+        config, weights = config_of_run(read_config(args.run)), str(args.run / WEIGHTS)
+    else:
+        config, weights = load_config(args.preset, overrides=args.overrides), None
+        if not config.model.vocab_size:
+            config.model.vocab_size = 16384
+    result = bench(config, weights, options)
+    print(json.dumps(result, indent=1) if args.json else format_table(result))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="capitu",
@@ -219,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_import(commands)
     add_train(commands)
     add_eval(commands)
+    add_generate(commands)
+    add_bench(commands)
     return parser
 
 

@@ -1,7 +1,9 @@
+import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("CAPITU_CORPUS", REPO.parent / "shared" / "corpus"))
@@ -64,3 +66,18 @@ def prepared_char(small_corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "char"
     prepare_folder(small_corpus, out, tokenizer="char")
     return out
+
+
+def make_run(folder: Path, data: Path, **changes):
+    """A small untrained model saved as a run folder on `data` (its tokenizer copied)."""
+    from capitu.checkpoint import save_model
+    from capitu.config import ModelConfig
+    from capitu.models import build_model
+
+    vocab = json.loads((data / "meta.json").read_text())["tokenizer"]["vocab_size"]
+    torch.manual_seed(0)
+    settings = dict(vocab_size=vocab, block_size=64, n_layer=1, n_head=2, n_embd=16) | changes
+    model = build_model(ModelConfig(**settings))
+    save_model(folder, model, {"config": {"data": {"path": str(data)}}})
+    (folder / "tokenizer.json").write_bytes((data / "tokenizer.json").read_bytes())
+    return model

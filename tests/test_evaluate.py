@@ -6,21 +6,10 @@ import pytest
 import torch
 
 from capitu.checkpoint import save_model
-from capitu.config import ModelConfig
 from capitu.evaluate import evaluate_run, window_plan
-from capitu.models import build_model
 from capitu.tokenizer import EOT_ID, load_tokenizer
 
-from conftest import run_cli
-
-
-def make_run(folder, data, **changes):
-    vocab = json.loads((data / "meta.json").read_text())["tokenizer"]["vocab_size"]
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(vocab_size=vocab, block_size=64, n_layer=1, n_head=2, n_embd=16, **changes))
-    save_model(folder, model, {"config": {"data": {"path": str(data)}}})
-    (folder / "tokenizer.json").write_bytes((data / "tokenizer.json").read_bytes())
-    return model
+from conftest import make_run, run_cli
 
 
 def uniform_run(folder, data):

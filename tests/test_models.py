@@ -55,6 +55,16 @@ def test_cache_parity(pos, n_kv_head, prompt):
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("make", [gpt, ffn, lambda: gpt("alibi", 1)])
+def test_last_only_gives_the_last_row_of_the_full_logits(make):
+    model = make()
+    idx = torch.randint(0, V, (2, 11))
+    full, _ = model(idx)
+    last, _ = model(idx, last_only=True)
+    assert last.shape == (2, 1, V)
+    torch.testing.assert_close(last, full[:, -1:])
+
+
 def test_cache_bytes_scale_with_kv_heads():
     sizes = {}
     for n_kv_head in (4, 2, 1):

@@ -35,14 +35,16 @@ class FeedForwardLM(nn.Module):
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None, last_only: bool = False):
         """idx (B, T) -> logits (B, T, V): position t sees tokens t-n+1 .. t (end-of-text
-        before the sequence start)."""
+        before the sequence start); with `last_only`, (B, 1, V) for the last position."""
         B, T = idx.shape
         padded = F.pad(idx, (self.context - 1, 0), value=EOT_ID)  # (B, T + n - 1)
         embedded = self.wte(padded)  # (B, T + n - 1, m)
         windows = embedded.unfold(1, self.context, 1)  # (B, T, m, n)
         x = windows.transpose(2, 3).reshape(B, T, -1)  # (B, T, n * m), oldest token first
+        if last_only:
+            x = x[:, -1:]  # (B, 1, n * m)
         x = self.dropout(x)
         logits = self.output(torch.tanh(self.hidden(x)))
         if self.direct is not None:

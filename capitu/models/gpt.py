@@ -132,8 +132,11 @@ class GPT(nn.Module):
         c = self.config
         return 2 * c.n_layer * c.kv_heads * c.head_dim * bytes_per_value
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
-        """idx (B, T) token ids -> logits (B, T, V) and, with targets (B, T), the mean loss."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False):
+        """idx (B, T) token ids -> logits (B, T, V) and, with targets (B, T), the mean loss;
+        with `last_only`, logits (B, 1, V) of the last position alone (generation needs no more,
+        and the output layer is the costliest matrix of a small model)."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + T, device=idx.device)
@@ -155,6 +158,8 @@ class GPT(nn.Module):
             x = block(x, rope, bias, cache)
         if cache is not None:
             cache.advance(T)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, C)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:

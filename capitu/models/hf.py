@@ -64,6 +64,12 @@ def hf_config(config: ModelConfig) -> dict:
     }
 
 
+def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's weights under GPT2LMHeadModel's names and layouts (tied output left out)."""
+    return {name: tensor.t().contiguous() if name.endswith(CONV1D) else tensor
+            for name, tensor in unique_state_dict(model).items()}
+
+
 def export_hf(run: Path, out: Path) -> None:
     """Write a folder that GPT2LMHeadModel.from_pretrained (and AutoTokenizer) load."""
     model, _ = load_model(run)
@@ -73,10 +79,7 @@ def export_hf(run: Path, out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output folder {out} is not empty")
     out.mkdir(parents=True, exist_ok=True)
-    state = {}
-    for name, tensor in unique_state_dict(model).items():
-        state[name] = tensor.t().contiguous() if name.endswith(CONV1D) else tensor
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
     atomic_write_json(out / "config.json", hf_config(model.config))
     shutil.copyfile(run / TOKENIZER, out / TOKENIZER)
     special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}

@@ -1,0 +1,118 @@
+"""Decode speed of capitu's generation, against references, in one run:
+
+1. the KV cache vs the same model recomputing its whole window every step (nanoGPT's
+   sample.py loop), 256 new tokens;
+2. capitu vs HF transformers' `generate` on the equivalent GPT2LMHeadModel (the same
+   weights, through capitu's HF mapping), greedy, batch 1 and 16;
+3. GQA (n_kv_head = n_head / 4) vs multi-head attention: KV bytes per token and decode speed.
+
+    python benchmarks/decode.py [--preset tiny] [--new-tokens 256] [--rounds 3]
+
+Needs `transformers` (the test extra). Prints tokens/s and ratios; asserts nothing.
+"""
+
+import argparse
+import time
+
+import torch
+import transformers
+
+from capitu.config import load_config
+from capitu.generate import Sampling, generate
+from capitu.models import GPT
+from capitu.models.hf import hf_config, hf_state_dict
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--preset", default="tiny")
+parser.add_argument("--vocab-size", type=int, default=16384)
+parser.add_argument("--prompt-length", type=int, default=16)
+parser.add_argument("--new-tokens", type=int, default=256)
+parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each is kept")
+args = parser.parse_args()
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+GREEDY = Sampling(temperature=0)
+
+
+def build(*overrides: str) -> GPT:
+    # context large enough for prompt + new tokens: no context shift in any of the loops
+    block = max(args.prompt_length + args.new_tokens, 256)
+    config = load_config(args.preset, overrides=[f"model.vocab_size={args.vocab_size}", f"model.block_size={block}",
+                                                 *overrides])
+    torch.manual_seed(0)
+    return GPT(config.model).to(device).eval()
+
+
+def timed(call) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    call()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def recompute(model: GPT, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """nanoGPT's sample.py: crop to the context, run the whole window, keep the last logits."""
+    sequence = prompt
+    for _ in range(new_tokens):
+        logits, _ = model(sequence[:, -model.config.block_size:])
+        sequence = torch.cat([sequence, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return sequence
+
+
+def ours(model, prompt):
+    return generate(model, prompt, args.new_tokens, GREEDY)
+
+
+def best_rate(calls: dict, batch: int) -> dict:
+    """Tokens/s of each call, alternating, best round kept."""
+    best = dict.fromkeys(calls, 0.0)
+    for _ in range(args.rounds):
+        for name, call in calls.items():
+            best[name] = max(best[name], batch * args.new_tokens / timed(call))
+    return best
+
+
+def prompt_of(batch: int) -> torch.Tensor:
+    return torch.randint(1, args.vocab_size, (batch, args.prompt_length), generator=torch.Generator().manual_seed(1)).to(device)
+
+
+print(f"device {device}, torch {torch.__version__}, transformers {transformers.__version__}, "
+      f"threads {torch.get_num_threads()}, preset {args.preset}, prompt {args.prompt_length}, new tokens {args.new_tokens}")
+
+baseline = build()
+prompt = prompt_of(1)
+rates = best_rate({"cache": lambda: ours(baseline, prompt), "recompute": lambda: recompute(baseline, prompt, args.new_tokens)}, 1)
+same = torch.equal(ours(baseline, prompt), recompute(baseline, prompt, args.new_tokens))
+print(f"\n1. KV cache vs recompute, batch 1: {rates['cache']:,.0f} vs {rates['recompute']:,.0f} tok/s, "
+      f"ratio {rates['cache'] / rates['recompute']:.2f} (same tokens: {same})")
+
+hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(baseline.config)))
+hf.load_state_dict(hf_state_dict(baseline), strict=False)  # the tied output layer is rebuilt by tying
+hf = hf.to(device).eval()
+
+
+def hf_generate(prompt):
+    return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens,
+                       min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+
+
+print("\n2. capitu vs HF generate (greedy, same weights)")
+print(f"{'batch':>5} {'capitu tok/s':>13} {'HF tok/s':>10} {'ratio':>6} {'same tokens':>12}")
+for batch in (1, 16):
+    prompt = prompt_of(batch)
+    rates = best_rate({"ours": lambda: ours(baseline, prompt), "hf": lambda: hf_generate(prompt)}, batch)
+    agree = (ours(baseline, prompt) == hf_generate(prompt)).float().mean().item()
+    print(f"{batch:>5} {rates['ours']:>13,.0f} {rates['hf']:>10,.0f} {rates['ours'] / rates['hf']:>6.2f} {agree:>11.1%}")
+
+gqa = build(f"model.n_kv_head={baseline.config.n_head // 4}")
+print(f"\n3. GQA (n_kv_head {gqa.config.kv_heads}) vs MHA (n_kv_head {baseline.config.n_head})")
+mha_bytes, gqa_bytes = baseline.new_cache(1, 256).bytes_per_token(), gqa.new_cache(1, 256).bytes_per_token()
+print(f"KV bytes per token (allocated cache): MHA {mha_bytes:,}, GQA {gqa_bytes:,}, ratio {gqa_bytes / mha_bytes}")
+print(f"{'batch':>5} {'MHA tok/s':>10} {'GQA tok/s':>10} {'GQA/MHA':>8}")
+for batch in (1, 16):
+    prompt = prompt_of(batch)
+    rates = best_rate({"mha": lambda: ours(baseline, prompt), "gqa": lambda: ours(gqa, prompt)}, batch)
+    print(f"{batch:>5} {rates['mha']:>10,.0f} {rates['gqa']:>10,.0f} {rates['gqa'] / rates['mha']:>8.2f}")

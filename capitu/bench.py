@@ -1,0 +1,239 @@
+"""`capitu bench`: speed and memory of a model, training and generating.
+
+Each measurement runs in a fresh subprocess, so that on CPU its peak resident memory (the
+only peak the OS keeps) belongs to that task alone; on CUDA the peak is
+`torch.cuda.max_memory_allocated`. Tokens are random: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from capitu.config import Config, from_dict, to_dict
+from capitu.errors import UserError
+
+SDPA_KERNELS = {  # the aten op scaled_dot_product_attention dispatched to -> its name
+    "_scaled_dot_product_flash_attention_for_cpu": "flash (cpu)",
+    "_scaled_dot_product_flash_attention": "flash",
+    "_scaled_dot_product_efficient_attention": "memory-efficient",
+    "_scaled_dot_product_cudnn_attention": "cudnn",
+    "_scaled_dot_product_attention_math": "math",
+}
+
+
+@dataclass
+class BenchOptions:
+    train_steps: int = 5  # timed optimizer steps (after one warm-up step)
+    prompt_length: int = 0  # 0: half the context
+    new_tokens: int = 0  # 0: half the context
+    batch_sizes: tuple[int, ...] = (1, 16)
+    repeats: int = 3  # generation runs per batch size; the fastest counts
+    device: str = "auto"
+
+
+def peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sdpa_kernel(call) -> str:
+    """Which SDPA implementation `call()` ran, read from the profiler's op names."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        call()
+    names = {event.name.removeprefix("aten::") for event in prof.events()}
+    found = [label for op, label in SDPA_KERNELS.items() if op in names]
+    return ", ".join(found) or "none"
+
+
+def measure_training(config: Config, device: torch.device, options: BenchOptions) -> dict:
+    from capitu.models import build_model
+    from capitu.train.optim import make_optimizer
+    from capitu.train.trainer import autocast_context
+
+    model = build_model(config.model).to(device).train()
+    optimizer = make_optimizer(model, config.optim, device.type)
+    autocast = autocast_context(device, config.run.dtype)
+    batch, block = config.optim.micro_batch, config.model.block_size
+    generator = torch.Generator().manual_seed(0)
+
+    def step():
+        x = torch.randint(0, config.model.vocab_size, (batch, block + 1), generator=generator).to(device)
+        with autocast:
+            _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up: allocations, kernel selection
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(options.train_steps):
+        step()
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    with torch.no_grad(), autocast:
+        kernel = sdpa_kernel(lambda: model(torch.zeros(batch, block, dtype=torch.long, device=device)))
+    return {"train_tok_s": options.train_steps * batch * block / seconds, "train_batch": [batch, block],
+            "peak_train_bytes": peak_bytes(device), "sdpa_kernel_train": kernel}
+
+
+def generation_lengths(config: Config, options: BenchOptions) -> tuple[int, int, int]:
+    """(cache length, prompt length, new tokens): by default half the context each, so the
+    cache never shifts (a window model, which has no cache, uses the same lengths)."""
+    window = config.model.block_size
+    prompt_length = options.prompt_length or window // 2
+    new_tokens = options.new_tokens or window - prompt_length
+    if prompt_length < 1 or new_tokens < 2:
+        raise UserError("bench needs a prompt of at least 1 token and at least 2 new tokens")
+    if config.model.kind == "gpt" and prompt_length + new_tokens > window:
+        raise UserError(f"prompt {prompt_length} + new tokens {new_tokens} exceed the context {window}")
+    return window, prompt_length, new_tokens
+
+
+@torch.no_grad()
+def measure_generation(config: Config, weights: str | None, device: torch.device, options: BenchOptions) -> dict:
+    from capitu.checkpoint import restore_weights
+    from capitu.generate import Sampling, generate
+    from capitu.models import build_model
+
+    model = build_model(config.model)
+    if weights:
+        restore_weights(model, weights)
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(dtype=torch.bfloat16)
+    window, prompt_length, new_tokens = generation_lengths(config, options)
+    greedy = Sampling(temperature=0)
+    result = {"prompt_length": prompt_length, "new_tokens": new_tokens, "prefill_tok_s": {}, "decode_tok_s": {}}
+    generator = torch.Generator().manual_seed(0)
+    for batch in options.batch_sizes:
+        prompt = torch.randint(0, config.model.vocab_size, (batch, prompt_length), generator=generator).to(device)
+        prefill, decode = 0.0, 0.0
+        for _ in range(options.repeats):
+            synchronize(device)
+            started = time.perf_counter()
+            model(prompt, cache=model.new_cache(batch, window) if model.supports_kv_cache else None, last_only=True)
+            synchronize(device)
+            prefill = max(prefill, batch * prompt_length / (time.perf_counter() - started))
+            stamps = []
+
+            def stamp(token):
+                synchronize(device)
+                stamps.append(time.perf_counter())
+
+            generate(model, prompt, new_tokens, greedy, on_tokens=stamp)
+            # from the first new token (prefill done) to the last: decode steps only
+            decode = max(decode, batch * (new_tokens - 1) / (stamps[-1] - stamps[0]))
+        result["prefill_tok_s"][str(batch)] = prefill
+        result["decode_tok_s"][str(batch)] = decode
+    value_bytes = torch.finfo(next(model.parameters()).dtype).bits // 8
+    if model.supports_kv_cache:
+        cache = model.new_cache(1, window)
+        allocated = cache.bytes_per_token()
+        prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
+        model(prompt, cache=cache)
+        kernel = sdpa_kernel(lambda: model(prompt, cache=cache))
+    else:
+        allocated, kernel = 0, "none (no attention)"
+    result.update(peak_generate_bytes=peak_bytes(device), sdpa_kernel_decode=kernel,
+                  kv_bytes_per_token={"shapes": model.kv_bytes_per_token(value_bytes), "allocated": allocated,
+                                      "value_bytes": value_bytes})
+    return result
+
+
+def worker() -> None:
+    """Entry of the measuring subprocess: a JSON job on stdin, a JSON result on stdout."""
+    from capitu.train.trainer import pick_device
+
+    job = json.loads(sys.stdin.read())
+    config, options = from_dict(Config, job["config"]), BenchOptions(**job["options"])
+    options.batch_sizes = tuple(options.batch_sizes)
+    device = pick_device(options.device, 0)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats(device)
+    start_bytes = peak_bytes(device)
+    try:
+        if job["task"] == "train":
+            result = measure_training(config, device, options)
+        else:
+            result = measure_generation(config, job.get("weights"), device, options)
+    except UserError as error:
+        result = {"error": str(error)}
+    result[f"{job['task']}_start_bytes"] = start_bytes
+    result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    print(json.dumps(result))
+
+
+def run_worker(task: str, config: Config, weights: str | None, options: BenchOptions) -> dict:
+    job = json.dumps({"task": task, "config": to_dict(config), "weights": weights, "options": asdict(options)})
+    process = subprocess.run([sys.executable, "-c", "from capitu.bench import worker; worker()"],
+                             input=job, capture_output=True, text=True)
+    lines = process.stdout.strip().splitlines()
+    if process.returncode != 0 or not lines:
+        tail = (process.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"the {task} benchmark failed: {tail}")
+    result = json.loads(lines[-1])
+    if "error" in result:
+        raise UserError(result["error"])
+    return result
+
+
+def bench(config: Config, weights: str | None = None, options: BenchOptions | None = None) -> dict:
+    """Training and generation measurements of the model `config` describes (with `weights`,
+    a run's model.safetensors, when there is one)."""
+    options = options or BenchOptions()
+    if options.train_steps < 1 or options.repeats < 1 or not options.batch_sizes or min(options.batch_sizes) < 1:
+        raise UserError("bench needs at least one training step, one repeat and positive batch sizes")
+    config.model.validate()
+    generation_lengths(config, options)
+    training = run_worker("train", config, None, options)
+    generation = run_worker("generate", config, weights, options)
+    device = training.pop("device")
+    generation.pop("device")
+    return {"device": device, "model": to_dict(config.model), **training, **generation}
+
+
+def config_of_run(content: dict) -> Config:
+    """A run's config.json as a Config: its training settings (the defaults for a bare model
+    folder, such as an import) and the model it holds."""
+    config = from_dict(Config, content.get("config", {}))
+    config.model = from_dict(type(config.model), content["model"])
+    return config
+
+
+def format_table(result: dict) -> str:
+    def size(n):
+        return f"{n / 2**20:,.1f} MiB"
+
+    kv = result["kv_bytes_per_token"]
+    lines = [
+        f"device {result['device']}; training batch {result['train_batch'][0]} x {result['train_batch'][1]}; "
+        f"generation prompt {result['prompt_length']}, {result['new_tokens']} new tokens",
+        f"{'training':<22} {result['train_tok_s']:>12,.0f} tok/s   peak {size(result['peak_train_bytes'])}"
+        f" (at start {size(result['train_start_bytes'])})   SDPA {result['sdpa_kernel_train']}",
+    ]
+    for batch in result["prefill_tok_s"]:
+        lines.append(f"{'prefill, batch ' + batch:<22} {result['prefill_tok_s'][batch]:>12,.0f} tok/s")
+        lines.append(f"{'decode, batch ' + batch:<22} {result['decode_tok_s'][batch]:>12,.0f} tok/s")
+    lines.append(f"{'generation peak':<22} {size(result['peak_generate_bytes']):>18}"
+                 f" (at start {size(result['generate_start_bytes'])})   SDPA {result['sdpa_kernel_decode']}")
+    lines.append(f"{'KV cache per token':<22} {kv['shapes']:>12,} B from shapes, {kv['allocated']:,} B allocated "
+                 f"({kv['value_bytes']}-byte values)")
+    return "\n".join(lines)

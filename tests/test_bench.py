@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from capitu.bench import SDPA_KERNELS
+
+from conftest import make_run, run_cli
+
+FAST = ["--train-steps", "1", "--repeats", "1", "--new-tokens", "4", "--batch-sizes", "1,3"]
+
+
+def check_result(result, kv_heads, n_layer, head_dim):
+    assert result["train_tok_s"] > 0 and result["device"] == "cpu"
+    assert set(result["prefill_tok_s"]) == set(result["decode_tok_s"]) == {"1", "3"}
+    assert all(v > 0 for v in [*result["prefill_tok_s"].values(), *result["decode_tok_s"].values()])
+    # peak RSS of each measuring subprocess: at least what it held when it started
+    for task in ("train", "generate"):
+        assert result[f"peak_{task}_bytes"] >= result[f"{task}_start_bytes"] > 10 * 2**20
+    kv = result["kv_bytes_per_token"]
+    assert kv["shapes"] == kv["allocated"] == 2 * n_layer * kv_heads * head_dim * 4
+    known = set(SDPA_KERNELS.values())
+    assert set(result["sdpa_kernel_train"].split(", ")) <= known
+    assert set(result["sdpa_kernel_decode"].split(", ")) <= known
+
+
+def test_bench_preset_json(capsys):
+    code, out, err = run_cli(["bench", "--preset", "tiny", "--set", "model.vocab_size=300", "--set", "model.n_layer=1",
+                              "--set", "model.n_kv_head=2", "--set", "model.block_size=32", "--set",
+                              "optim.micro_batch=2", "--json", *FAST], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    check_result(result, kv_heads=2, n_layer=1, head_dim=128 // 8)
+    assert result["train_batch"] == [2, 32] and result["prompt_length"] == 16
+
+
+def test_bench_run_table(tmp_path, prepared_char, capsys):
+    make_run(tmp_path / "run", prepared_char, pos="alibi")
+    code, out, err = run_cli(["bench", tmp_path / "run", *FAST], capsys)
+    assert code == 0, err
+    assert "decode, batch 3" in out and "KV cache per token" in out and "SDPA math" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "tiny", "--batch-sizes", "a"], "--batch-sizes"),
+    ([], "either a run folder or --preset"),
+    (["--preset", "tiny", "--train-steps", "0"], "at least one training step"),
+    (["--preset", "tiny", "--prompt-length", "250", "--new-tokens", "10"], "exceed the context"),
+])
+def test_bench_bad_input_exits_2(capsys, args, message):
+    code, _, err = run_cli(["bench", *args, "--set", "model.n_layer=1"] if "--preset" in args else ["bench", *args],
+                           capsys)
+    assert code == 2 and message in err, err

@@ -1,0 +1,177 @@
+import math
+
+import pytest
+import torch
+
+from capitu.config import load_config
+from capitu.generate import Sampling, TextStream, generate, keep_top_p, next_tokens, penalize_repetition
+from capitu.models import build_model
+from capitu.models.variants import load_grid, variant_config
+from capitu.tokenizer import EOT_ID, load_tokenizer
+
+from conftest import make_run, run_cli
+
+
+def test_top_k_one_is_greedy():
+    logits = torch.randn(64, 50, generator=torch.Generator().manual_seed(0))
+    greedy = next_tokens(logits, torch.empty(64, 0, dtype=torch.long), Sampling(temperature=0), None)
+    assert torch.equal(greedy, logits.argmax(-1))
+    for seed in range(5):
+        sampled = next_tokens(logits, torch.empty(64, 0, dtype=torch.long), Sampling(temperature=1.5, top_k=1),
+                              torch.Generator().manual_seed(seed))
+        assert torch.equal(sampled, greedy)
+
+
+@pytest.mark.parametrize("p, kept", [(0.3, {2}), (0.6, {2, 0}), (0.7, {2, 0}), (0.8, {2, 0, 3}),
+                                     (0.9, {2, 0, 3}), (0.95, {0, 1, 2, 3}), (1.0, {0, 1, 2, 3})])
+def test_top_p_keeps_the_smallest_set_reaching_p(p, kept):
+    # sorted: 0.5 (id 2), 0.25 (id 0), 0.1875 (id 3), 0.0625 (id 1); cumulative 0.5, 0.75, 0.9375, 1
+    probs = torch.tensor([[0.25, 0.0625, 0.5, 0.1875]])
+    filtered = keep_top_p(probs.log(), p)
+    assert set(torch.isfinite(filtered[0]).nonzero().flatten().tolist()) == kept
+
+
+def test_top_p_samples_only_inside_the_nucleus():
+    probs = torch.tensor([0.25, 0.0625, 0.5, 0.1875]).repeat(2000, 1)
+    drawn = next_tokens(probs.log(), torch.empty(2000, 0, dtype=torch.long), Sampling(temperature=1, top_p=0.7),
+                        torch.Generator().manual_seed(0))
+    assert set(drawn.tolist()) == {0, 2}
+    assert (drawn == 2).float().mean().item() == pytest.approx(2 / 3, abs=0.04)  # 0.5 / (0.5 + 0.25)
+
+
+def test_repetition_penalty_follows_ctrl():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    out = penalize_repetition(logits, torch.tensor([[0, 1, 1]]), 2.0)
+    assert out.tolist() == [[1.0, -2.0, 0.5, 3.0]]
+
+
+@pytest.fixture(scope="module")
+def variants_models():
+    base = load_config("tiny", overrides=["model.vocab_size=97", "model.n_layer=2", "model.n_embd=32",
+                                          "model.block_size=24", "model.ffn_context=3", "model.ffn_hidden=16"])
+    models = {}
+    for variant in load_grid():
+        torch.manual_seed(1)
+        models[variant.name] = build_model(variant_config(base, variant).model).eval()
+    return models
+
+
+def test_cached_and_uncached_greedy_agree_for_every_variant(variants_models):
+    prompt = torch.randint(1, 97, (2, 5), generator=torch.Generator().manual_seed(3))
+    greedy = Sampling(temperature=0)
+    for name, model in variants_models.items():
+        # 40 new tokens in a 24-token context: the context fills and shifts twice
+        cached = generate(model, prompt, 40, greedy, use_cache=True)
+        uncached = generate(model, prompt, 40, greedy, use_cache=False)
+        assert cached.shape == (2, 45), name
+        assert torch.equal(cached, uncached), name
+
+
+def test_generation_matches_full_forward_argmax(variants_models):
+    """Independent of the cache code: each greedy token is the argmax of a plain forward of
+    the sequence so far (inside the context, no shift)."""
+    prompt = torch.randint(1, 97, (1, 4), generator=torch.Generator().manual_seed(4))
+    for name, model in variants_models.items():
+        sequence = generate(model, prompt, 12, Sampling(temperature=0))
+        for t in range(4, 16):
+            logits, _ = model(sequence[:, :t])
+            assert sequence[0, t] == logits[0, -1].argmax(), name
+
+
+def test_same_seed_same_tokens(variants_models):
+    model = variants_models["rope"]
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    sampling = Sampling(temperature=1.0, top_k=20, top_p=0.9)
+    first, second = (generate(model, prompt, 30, sampling, seed=7) for _ in range(2))
+    assert torch.equal(first, second)
+    assert not torch.equal(first, generate(model, prompt, 30, sampling, seed=8))
+
+
+def test_stop_token_ends_generation(variants_models):
+    model = variants_models["baseline"]
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    tokens = generate(model, prompt, 20, Sampling(temperature=0))
+    stop = int(tokens[0, 5])
+    stopped = generate(model, prompt, 20, Sampling(temperature=0), stop_token=stop)
+    assert torch.equal(stopped, tokens[:, :stopped.shape[1]]) and stopped[0, -1] == stop
+    assert stop not in stopped[0, 3:-1].tolist()
+
+
+def test_stream_holds_back_split_characters(prepared_bpe):
+    tokenizer = load_tokenizer(prepared_bpe / "tokenizer.json")
+    text = "Coração, ação e lição: à tarde, ônibus."
+    pieces = []
+    stream = TextStream(tokenizer, pieces.append)
+    for token in tokenizer.encode(text):
+        stream.add(token)
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in piece for piece in pieces)
+
+
+@pytest.fixture
+def run(tmp_path, prepared_bpe):
+    make_run(tmp_path / "run", prepared_bpe, block_size=32)
+    return tmp_path / "run"
+
+
+def test_cli_prompt_round_trips_accents(run, capsys):
+    prompt = "Não há ação sem coração; à noite, Capitu sorriu."
+    code, out, err = run_cli(["generate", run, "--prompt", prompt, "-n", "5", "--seed", "3"], capsys)
+    assert code == 0, err
+    assert out.startswith(prompt)
+    code, streamed, err = run_cli(["generate", run, "--prompt", prompt, "-n", "5", "--seed", "3", "--stream"], capsys)
+    assert code == 0 and streamed == out
+
+
+def test_cli_empty_prompt_starts_from_end_of_text(run, capsys):
+    from capitu.generate import Sampling, complete, load_for_generation, prompt_ids
+
+    model, tokenizer = load_for_generation(run, torch.device("cpu"))
+    assert prompt_ids(tokenizer, "") == [EOT_ID]
+    expected = generate(model, torch.tensor([[EOT_ID]]), 6, Sampling(temperature=0), stop_token=EOT_ID)
+    text = complete(model, tokenizer, "", 6, Sampling(temperature=0), None)
+    assert text == tokenizer.decode([t for t in expected[0, 1:].tolist() if t != EOT_ID])
+    code, out, _ = run_cli(["generate", run, "-n", "6", "--temperature", "0"], capsys)
+    assert code == 0 and out == text + "\n"
+
+
+def test_cli_compare_markdown(run, tmp_path, prepared_bpe, capsys):
+    make_run(tmp_path / "rope", prepared_bpe, block_size=32, pos="rope")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Era uma vez\n\nA cidade\n", encoding="utf-8")
+    code, out, err = run_cli(["generate", run, "--compare", tmp_path / "rope", "--prompts", prompts, "-n", "4",
+                              "--markdown"], capsys)
+    assert code == 0, err
+    assert out.count("**Prompt:**") == 2 and out.count("|---|---|") == 2
+    assert f"| {run} | {tmp_path / 'rope'} |" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--top-p", "0"], "--top-p"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--temperature", "-1"], "--temperature"),
+    (["--temperature", "nan"], "--temperature"),
+    (["--top-k", "-3"], "--top-k"),
+    (["--repetition-penalty", "0"], "--repetition-penalty"),
+    (["-n", "0"], "--new-tokens"),
+    (["--prompt", "palavra " * 200], "learned positions stop at 32"),
+])
+def test_cli_bad_input_exits_2(run, capsys, args, message):
+    code, out, err = run_cli(["generate", run, *args], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_cli_missing_or_corrupt_run_exits_2(run, tmp_path, capsys):
+    code, _, err = run_cli(["generate", tmp_path / "nowhere", "--prompt", "a"], capsys)
+    assert code == 2 and "not a capitu run" in err
+    (run / "model.safetensors").write_bytes(b"\x00" * 40)
+    code, _, err = run_cli(["generate", run, "--prompt", "a"], capsys)
+    assert code == 2 and "corrupt" in err
+
+
+def test_temperature_one_samples_the_softmax():
+    """A two-token distribution, probabilities 0.8 / 0.2: the drawn frequencies match."""
+    logits = torch.tensor([[math.log(0.8), math.log(0.2)]]).repeat(4000, 1)
+    drawn = next_tokens(logits, torch.empty(4000, 0, dtype=torch.long), Sampling(temperature=1.0),
+                        torch.Generator().manual_seed(0))
+    assert (drawn == 0).float().mean().item() == pytest.approx(0.8, abs=0.03)
