@@ -8,7 +8,6 @@ only peak the OS keeps) belongs to that task alone; on CUDA the peak is
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import torch
 
 from capitu.config import Config, from_dict, to_dict
 from capitu.errors import UserError
+from capitu.train.trainer import peak_memory_bytes
 
 SDPA_KERNELS = {  # the aten op scaled_dot_product_attention dispatched to -> its name
     "_scaled_dot_product_flash_attention_for_cpu": "flash (cpu)",
@@ -36,12 +36,6 @@ class BenchOptions:
     batch_sizes: tuple[int, ...] = (1, 16)
     repeats: int = 3  # generation runs per batch size; the fastest counts
     device: str = "auto"
-
-
-def peak_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def synchronize(device: torch.device) -> None:
@@ -90,7 +84,7 @@ def measure_training(config: Config, device: torch.device, options: BenchOptions
     with torch.no_grad(), autocast:
         kernel = sdpa_kernel(lambda: model(torch.zeros(batch, block, dtype=torch.long, device=device)))
     return {"train_tok_s": options.train_steps * batch * block / seconds, "train_batch": [batch, block],
-            "peak_train_bytes": peak_bytes(device), "sdpa_kernel_train": kernel}
+            "peak_train_bytes": peak_memory_bytes(device), "sdpa_kernel_train": kernel}
 
 
 def generation_lengths(config: Config, options: BenchOptions) -> tuple[int, int, int]:
@@ -151,7 +145,7 @@ def measure_generation(config: Config, weights: str | None, device: torch.device
         kernel = sdpa_kernel(lambda: model(prompt, cache=cache))
     else:
         allocated, kernel = 0, "none (no attention)"
-    result.update(peak_generate_bytes=peak_bytes(device), sdpa_kernel_decode=kernel,
+    result.update(peak_generate_bytes=peak_memory_bytes(device), sdpa_kernel_decode=kernel,
                   kv_bytes_per_token={"shapes": model.kv_bytes_per_token(value_bytes), "allocated": allocated,
                                       "value_bytes": value_bytes})
     return result
@@ -168,7 +162,7 @@ def worker() -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats(device)
-    start_bytes = peak_bytes(device)
+    start_bytes = peak_memory_bytes(device)
     try:
         if job["task"] == "train":
             result = measure_training(config, device, options)

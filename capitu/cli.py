@@ -313,6 +313,35 @@ def run_bench(args) -> None:
     print(json.dumps(result, indent=1) if args.json else format_table(result))
 
 
+def add_study(commands) -> None:
+    p = commands.add_parser(
+        "study", help="train the baseline and its variants on equal budgets, evaluate, bench, sample, report",
+        description="Run the grid of variants (capitu/presets/grid.toml, or the [[variant]]s of --config) x "
+        "seeds on the same data and token budget; evaluate each on the test split at several context "
+        "lengths, bench it, sample the same prompts, and write report.md, report.html, results.json and "
+        "results.csv into --out. Stopped, it continues where it stopped when run again.",
+    )
+    p.add_argument("--preset", default="tiny", help="tiny, small or gpt2 (default tiny); also picks the study "
+                   "defaults in capitu/presets/study/")
+    p.add_argument("--config", type=Path, help="a study TOML: a [study] table and, optionally, [[variant]]s")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="a folder made by capitu prepare")
+    source.add_argument("--source", help="texts to prepare into OUT/data (as capitu prepare --source)")
+    p.add_argument("--out", type=Path, required=True, help="the study folder, e.g. studies/tiny")
+    p.add_argument("--seeds", type=int, help="training seeds per variant (default: the preset's study setting)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run_study_command)
+
+
+def run_study_command(args) -> None:
+    from capitu.study.config import load_study
+    from capitu.study.runner import run_study
+
+    study, variants = load_study(args.preset, args.config, args.seeds)
+    run_study(study, variants, args.out, data=args.data, source=args.source, command=["capitu", *sys.argv[1:]],
+              progress=not args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="capitu",
@@ -328,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(commands)
     add_generate(commands)
     add_bench(commands)
+    add_study(commands)
     return parser
 
 

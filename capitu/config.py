@@ -136,7 +136,8 @@ def read_toml(path: Path) -> dict:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+    """The model presets (grid.toml holds the study's variants, not a preset)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml") if p.stem != "grid")
 
 
 def load_layers(config, preset: str | None, file: Path | None, overrides: list[str]):

@@ -9,6 +9,7 @@ bits per character and word-level perplexity.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import Counter
@@ -63,18 +64,26 @@ def window_plan(n_tokens: int, length: int, stride: int) -> list[tuple[int, int,
 
 
 @torch.no_grad()
-def negative_log_likelihood(model, tokens: np.ndarray, length: int, stride: int, device, progress: bool) -> tuple[float, int]:
-    """Summed NLL (nats) over targets 1 .. len(tokens)-1, and their count."""
+def negative_log_likelihood(model, tokens: np.ndarray, length: int, stride: int, device, progress: bool,
+                            batch_size: int = 16) -> tuple[float, int]:
+    """Summed NLL (nats) over targets 1 .. len(tokens)-1, and their count. Windows of the same
+    length and the same scored offset run together, `batch_size` at a time."""
     total, scored = 0.0, 0
     plan = window_plan(len(tokens), length, stride)
-    for start, end, first in tqdm(plan, desc="eval", unit=" windows", disable=not progress):
-        x = torch.from_numpy(np.asarray(tokens[start:end], dtype=np.int64))[None].to(device)
-        y = torch.from_numpy(np.asarray(tokens[start + 1:end + 1], dtype=np.int64))[None].to(device)
+    batches = []
+    for _, same_shape in itertools.groupby(plan, key=lambda w: (w[1] - w[0], w[2] - w[0])):
+        same_shape = list(same_shape)
+        batches.extend(same_shape[i:i + batch_size] for i in range(0, len(same_shape), batch_size))
+    bar = tqdm(total=len(plan), desc="eval", unit=" windows", disable=not progress)
+    for batch in batches:
+        x = torch.from_numpy(np.stack([np.asarray(tokens[s:e], dtype=np.int64) for s, e, _ in batch])).to(device)
+        y = torch.from_numpy(np.stack([np.asarray(tokens[s + 1:e + 1], dtype=np.int64) for s, e, _ in batch])).to(device)
         logits, _ = model(x)
-        keep = first - (start + 1)  # targets before `first` were scored by an earlier window
-        losses = F.cross_entropy(logits[0, keep:].float(), y[0, keep:], reduction="sum")
-        total += losses.item()
-        scored += y.shape[1] - keep
+        keep = batch[0][2] - (batch[0][0] + 1)  # targets before the first scored one: an earlier window's
+        total += F.cross_entropy(logits[:, keep:].flatten(0, 1).float(), y[:, keep:].flatten(), reduction="sum").item()
+        scored += y[:, keep:].numel()
+        bar.update(len(batch))
+    bar.close()
     return total, scored
 
 
@@ -107,7 +116,7 @@ def evaluate_run(run: Path, split: str = "test", text: Path | None = None, lengt
         meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
         tokens = np.memmap(data / f"{split}.bin", dtype=meta["dtype"], mode="r")
         counts, source = meta["splits"][split], f"{data} ({split})"
-    block = config.block_size if config.kind == "gpt" else config.ffn_context
+    block = config.block_size  # the FFN too: it trained on windows this long (its first n-1 targets padded)
     stride = stride or block
     if not 0 < stride <= block:
         raise UserError(f"--stride must be between 1 and the context length {block}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,13 +21,19 @@ class Variant:
 
 
 def load_grid(path: Path | None = None) -> list[Variant]:
-    content = read_toml(path or PRESETS_DIR / "grid.toml")
+    return parse_grid(read_toml(path or PRESETS_DIR / "grid.toml"))
+
+
+def parse_grid(content: dict) -> list[Variant]:
+    """The `[[variant]]` entries of a TOML document."""
     variants = []
     for entry in content.get("variant", []):
         try:
             variants.append(Variant(**entry))
         except TypeError as error:
             raise UserError(f"grid entry {entry.get('name', '?')}: {error}") from None
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", variants[-1].name):
+            raise UserError(f"variant name '{variants[-1].name}': use letters, digits, '-', '_' and '.' (it names folders)")
     if not variants or len({v.name for v in variants}) != len(variants):
         raise UserError("a grid needs at least one [[variant]], with distinct names")
     return variants

@@ -16,6 +16,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,9 +123,19 @@ def versions() -> dict:
 
 
 def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: the most memory torch has allocated; otherwise the process's peak resident set.
+    On Linux that is VmHWM, which starts afresh at exec (ru_maxrss carries the parent's peak
+    into a subprocess)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
 
 
 def peak_flops(device: torch.device) -> float | None:

@@ -1,0 +1,76 @@
+"""What a study runs: a `[study]` table (budget, seeds, evaluation, prompts) and the grid of
+`[[variant]]`s. Layers: the dataclass defaults, `capitu/presets/study/PRESET.toml`, a user's
+`--config` file (whose `[[variant]]`s, if any, replace the shipped grid), then `--seeds`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capitu.config import PRESETS_DIR, apply, preset_names, read_toml
+from capitu.errors import UserError
+from capitu.models.variants import Variant, load_grid, parse_grid
+
+PROMPTS = [
+    "Capitu tinha olhos de",
+    "Era uma vez um rapaz que",
+    "A cidade do Rio de Janeiro",
+    "Naquele tempo, o amor",
+]
+
+
+@dataclass
+class StudyConfig:
+    preset: str = "tiny"  # the model preset every variant starts from
+    seeds: int = 2  # training seeds per variant: first_seed, first_seed + 1, ...
+    first_seed: int = 1337
+    tokens: int = 0  # training tokens per run; 0: the preset's run.tokens
+    set: list[str] = field(default_factory=list)  # overrides applied to every run, before the variant's
+    vocab_size: int = 16384  # when the study prepares its data from --source
+    tokenizer: str = "bpe"
+    eval_lengths: list[int] = field(default_factory=lambda: [128, 512, 1024])  # besides the training context
+    prompts: list[str] = field(default_factory=lambda: list(PROMPTS))
+    new_tokens: int = 60
+    temperature: float = 0.8
+    top_k: int = 40
+    sample_seed: int = 1234
+    bench: bool = True
+    bench_train_steps: int = 5
+    bench_repeats: int = 3
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.first_seed + i for i in range(self.seeds)]
+
+    def validate(self) -> None:
+        if self.preset not in preset_names():
+            raise UserError(f"unknown preset '{self.preset}' (known: {', '.join(preset_names())})")
+        if self.seeds < 1:
+            raise UserError(f"study.seeds must be at least 1, got {self.seeds}")
+        if self.tokens < 0 or self.new_tokens < 1 or self.bench_train_steps < 1 or self.bench_repeats < 1:
+            raise UserError("study.tokens must be >= 0; new_tokens, bench_train_steps and bench_repeats >= 1")
+        if any(length < 1 for length in self.eval_lengths):
+            raise UserError(f"study.eval_lengths must be positive, got {self.eval_lengths}")
+
+
+def load_study(preset: str, file: Path | None = None, seeds: int | None = None) -> tuple[StudyConfig, list[Variant]]:
+    study = StudyConfig(preset=preset)
+    shipped = PRESETS_DIR / "study" / f"{preset}.toml"
+    if shipped.exists():
+        apply(study, read_toml(shipped).get("study", {}), "study.")
+    variants = load_grid()
+    if file:
+        content = read_toml(file)
+        unknown = set(content) - {"study", "variant"}
+        if unknown:
+            raise UserError(f"{file}: unknown table(s) {', '.join(sorted(unknown))} (a study file has [study] "
+                            "and [[variant]])")
+        apply(study, content.get("study", {}), "study.")
+        if "variant" in content:
+            variants = parse_grid(content)
+    if seeds is not None:
+        study.seeds = seeds
+    study.validate()
+    if "baseline" not in {v.name for v in variants}:
+        raise UserError("the grid needs a variant named baseline: every other is compared with it")
+    return study, variants

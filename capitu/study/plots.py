@@ -1,0 +1,70 @@
+"""The report's figures, as PNG bytes (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+
+def to_png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def line_styles(count: int):
+    """Distinct colour and dash for up to 30 lines (the default cycle has 10 colours)."""
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    dashes = ["-", "--", ":"]
+    return [(colours[i % len(colours)], dashes[(i // len(colours)) % len(dashes)]) for i in range(count)]
+
+
+def validation_curves(curves: dict[str, list[tuple[int, float]]]) -> bytes:
+    """Validation loss against training tokens, one line per variant (mean over seeds)."""
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for (name, points), (colour, dash) in zip(curves.items(), line_styles(len(curves))):
+        if points:
+            axes.plot([t for t, _ in points], [v for _, v in points], dash, color=colour, label=name, linewidth=1.4)
+    axes.set_xlabel("training tokens")
+    axes.set_ylabel("validation loss (nats/token)")
+    axes.set_title("Validation loss during training (mean over seeds)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, ncol=2)
+    return to_png(figure)
+
+
+def perplexity_by_length(series: dict[str, dict[int, float]], context: int) -> bytes:
+    """Test perplexity against evaluation context length; unsupported lengths are absent."""
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for (name, points), (colour, dash) in zip(series.items(), line_styles(len(series))):
+        lengths = sorted(points)
+        axes.plot(lengths, [points[n] for n in lengths], dash, marker="o", color=colour, label=name, linewidth=1.4)
+    axes.axvline(context, color="grey", linewidth=0.8, linestyle=":")
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
+    axes.set_xlabel(f"evaluation context length (tokens; dotted: the training context, {context})")
+    axes.set_ylabel("test perplexity")
+    axes.set_title("Perplexity by evaluation length (mean over seeds)")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8, ncol=2)
+    return to_png(figure)
+
+
+def bars(panels: list[tuple[str, dict[str, float]]], title: str) -> bytes:
+    """One horizontal bar chart per panel (title, {variant: value}), side by side."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.32 * max(len(p[1]) for p in panels) + 1.4),
+                                sharey=True)
+    axes = axes if len(panels) > 1 else [axes]
+    for ax, (label, values) in zip(axes, panels):
+        names = list(values)
+        ax.barh(names, [values[n] for n in names], color="#4c72b0")
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.invert_yaxis()
+    figure.suptitle(title)
+    return to_png(figure)

@@ -1,0 +1,422 @@
+"""The study's report, built only from the files its runs left (eval_test.json, bench.json,
+metrics.jsonl, run.json, generations.json): results.json and results.csv with every number,
+report.md (figures in plots/) and a self-contained report.html (figures embedded).
+
+Both documents are rendered from one list of sections, so they cannot disagree."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+import platform
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from capitu.checkpoint import atomic_write_bytes, atomic_write_json
+from capitu.errors import UserError
+from capitu.models.variants import Variant
+from capitu.study import plots
+from capitu.study.config import StudyConfig
+from capitu.study.runner import BENCH, EVAL, GENERATIONS, run_folder
+from capitu.study.stats import mean, paired_t_test, std
+
+ALPHA = 0.05
+MIB = 2**20
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"the report needs {path}, which is missing or unreadable ({error}); run the study again") from None
+
+
+def summary(values: list[float]) -> dict:
+    return {"mean": mean(values), "std": std(values)}
+
+
+def validation_curve(run: Path) -> list[list[float]]:
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    return [[r["tokens"], r["val_loss"]] for r in records if "val_loss" in r]
+
+
+def collect(out: Path, study: StudyConfig, variants: list[Variant]) -> dict:
+    """Every number of the report, per variant and per seed."""
+    entries = []
+    for variant in variants:
+        seeds = {}
+        for seed in study.seed_list:
+            run = run_folder(out, variant.name, seed)
+            evaluation, info, saved = read_json(run / EVAL), read_json(run / "run.json"), read_json(run / "config.json")
+            lengths = {evaluation["context"]: evaluation["ppl"]}
+            for length, result in evaluation.get("lengths", {}).items():
+                lengths[int(length)] = result["ppl"] if result["supported"] else None
+            seeds[str(seed)] = {
+                **{key: evaluation[key] for key in ("loss", "ppl", "bpb", "bpc", "word_ppl", "tokens")},
+                "ppl_by_length": {str(n): lengths[n] for n in sorted(lengths)},
+                "train_tokens": saved["tokens"], "parameters": info["parameters"], "val_curve": validation_curve(run),
+            }
+        per_seed = list(seeds.values())
+        model = saved["model"]
+        entry = {
+            "name": variant.name, "kind": model["kind"], "pos": model["pos"],
+            "kv_heads": model["n_kv_head"] or model["n_head"], "parameters": per_seed[0]["parameters"],
+            "context": evaluation["context"], "seeds": seeds,
+            **{key: summary([s[key] for s in per_seed]) for key in ("loss", "ppl", "bpb", "bpc", "word_ppl")},
+            "ppl_by_length": {},
+        }
+        for length in per_seed[0]["ppl_by_length"]:
+            values = [s["ppl_by_length"][length] for s in per_seed]
+            entry["ppl_by_length"][length] = None if None in values else summary(values)
+        bench_file = run_folder(out, variant.name, study.first_seed) / BENCH
+        entry["bench"] = read_json(bench_file) if study.bench else None
+        entries.append(entry)
+    baseline = next(e for e in entries if e["name"] == "baseline")
+    for entry in entries:
+        if entry is baseline:
+            entry["vs_baseline"] = None
+            continue
+        losses = [entry["seeds"][str(s)]["loss"] for s in study.seed_list]
+        base_losses = [baseline["seeds"][str(s)]["loss"] for s in study.seed_list]
+        entry["vs_baseline"] = {
+            "ppl_difference": entry["ppl"]["mean"] - baseline["ppl"]["mean"],
+            "ppl_ratio": entry["ppl"]["mean"] / baseline["ppl"]["mean"],
+            "test": "paired t-test on per-seed test loss (pairs: the same seed, so the same training batches)",
+            **(paired_t_test(losses, base_losses) or {"t": None, "df": 0, "p": None}),
+        }
+    return {"study": asdict(study), "variants": entries}
+
+
+# ---- findings: sentences computed from the numbers --------------------------------------
+
+def findings(results: dict) -> list[str]:
+    entries = results["variants"]
+    by_name = {e["name"]: e for e in entries}
+    baseline = by_name["baseline"]
+    seeds = results["study"]["seeds"]
+    ranked = sorted(entries, key=lambda e: e["ppl"]["mean"])
+    said = []
+
+    def ppl(e):
+        return f"{e['ppl']['mean']:.2f} ± {e['ppl']['std']:.2f}"
+
+    said.append("Best test perplexity: " + ", then ".join(f"{e['name']} ({ppl(e)})" for e in ranked[:3])
+                + f". The baseline (GPT-2: learned positions, multi-head) ranks {ranked.index(baseline) + 1} of "
+                f"{len(ranked)} with {ppl(baseline)}; the worst is {ranked[-1]['name']} ({ppl(ranked[-1])}).")
+
+    if seeds < 2:
+        said.append("With one seed per variant no significance test is possible: differences may be noise "
+                    "(run with --seeds 2 or more).")
+    else:
+        better, worse, unclear = [], [], []
+        for e in entries:
+            test = e["vs_baseline"]
+            if test is None:
+                continue
+            text = f"{e['name']} ({test['ppl_difference']:+.2f}, p = {test['p']:.3g})"
+            (unclear if test["p"] >= ALPHA else better if test["ppl_difference"] < 0 else worse).append(text)
+        sentence = (f"Against the baseline (paired t-test on per-seed test loss, {seeds} seeds, {seeds - 1} degree(s) "
+                    f"of freedom, α = {ALPHA}): significantly better: {', '.join(better) or 'none'}; "
+                    f"significantly worse: {', '.join(worse) or 'none'}; not significant: {len(unclear)} variant(s).")
+        if seeds == 2:
+            sentence += " With two seeds the test has one degree of freedom: only large, consistent differences pass it."
+        said.append(sentence)
+
+    context = baseline["context"]
+    longer = [int(n) for n in baseline["ppl_by_length"] if int(n) > context]
+    if longer:
+        longest = max(longer)
+        ratios = sorted(((e["ppl_by_length"][str(longest)]["mean"] / e["ppl"]["mean"], e["name"])
+                         for e in entries if e["ppl_by_length"].get(str(longest)) and e["kind"] == "gpt"))
+        cannot = [e["name"] for e in entries if e["ppl_by_length"].get(str(longest)) is None]
+        holds = [f"{name} (x{r:.2f})" for r, name in ratios if r <= 1.05]
+        degrades = [f"{name} (x{r:.2f})" for r, name in ratios if r > 1.05]
+        said.append(f"Extrapolation, perplexity at {longest} tokens over perplexity at the training context "
+                    f"({context}): holds within 5%: {', '.join(holds) or 'none'}; degrades: "
+                    f"{', '.join(degrades) or 'none'}; cannot be evaluated (learned positions): "
+                    f"{', '.join(cannot) or 'none'}.")
+
+    benched = [e for e in entries if e["bench"]]
+    if benched and baseline["bench"]:
+        base = baseline["bench"]
+        speeds = [("Training", lambda e: e["bench"]["train_tok_s"])]
+        for batch in base["decode_tok_s"]:
+            speeds.append((f"Decoding at batch {batch}", lambda e, b=batch: e["bench"]["decode_tok_s"].get(b, 0.0)))
+        for label, speed in speeds:
+            fastest, *others = sorted(benched, key=speed, reverse=True)
+            if fastest is baseline and others:
+                said.append(f"{label}: the baseline is fastest ({speed(baseline):,.0f} tokens/s); next is "
+                            f"{others[0]['name']} ({speed(others[0]) / speed(baseline):.2f}x).")
+            elif fastest is not baseline:
+                said.append(f"{label}: fastest is {fastest['name']} ({speed(fastest):,.0f} tokens/s, "
+                            f"{speed(fastest) / speed(baseline):.2f}x the baseline's {speed(baseline):,.0f}).")
+        base_kv = base["kv_bytes_per_token"]["shapes"]
+        smaller = [f"{e['name']} {e['bench']['kv_bytes_per_token']['shapes']:,} B "
+                   f"({e['bench']['kv_bytes_per_token']['shapes'] / base_kv:.3g}x)"
+                   for e in benched if e["kind"] == "gpt" and e["bench"]["kv_bytes_per_token"]["shapes"] < base_kv]
+        if smaller:
+            said.append(f"KV cache per token: the baseline keeps {base_kv:,} B; {', '.join(smaller)}.")
+
+    transformers = [e for e in ranked if e["kind"] == "gpt"]
+    for e in entries:
+        if e["kind"] == "ffn" and transformers:
+            best = transformers[0]
+            said.append(f"Bengio's feed-forward LM ({e['parameters']:,} parameters) reaches {ppl(e)}, "
+                        f"{e['ppl']['mean'] / best['ppl']['mean']:.2f}x the perplexity of the best transformer, "
+                        f"{best['name']} ({best['parameters']:,} parameters).")
+    return said
+
+
+# ---- documents ----------------------------------------------------------------------------
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[tuple] = field(default_factory=list)  # ("p", text) ("list", items) ("table", head, rows)
+    # ("image", file name, png bytes, caption) ("pre", text)
+
+
+def cell(summary_: dict | None, digits: int) -> str:
+    if summary_ is None:
+        return "—"
+    return f"{summary_['mean']:,.{digits}f} ± {summary_['std']:,.{digits}f}"
+
+
+def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["variant", "parameters", "test ppl", "bits/byte", "word ppl", "Δ ppl vs baseline", "p (paired t)",
+            "train tok/s", "decode tok/s b1", "decode tok/s b16", "train peak MiB", "KV B/token"]
+    rows = []
+    for e in results["variants"]:
+        test, bench = e["vs_baseline"], e["bench"]
+        if test is None:
+            difference, p = "—", "—"
+        else:
+            difference = f"{test['ppl_difference']:+.2f} ({test['ppl_ratio'] - 1:+.1%})"
+            p = "n/a (1 seed)" if test["p"] is None else f"{test['p']:.3g}"
+        speed = ["—"] * 5
+        if bench:
+            speed = [f"{bench['train_tok_s']:,.0f}", f"{bench['decode_tok_s'].get('1', 0):,.0f}",
+                     f"{bench['decode_tok_s'].get('16', 0):,.0f}", f"{bench['peak_train_bytes'] / MIB:,.0f}",
+                     f"{bench['kv_bytes_per_token']['shapes']:,}"]
+        rows.append([e["name"], f"{e['parameters']:,}", cell(e["ppl"], 2), cell(e["bpb"], 4), cell(e["word_ppl"], 1),
+                     difference, p, *speed])
+    return head, rows
+
+
+def length_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    lengths = sorted({int(n) for e in results["variants"] for n in e["ppl_by_length"]})
+    head = ["variant"] + [f"ppl @ {n}" for n in lengths]
+    rows = [[e["name"]] + [cell(e["ppl_by_length"].get(str(n)), 2) for n in lengths] for e in results["variants"]]
+    return head, rows
+
+
+def generation_blocks(generations: dict) -> list[tuple]:
+    settings = generations["settings"]
+    names = {path: name for name, path in settings["runs"].items()}
+    blocks = [("p", f"Each variant's first-seed run continues the same prompts with the same sampling seed "
+                    f"({settings['seed']}): temperature {settings['temperature']}, top-k {settings['top_k']}, "
+                    f"up to {settings['new_tokens']} new tokens.")]
+    for entry in generations["results"]:
+        blocks.append(("p", f"Prompt: «{entry['prompt']}»"))
+        blocks.append(("table", ["variant", "text"], [[names.get(run, run), text] for run, text in entry["outputs"].items()]))
+    return blocks
+
+
+def hardware() -> str:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
+            f"{torch.get_num_threads()}, {device}")
+
+
+def reproducibility(results: dict, variants: list[Variant], data: Path, command: list[str],
+                    seconds: float) -> str:
+    from capitu.train.trainer import git_commit, versions
+
+    meta = read_json(data / "meta.json")
+    lines = [
+        f"command:  {shlex.join(command)}",
+        f"commit:   {git_commit() or 'unknown (not a git checkout)'}",
+        f"versions: {json.dumps(versions())}",
+        f"data:     {data} (fingerprint {meta.get('fingerprint')}; tokenizer {meta['tokenizer']['kind']} "
+        f"vocab {meta['tokenizer']['vocab_size']}; test split {meta['splits']['test']['tokens']:,} tokens)",
+        f"hardware: {hardware()}",
+        f"time:     this invocation {seconds:,.0f} s",
+        "study:    " + json.dumps(results["study"], ensure_ascii=False),
+        "grid:     " + json.dumps([asdict(v) for v in variants], ensure_ascii=False),
+        "each run's resolved config: runs/NAME-sSEED/config.json",
+    ]
+    return "\n".join(lines)
+
+
+def build_sections(results: dict, generations: dict, figures: dict[str, bytes], repro: str) -> list[Section]:
+    study = results["study"]
+    entries = results["variants"]
+    tokens = entries[0]["seeds"][str(study["first_seed"])]["train_tokens"]
+    intro = Section("Setup", [("p", f"{len(entries)} variants x {study['seeds']} seed(s) ({', '.join(map(str, study['seed_list']))}), "
+                                    f"preset {study['preset']}, {tokens:,} training tokens per run, the same data and "
+                                    f"budget for all. Test perplexity is over the whole test split "
+                                    f"({entries[0]['seeds'][str(study['first_seed'])]['tokens']:,} tokens scored), "
+                                    f"at the training context ({entries[0]['context']}) unless stated; "
+                                    f"mean ± sample standard deviation over seeds. Speed and memory come from "
+                                    f"`capitu bench` on the first seed's model (CPU: peak resident memory of the "
+                                    f"measuring process).")])
+    head, rows = main_table(results)
+    length_head, length_rows = length_table(results)
+    sections = [
+        intro,
+        Section("Findings", [("list", findings(results))]),
+        Section("Results", [("table", head, rows),
+                            ("p", "Perplexity by evaluation length (— : learned positions cannot go past their "
+                                  "training context):"),
+                            ("table", length_head, length_rows)]),
+        Section("Plots", [("image", "val_loss.png", figures["val_loss.png"], "Validation loss vs training tokens"),
+                          ("image", "lengths.png", figures["lengths.png"], "Perplexity vs evaluation length")]
+                + [("image", name, figures[name], caption) for name, caption in
+                   (("speed.png", "Throughput"), ("memory.png", "Memory")) if name in figures]),
+        Section("Generations", generation_blocks(generations)),
+        Section("Reproducibility", [("pre", repro)]),
+    ]
+    return sections
+
+
+def markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+def render_markdown(title: str, sections: list[Section]) -> str:
+    parts = [f"# {title}"]
+    for section in sections:
+        parts.append(f"## {section.title}")
+        for block in section.blocks:
+            kind = block[0]
+            if kind == "p":
+                parts.append(block[1])
+            elif kind == "list":
+                parts.append("\n".join(f"- {item}" for item in block[1]))
+            elif kind == "table":
+                head, rows = block[1], block[2]
+                lines = ["| " + " | ".join(map(markdown_cell, head)) + " |", "|" + "---|" * len(head)]
+                lines += ["| " + " | ".join(markdown_cell(c) for c in row) + " |" for row in rows]
+                parts.append("\n".join(lines))
+            elif kind == "image":
+                parts.append(f"![{block[3]}](plots/{block[1]})")
+            elif kind == "pre":
+                parts.append("```\n" + block[1] + "\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    e = html.escape
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>",
+             "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
+             "line-height:1.45}table{border-collapse:collapse;margin:1em 0;font-size:.9em}"
+             "td,th{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}th{background:#f2f2f2}"
+             "td:not(:first-child){text-align:right}img{max-width:100%}pre{background:#f6f6f6;padding:1em;"
+             "overflow-x:auto;white-space:pre-wrap}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    for section in sections:
+        parts.append(f"<h2>{e(section.title)}</h2>")
+        for block in section.blocks:
+            kind = block[0]
+            if kind == "p":
+                parts.append(f"<p>{e(block[1])}</p>")
+            elif kind == "list":
+                parts.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in block[1]) + "</ul>")
+            elif kind == "table":
+                head = "".join(f"<th>{e(h)}</th>" for h in block[1])
+                body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block[2])
+                parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            elif kind == "image":
+                data = base64.b64encode(block[2]).decode("ascii")
+                parts.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{e(block[3])}\">"
+                             f"<figcaption>{e(block[3])}</figcaption></figure>")
+            elif kind == "pre":
+                parts.append(f"<pre>{e(block[1])}</pre>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def make_figures(results: dict) -> dict[str, bytes]:
+    entries = results["variants"]
+    curves = {}
+    for e in entries:
+        per_seed = [s["val_curve"] for s in e["seeds"].values()]
+        steps = min(len(c) for c in per_seed)
+        curves[e["name"]] = [(per_seed[0][i][0], mean([c[i][1] for c in per_seed])) for i in range(steps)]
+    lengths = {e["name"]: {int(n): s["mean"] for n, s in e["ppl_by_length"].items() if s} for e in entries}
+    figures = {"val_loss.png": plots.validation_curves(curves),
+               "lengths.png": plots.perplexity_by_length(lengths, entries[0]["context"])}
+    benched = [e for e in entries if e["bench"]]
+    if benched:
+        speed = [("training tokens/s", {e["name"]: e["bench"]["train_tok_s"] for e in benched})]
+        for batch in benched[0]["bench"]["decode_tok_s"]:
+            speed.append((f"decode tokens/s, batch {batch}", {e["name"]: e["bench"]["decode_tok_s"][batch] for e in benched}))
+        figures["speed.png"] = plots.bars(speed, "Throughput (capitu bench)")
+        figures["memory.png"] = plots.bars([
+            ("training peak (MiB)", {e["name"]: e["bench"]["peak_train_bytes"] / MIB for e in benched}),
+            ("generation peak (MiB)", {e["name"]: e["bench"]["peak_generate_bytes"] / MIB for e in benched}),
+            ("KV cache (bytes/token)", {e["name"]: e["bench"]["kv_bytes_per_token"]["shapes"] for e in benched}),
+        ], "Memory (capitu bench)")
+    return figures
+
+
+CSV_FIELDS = ["variant", "kind", "pos", "kv_heads", "parameters", "seeds", "ppl_mean", "ppl_std", "loss_mean",
+              "loss_std", "bpb_mean", "bpb_std", "bpc_mean", "bpc_std", "word_ppl_mean", "word_ppl_std",
+              "ppl_difference_vs_baseline", "p_vs_baseline", "train_tok_s", "prefill_tok_s_b1", "prefill_tok_s_b16",
+              "decode_tok_s_b1", "decode_tok_s_b16", "peak_train_bytes", "peak_generate_bytes", "kv_bytes_per_token"]
+
+
+def csv_rows(results: dict) -> list[dict]:
+    rows = []
+    for e in results["variants"]:
+        test, bench = e["vs_baseline"] or {}, e["bench"] or {}
+        row = {"variant": e["name"], "kind": e["kind"], "pos": e["pos"], "kv_heads": e["kv_heads"],
+               "parameters": e["parameters"], "seeds": len(e["seeds"]),
+               "ppl_difference_vs_baseline": test.get("ppl_difference"), "p_vs_baseline": test.get("p")}
+        for key in ("ppl", "loss", "bpb", "bpc", "word_ppl"):
+            row[f"{key}_mean"], row[f"{key}_std"] = e[key]["mean"], e[key]["std"]
+        if bench:
+            row.update(train_tok_s=bench["train_tok_s"], peak_train_bytes=bench["peak_train_bytes"],
+                       peak_generate_bytes=bench["peak_generate_bytes"],
+                       kv_bytes_per_token=bench["kv_bytes_per_token"]["shapes"])
+            for batch in ("1", "16"):
+                row[f"prefill_tok_s_b{batch}"] = bench["prefill_tok_s"].get(batch)
+                row[f"decode_tok_s_b{batch}"] = bench["decode_tok_s"].get(batch)
+        for length, s in e["ppl_by_length"].items():
+            row[f"ppl_at_{length}"] = s["mean"] if s else None
+        rows.append(row)
+    return rows
+
+
+def write_report(out: Path, study: StudyConfig, variants: list[Variant], data: Path, command: list[str],
+                 seconds: float) -> Path:
+    results = collect(out, study, variants)
+    results["study"]["seed_list"] = study.seed_list
+    generations = read_json(out / GENERATIONS)
+    figures = make_figures(results)
+    repro = reproducibility(results, variants, data, command, seconds)
+    results["reproducibility"] = repro
+    results["findings"] = findings(results)
+    sections = build_sections(results, generations, figures, repro)
+    title = f"capitu study: {study.preset}, {len(variants)} variants x {study.seeds} seed(s)"
+    (out / "plots").mkdir(exist_ok=True)
+    for name, png in figures.items():
+        atomic_write_bytes(out / "plots" / name, png)
+    atomic_write_json(out / "results.json", results)
+    rows = csv_rows(results)
+    fields = CSV_FIELDS + sorted({k for row in rows for k in row} - set(CSV_FIELDS), key=lambda k: int(k.split("_")[-1]))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "results.csv", buffer.getvalue().encode("utf-8"))
+    atomic_write_bytes(out / "report.html", render_html(title, sections).encode("utf-8"))
+    atomic_write_bytes(out / "report.md", render_markdown(title, sections).encode("utf-8"))
+    return out / "report.md"

@@ -1,0 +1,169 @@
+"""Running a study: every grid entry x seed trained on the same tokens with the same budget,
+then evaluated, benchmarked and sampled. Each stage leaves a file; a stage whose file is
+there is skipped, so a stopped study continues where it stopped (a half-trained run
+resumes from its checkpoint)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from capitu.checkpoint import WEIGHTS, atomic_write_json, read_config
+from capitu.config import Config, load_config, to_dict
+from capitu.errors import UserError
+from capitu.models.variants import Variant, variant_config
+from capitu.study.config import StudyConfig
+
+PLAN = "study.json"
+EVAL = "eval_test.json"
+BENCH = "bench.json"
+GENERATIONS = "generations.json"
+
+
+def run_folder(out: Path, name: str, seed: int) -> Path:
+    return out / "runs" / f"{name}-s{seed}"
+
+
+def record_plan(out: Path, study: StudyConfig, variants: list[Variant], data: str) -> None:
+    """Write study.json, or check that the study already in `out` is this one (only the
+    number of seeds may change: more seeds extend a study)."""
+    plan = {"study": asdict(study), "variants": [asdict(v) for v in variants], "data": data}
+    path = out / PLAN
+    if path.exists():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        previous["study"]["seeds"] = study.seeds
+        if previous != plan:
+            raise UserError(f"{out} holds another study (other settings, grid or data); use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, plan)
+
+
+def prepare_data(out: Path, study: StudyConfig, data: Path | None, source: str | None, progress: bool) -> Path:
+    if data is not None:
+        if not (Path(data) / "meta.json").is_file():
+            raise UserError(f"--data {data} is not a prepared folder (no meta.json); prepare it or use --source")
+        return Path(data)
+    from capitu.data.prepare import PrepareOptions, prepare
+
+    prepare(PrepareOptions(source=source, out=out / "data", tokenizer=study.tokenizer, vocab_size=study.vocab_size,
+                           progress=progress))
+    return out / "data"
+
+
+def base_config(study: StudyConfig, data: Path) -> Config:
+    meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+    config = load_config(study.preset, overrides=[*study.set, f"data.path={json.dumps(str(data.resolve()))}"])
+    if study.tokens:
+        config.run.tokens, config.run.steps = study.tokens, 0
+    config.model.vocab_size = meta["tokenizer"]["vocab_size"]
+    return config
+
+
+def train_stage(config: Config, run: Path, progress: bool) -> str:
+    """Train, resume or skip the run; returns what was done."""
+    from capitu.train.trainer import train
+
+    if (run / "train_state.pt").exists():
+        saved = read_config(run)
+        if saved.get("config") != to_dict(config):
+            raise UserError(f"{run} was trained with another config; remove it or use another --out")
+        total = json.loads((run / "run.json").read_text(encoding="utf-8"))["total_steps"]
+        if saved["step"] >= total:
+            return "trained already"
+        last, done = train(None, run, resume=True, progress=progress), f"resumed at step {saved['step']}"
+    else:
+        if run.exists():  # started, but stopped before its first checkpoint
+            shutil.rmtree(run)
+        last, done = train(copy.deepcopy(config), run, progress=progress), "trained"
+    if last.get("stopped") in ("SIGINT", "SIGTERM"):
+        print(f"capitu: {last['stopped']}: {run} saved at step {last.get('step')}; run the same command to "
+              "continue the study", file=sys.stderr)
+        raise KeyboardInterrupt
+    return done
+
+
+def evaluate_stage(run: Path, lengths: list[int], progress: bool) -> None:
+    from capitu.evaluate import evaluate_run
+
+    path = run / EVAL
+    if path.exists():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if set(previous.get("lengths", {})) == {str(n) for n in lengths}:
+            return
+    atomic_write_json(path, evaluate_run(run, "test", lengths=lengths or None, progress=progress))
+
+
+def bench_stage(run: Path, study: StudyConfig) -> None:
+    from capitu.bench import BenchOptions, bench, config_of_run
+
+    if (run / BENCH).exists():
+        return
+    options = BenchOptions(train_steps=study.bench_train_steps, repeats=study.bench_repeats)
+    atomic_write_json(run / BENCH, bench(config_of_run(read_config(run)), str(run / WEIGHTS), options))
+
+
+def generation_stage(out: Path, study: StudyConfig, runs: dict[str, Path]) -> None:
+    """Every variant's first-seed run continues the same prompts with the same sampling seed."""
+    import torch
+
+    from capitu.generate import Sampling, compare
+
+    settings = {"prompts": study.prompts, "new_tokens": study.new_tokens, "temperature": study.temperature,
+                "top_k": study.top_k, "seed": study.sample_seed, "runs": {k: str(v) for k, v in runs.items()}}
+    path = out / GENERATIONS
+    if path.exists() and json.loads(path.read_text(encoding="utf-8"))["settings"] == settings:
+        return
+    sampling = Sampling(temperature=study.temperature, top_k=study.top_k)
+    sampling.validate()
+    results = compare(list(runs.values()), study.prompts, study.new_tokens, sampling, study.sample_seed,
+                      torch.device("cpu"))
+    atomic_write_json(path, {"settings": settings, "results": results})
+
+
+def duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path | None = None,
+              source: str | None = None, command: list[str] | None = None, progress: bool = True) -> Path:
+    """Run (or continue) the study in `out`; returns the path of report.md."""
+    from capitu.study.report import write_report
+
+    started = time.perf_counter()
+    out = Path(out)
+    if (data is None) == (source is None):
+        raise UserError("give the data: --data DIR (a prepared folder) or --source SRC (prepared into OUT/data)")
+    record_plan(out, study, variants, str(data) if data is not None else f"source:{source}")
+    data = prepare_data(out, study, data, source, progress)
+    base = base_config(study, data)
+    configs = {variant.name: variant_config(base, variant) for variant in variants}
+    jobs = [(variant.name, seed) for seed in study.seed_list for variant in variants]
+    timed: list[float] = []
+    for number, (name, seed) in enumerate(jobs, 1):
+        run = run_folder(out, name, seed)
+        config = copy.deepcopy(configs[name])
+        config.run.seed = seed
+        eta = f", about {duration(sum(timed) / len(timed) * (len(jobs) - number + 1))} left" if timed else ""
+        print(f"[{number}/{len(jobs)}] {name} seed {seed} ({duration(time.perf_counter() - started)} so far{eta})",
+              flush=True)
+        job_started = time.perf_counter()
+        done = train_stage(config, run, progress)
+        evaluate_stage(run, [n for n in study.eval_lengths if n != config.model.block_size], progress)
+        if done != "trained already":
+            timed.append(time.perf_counter() - job_started)
+    first_runs = {variant.name: run_folder(out, variant.name, study.first_seed) for variant in variants}
+    if study.bench:
+        for number, (name, run) in enumerate(first_runs.items(), 1):
+            print(f"bench [{number}/{len(first_runs)}] {name}", flush=True)
+            bench_stage(run, study)
+    print("generating", flush=True)
+    generation_stage(out, study, first_runs)
+    report = write_report(out, study, variants, data, command or sys.argv, time.perf_counter() - started)
+    print(f"study done in {duration(time.perf_counter() - started)}: {report}")
+    return report
