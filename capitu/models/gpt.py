@@ -150,7 +150,9 @@ class GPT(nn.Module):
                 )
             x = x + self.transformer.wpe(positions)
         elif pos == "sinusoidal":
-            x = x + sinusoidal(positions, self.config.n_embd).to(x.dtype)
+            # as Vaswani et al. (2017, 3.4): embeddings scaled by sqrt(d_model), or the unit-amplitude
+            # sinusoids would drown token embeddings initialised at std 0.02
+            x = x * math.sqrt(self.config.n_embd) + sinusoidal(positions, self.config.n_embd).to(x.dtype)
         rope = rope_angles(positions, self.config.head_dim, self.config.rope_base) if pos == "rope" else None
         bias = alibi_bias(self.alibi_slopes, positions, start + T) if pos == "alibi" else None
         x = self.transformer.drop(x)

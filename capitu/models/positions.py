@@ -56,8 +56,9 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
 
 
 def alibi_bias(slopes: torch.Tensor, query_positions: torch.Tensor, key_length: int) -> torch.Tensor:
-    """Additive attention bias -slope * distance, -inf on future keys: (H, T, S)."""
+    """Additive attention bias -slope * distance, -inf on future keys: (1, H, T, S) (4-D: with
+    a 3-D mask CPU attention falls back from the flash kernel to the slower math one)."""
     keys = torch.arange(key_length, device=query_positions.device)
     distance = (query_positions[:, None] - keys[None, :]).float()  # (T, S)
     bias = -slopes.to(query_positions.device)[:, None, None] * distance[None]
-    return bias.masked_fill(distance[None] < 0, float("-inf"))
+    return bias.masked_fill(distance[None] < 0, float("-inf"))[None]

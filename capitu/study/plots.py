@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib import ticker  # noqa: E402
 
 
 def to_png(figure) -> bytes:
@@ -47,6 +48,11 @@ def perplexity_by_length(series: dict[str, dict[int, float]], context: int) -> b
     axes.axvline(context, color="grey", linewidth=0.8, linestyle=":")
     axes.set_xscale("log", base=2)
     axes.set_yscale("log")
+    lengths = sorted({n for points in series.values() for n in points})
+    axes.set_xticks(lengths, [str(n) for n in lengths])
+    axes.xaxis.set_minor_locator(ticker.NullLocator())
+    axes.yaxis.set_major_formatter(ticker.ScalarFormatter())
+    axes.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.0f"))
     axes.set_xlabel(f"evaluation context length (tokens; dotted: the training context, {context})")
     axes.set_ylabel("test perplexity")
     axes.set_title("Perplexity by evaluation length (mean over seeds)")
@@ -57,14 +63,16 @@ def perplexity_by_length(series: dict[str, dict[int, float]], context: int) -> b
 
 def bars(panels: list[tuple[str, dict[str, float]]], title: str) -> bytes:
     """One horizontal bar chart per panel (title, {variant: value}), side by side."""
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.32 * max(len(p[1]) for p in panels) + 1.4),
-                                sharey=True)
+    height = 0.32 * max(len(values) for _, values in panels) + 1.4
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), height), sharey=True, layout="constrained")
     axes = axes if len(panels) > 1 else [axes]
     for ax, (label, values) in zip(axes, panels):
         names = list(values)
         ax.barh(names, [values[n] for n in names], color="#4c72b0")
         ax.set_title(label, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
+        ax.xaxis.set_major_formatter(ticker.StrMethodFormatter("{x:,.0f}"))
         ax.invert_yaxis()
     figure.suptitle(title)
     return to_png(figure)

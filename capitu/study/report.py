@@ -21,6 +21,7 @@ import torch
 
 from capitu.checkpoint import atomic_write_bytes, atomic_write_json
 from capitu.errors import UserError
+from capitu.generate import markdown_cell
 from capitu.models.variants import Variant
 from capitu.study import plots
 from capitu.study.config import StudyConfig
@@ -285,10 +286,6 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
         Section("Reproducibility", [("pre", repro)]),
     ]
     return sections
-
-
-def markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
 
 
 def render_markdown(title: str, sections: list[Section]) -> str:

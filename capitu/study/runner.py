@@ -155,6 +155,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
         job_started = time.perf_counter()
         done = train_stage(config, run, progress)
         evaluate_stage(run, [n for n in study.eval_lengths if n != config.model.block_size], progress)
+        print(f"    {done}, evaluated ({duration(time.perf_counter() - job_started)})", flush=True)
         if done != "trained already":
             timed.append(time.perf_counter() - job_started)
     first_runs = {variant.name: run_folder(out, variant.name, study.first_seed) for variant in variants}

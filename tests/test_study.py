@@ -1,0 +1,214 @@
+import base64
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+
+import pytest
+
+from capitu.study.config import load_study
+
+from conftest import REPO, run_cli
+
+MICRO = """
+[study]
+seeds = {seeds}
+tokens = {tokens}
+set = ["model.n_layer=1", "model.n_embd=32", "model.n_head=4", "model.block_size=32", "optim.micro_batch=8",
+       "optim.batch_tokens=256", "optim.warmup_steps=2", "run.eval_every={eval_every}", "run.eval_windows=4",
+       "run.checkpoint_every=5"]
+eval_lengths = [16, 64]
+prompts = ["Capitu tinha olhos de", "Era uma vez"]
+new_tokens = 4
+bench = {bench}
+bench_train_steps = 1
+bench_repeats = 1
+
+[[variant]]
+name = "baseline"
+
+[[variant]]
+name = "rope"
+set = ["model.pos=rope"]
+"""
+SECTIONS = ["Setup", "Findings", "Results", "Plots", "Generations", "Reproducibility"]
+
+
+def micro_config(folder, seeds=2, tokens=2048, eval_every=4, bench="true"):
+    path = folder / "study.toml"
+    path.write_text(MICRO.format(seeds=seeds, tokens=tokens, eval_every=eval_every, bench=bench), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def micro_study(prepared_bpe, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    from capitu.cli import main
+
+    code = main(["study", "--config", str(micro_config(folder)), "--data", str(prepared_bpe), "--out",
+                 str(folder / "out"), "--quiet"])
+    assert code == 0
+    return folder / "out"
+
+
+def table_rows(markdown: str, first_header: str) -> dict[str, list[str]]:
+    """The rows of the Markdown table whose header starts with `first_header`, by first cell."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        rows[cells[0]] = cells
+    return rows
+
+
+def mean_std(values):
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def test_micro_study_writes_every_file_and_section(micro_study):
+    for name in ("report.md", "report.html", "results.json", "results.csv", "generations.json",
+                 "plots/val_loss.png", "plots/lengths.png", "plots/speed.png", "plots/memory.png"):
+        assert (micro_study / name).is_file(), name
+    for variant in ("baseline", "rope"):
+        for seed in (1337, 1338):
+            assert (micro_study / "runs" / f"{variant}-s{seed}" / "eval_test.json").is_file()
+    report = (micro_study / "report.md").read_text(encoding="utf-8")
+    for section in SECTIONS:
+        assert f"\n## {section}\n" in report
+    assert "«Capitu tinha olhos de»" in report and "| rope | Era uma vez" in report
+    assert "paired t-test" in report and "Extrapolation" in report
+
+
+def test_report_numbers_equal_the_runs_eval_json(micro_study):
+    report = (micro_study / "report.md").read_text(encoding="utf-8")
+    rows = table_rows(report, "variant | parameters")
+    results = json.loads((micro_study / "results.json").read_text())
+    csv_rows = {row["variant"]: row for row in csv.DictReader((micro_study / "results.csv").open())}
+    losses = {}
+    for variant in ("baseline", "rope"):
+        evals = [json.loads((micro_study / "runs" / f"{variant}-s{seed}" / "eval_test.json").read_text())
+                 for seed in (1337, 1338)]
+        losses[variant] = [e["loss"] for e in evals]
+        ppl, ppl_std = mean_std([e["ppl"] for e in evals])
+        bpb, bpb_std = mean_std([e["bpb"] for e in evals])
+        assert rows[variant][2] == f"{ppl:,.2f} ± {ppl_std:,.2f}"
+        assert rows[variant][3] == f"{bpb:,.4f} ± {bpb_std:,.4f}"
+        assert float(csv_rows[variant]["ppl_mean"]) == pytest.approx(ppl, rel=1e-12)
+        entry = next(e for e in results["variants"] if e["name"] == variant)
+        assert entry["word_ppl"]["mean"] == pytest.approx(mean_std([e["word_ppl"] for e in evals])[0], rel=1e-12)
+        bench = json.loads((micro_study / "runs" / f"{variant}-s1337" / "bench.json").read_text())
+        assert rows[variant][7] == f"{bench['train_tok_s']:,.0f}"
+        assert rows[variant][11] == f"{bench['kv_bytes_per_token']['shapes']:,}"
+    # the p-value, independently: 2 seeds, t with 1 degree of freedom (Cauchy tail)
+    d = [a - b for a, b in zip(losses["rope"], losses["baseline"])]
+    t = (sum(d) / 2) / (abs(d[0] - d[1]) / math.sqrt(2) / math.sqrt(2))
+    p = 1 - 2 / math.pi * math.atan(abs(t))
+    assert float(rows["rope"][6]) == pytest.approx(p, rel=2e-3, abs=1e-3)
+    assert float(csv_rows["rope"]["p_vs_baseline"]) == pytest.approx(p, rel=1e-9)
+
+
+class Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.images, self.text = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_report_html_is_self_contained(micro_study):
+    page = (micro_study / "report.html").read_text(encoding="utf-8")
+    parser = Collector()
+    parser.feed(page)
+    parser.close()
+    assert parser.tags.count("table") >= 4  # results, lengths, one per prompt
+    assert len(parser.images) == 4
+    for source in parser.images:
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
+    text = "".join(parser.text)
+    rows = table_rows((micro_study / "report.md").read_text(encoding="utf-8"), "variant | parameters")
+    for cells in rows.values():
+        for value in cells:
+            assert value in text
+    for section in SECTIONS:
+        assert section in text
+
+
+def test_study_stopped_mid_way_resumes(prepared_bpe, tmp_path):
+    config = micro_config(tmp_path, seeds=1, tokens=256 * 400, eval_every=100, bench="false")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "capitu", "study", "--config", str(config), "--data", str(prepared_bpe),
+               "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    state = out / "runs" / "rope-s1337" / "train_state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "run the same command to continue" in err
+
+    baseline, rope = out / "runs" / "baseline-s1337", out / "runs" / "rope-s1337"
+    assert (baseline / "eval_test.json").exists()
+    finished_weights = (baseline / "model.safetensors").stat().st_mtime_ns
+    stopped_at = json.loads((rope / "config.json").read_text())["step"]
+    total = json.loads((rope / "run.json").read_text())["total_steps"]
+    assert 0 < stopped_at < total
+    run_info = (rope / "run.json").read_text()
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "trained already" in again.stdout and f"resumed at step {stopped_at}" in again.stdout
+    assert (baseline / "model.safetensors").stat().st_mtime_ns == finished_weights
+    assert (rope / "run.json").read_text() == run_info  # resumed, not started again
+    steps = [json.loads(line)["step"] for line in (rope / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == total
+    assert (out / "report.md").exists()
+
+
+def test_load_study_layers(tmp_path):
+    study, variants = load_study("tiny")
+    assert study.vocab_size == 4096 and study.seeds == 2 and len(variants) == 11
+    path = tmp_path / "s.toml"
+    path.write_text('[study]\ntokens = 1000\n\n[[variant]]\nname = "baseline"\n', encoding="utf-8")
+    study, variants = load_study("tiny", path, seeds=3)
+    assert study.tokens == 1000 and study.seeds == 3 and [v.name for v in variants] == ["baseline"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[study]\nseeds = 0\n', "study.seeds"),
+    ('[study]\ncolour = "red"\n', "unknown config key 'study.colour'"),
+    ('[model]\nn_layer = 2\n', "unknown table"),
+    ('[[variant]]\nname = "rope"\nset = ["model.pos=rope"]\n', "baseline"),
+    ('[[variant]]\nname = "../x"\n', "variant name"),
+])
+def test_bad_study_config_exits_2(tmp_path, prepared_bpe, capsys, content, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(content, encoding="utf-8")
+    code, _, err = run_cli(["study", "--config", path, "--data", prepared_bpe, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and message in err, err
+
+
+def test_study_refuses_missing_data_and_another_study(micro_study, tmp_path, prepared_bpe, capsys):
+    code, _, err = run_cli(["study", "--data", tmp_path / "nothing", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "not a prepared folder" in err
+    config = micro_config(tmp_path, tokens=4096)
+    code, _, err = run_cli(["study", "--config", config, "--data", prepared_bpe, "--out", micro_study], capsys)
+    assert code == 2 and "holds another study" in err
