@@ -329,6 +329,7 @@ def add_study(commands) -> None:
     source.add_argument("--source", help="texts to prepare into OUT/data (as capitu prepare --source)")
     p.add_argument("--out", type=Path, required=True, help="the study folder, e.g. studies/tiny")
     p.add_argument("--seeds", type=int, help="training seeds per variant (default: the preset's study setting)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or mps for every stage (default: the best available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run_study_command)
 
@@ -339,7 +340,7 @@ def run_study_command(args) -> None:
 
     study, variants = load_study(args.preset, args.config, args.seeds)
     run_study(study, variants, args.out, data=args.data, source=args.source, command=["capitu", *sys.argv[1:]],
-              progress=not args.quiet)
+              progress=not args.quiet, device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,7 +51,7 @@ def micro_study(prepared_bpe, tmp_path_factory):
     from capitu.cli import main
 
     code = main(["study", "--config", str(micro_config(folder)), "--data", str(prepared_bpe), "--out",
-                 str(folder / "out"), "--quiet"])
+                 str(folder / "out"), "--quiet", "--device", "cpu"])
     assert code == 0
     return folder / "out"
 

@@ -64,13 +64,21 @@ def base_config(study: StudyConfig, data: Path) -> Config:
     return config
 
 
+def same_training(saved: dict, wanted: dict) -> bool:
+    """Whether two resolved configs train the same run (the device may differ)."""
+    def without_device(config: dict) -> dict:
+        return {**config, "run": {k: v for k, v in config.get("run", {}).items() if k != "device"}}
+
+    return without_device(saved) == without_device(wanted)
+
+
 def train_stage(config: Config, run: Path, progress: bool) -> str:
     """Train, resume or skip the run; returns what was done."""
     from capitu.train.trainer import train
 
     if (run / "train_state.pt").exists():
         saved = read_config(run)
-        if saved.get("config") != to_dict(config):
+        if not same_training(saved.get("config", {}), to_dict(config)):
             raise UserError(f"{run} was trained with another config; remove it or use another --out")
         total = json.loads((run / "run.json").read_text(encoding="utf-8"))["total_steps"]
         if saved["step"] >= total:
@@ -87,7 +95,7 @@ def train_stage(config: Config, run: Path, progress: bool) -> str:
     return done
 
 
-def evaluate_stage(run: Path, lengths: list[int], progress: bool) -> None:
+def evaluate_stage(run: Path, lengths: list[int], progress: bool, device) -> None:
     from capitu.evaluate import evaluate_run
 
     path = run / EVAL
@@ -95,22 +103,20 @@ def evaluate_stage(run: Path, lengths: list[int], progress: bool) -> None:
         previous = json.loads(path.read_text(encoding="utf-8"))
         if set(previous.get("lengths", {})) == {str(n) for n in lengths}:
             return
-    atomic_write_json(path, evaluate_run(run, "test", lengths=lengths or None, progress=progress))
+    atomic_write_json(path, evaluate_run(run, "test", lengths=lengths or None, device=device, progress=progress))
 
 
-def bench_stage(run: Path, study: StudyConfig) -> None:
+def bench_stage(run: Path, study: StudyConfig, device: str) -> None:
     from capitu.bench import BenchOptions, bench, config_of_run
 
     if (run / BENCH).exists():
         return
-    options = BenchOptions(train_steps=study.bench_train_steps, repeats=study.bench_repeats)
+    options = BenchOptions(train_steps=study.bench_train_steps, repeats=study.bench_repeats, device=device)
     atomic_write_json(run / BENCH, bench(config_of_run(read_config(run)), str(run / WEIGHTS), options))
 
 
-def generation_stage(out: Path, study: StudyConfig, runs: dict[str, Path]) -> None:
+def generation_stage(out: Path, study: StudyConfig, runs: dict[str, Path], device) -> None:
     """Every variant's first-seed run continues the same prompts with the same sampling seed."""
-    import torch
-
     from capitu.generate import Sampling, compare
 
     settings = {"prompts": study.prompts, "new_tokens": study.new_tokens, "temperature": study.temperature,
@@ -120,8 +126,7 @@ def generation_stage(out: Path, study: StudyConfig, runs: dict[str, Path]) -> No
         return
     sampling = Sampling(temperature=study.temperature, top_k=study.top_k)
     sampling.validate()
-    results = compare(list(runs.values()), study.prompts, study.new_tokens, sampling, study.sample_seed,
-                      torch.device("cpu"))
+    results = compare(list(runs.values()), study.prompts, study.new_tokens, sampling, study.sample_seed, device)
     atomic_write_json(path, {"settings": settings, "results": results})
 
 
@@ -131,9 +136,12 @@ def duration(seconds: float) -> str:
 
 
 def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path | None = None,
-              source: str | None = None, command: list[str] | None = None, progress: bool = True) -> Path:
-    """Run (or continue) the study in `out`; returns the path of report.md."""
+              source: str | None = None, command: list[str] | None = None, progress: bool = True,
+              device: str = "auto") -> Path:
+    """Run (or continue) the study in `out` on `device` (training, evaluation, bench and
+    generation); returns the path of report.md."""
     from capitu.study.report import write_report
+    from capitu.train.trainer import pick_device
 
     started = time.perf_counter()
     out = Path(out)
@@ -142,6 +150,9 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
     record_plan(out, study, variants, str(data) if data is not None else f"source:{source}")
     data = prepare_data(out, study, data, source, progress)
     base = base_config(study, data)
+    if device != "auto":
+        base.run.device = device
+    torch_device = pick_device(device, 0)
     configs = {variant.name: variant_config(base, variant) for variant in variants}
     jobs = [(variant.name, seed) for seed in study.seed_list for variant in variants]
     timed: list[float] = []
@@ -154,7 +165,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
               flush=True)
         job_started = time.perf_counter()
         done = train_stage(config, run, progress)
-        evaluate_stage(run, [n for n in study.eval_lengths if n != config.model.block_size], progress)
+        evaluate_stage(run, [n for n in study.eval_lengths if n != config.model.block_size], progress, torch_device)
         print(f"    {done}, evaluated ({duration(time.perf_counter() - job_started)})", flush=True)
         if done != "trained already":
             timed.append(time.perf_counter() - job_started)
@@ -162,9 +173,9 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
     if study.bench:
         for number, (name, run) in enumerate(first_runs.items(), 1):
             print(f"bench [{number}/{len(first_runs)}] {name}", flush=True)
-            bench_stage(run, study)
+            bench_stage(run, study, device)
     print("generating", flush=True)
-    generation_stage(out, study, first_runs)
+    generation_stage(out, study, first_runs, torch_device)
     report = write_report(out, study, variants, data, command or sys.argv, time.perf_counter() - started)
     print(f"study done in {duration(time.perf_counter() - started)}: {report}")
     return report
