@@ -150,19 +150,20 @@ def run_train(args) -> None:
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.path={json.dumps(str(args.data))}")
-    budget = {}  # what the user asked for; on --resume it replaces the saved budget
+    settings = {}  # what the user asked for; on --resume it replaces the saved values
     if args.tokens is not None:
-        budget.update(tokens=args.tokens, steps=0)
+        settings.update(tokens=args.tokens, steps=0)
     if args.steps is not None:
-        budget["steps"] = args.steps
+        settings["steps"] = args.steps
     if args.time is not None:
-        budget["time"] = args.time
+        settings["time"] = args.time
     if args.device:
-        overrides.append(f"run.device={json.dumps(args.device)}")
+        settings["device"] = args.device
     if not args.resume and not args.data and not any(o.startswith("data.path=") for o in overrides):
         raise UserError("--data is required (a folder made by capitu prepare)")
     config = None if args.resume else load_config(args.preset, args.config, overrides)
-    last = train(config, args.out, resume=args.resume, pause_at=args.pause_at, progress=not args.quiet, budget=budget)
+    last = train(config, args.out, resume=args.resume, pause_at=args.pause_at, progress=not args.quiet,
+                 run_settings=settings)
     summary = f"step {last.get('step')}, {last.get('tokens', 0):,} tokens, train loss {last.get('train_loss', float('nan')):.4f}"
     if "val_loss" in last:
         summary += f", val loss {last['val_loss']:.4f}"

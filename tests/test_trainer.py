@@ -86,7 +86,7 @@ def test_sigint_leaves_a_checkpoint_that_resumes(prepared_char, tmp_path):
     assert process.returncode == 130 and "checkpoint saved" in err and "Traceback" not in err
     step = torch.load(run / "train_state.pt", weights_only=True)["step"]
     assert step >= 5
-    last = train(None, run, resume=True, progress=False, budget={"steps": step + 3})
+    last = train(None, run, resume=True, progress=False, run_settings={"steps": step + 3})
     assert last["step"] == step + 3
 
 
@@ -136,3 +136,15 @@ def test_corrupt_training_state_is_a_clear_error(prepared_char, tmp_path, capsys
     assert code == 2 and "corrupt or not a capitu training state" in err
     code, _, err = run_cli(["train", "--data", prepared_char, "--out", tmp_path / "run", "--steps", "4", "--quiet"], capsys)
     assert code == 2 and "already holds a run" in err
+
+
+def test_resume_takes_a_new_device_and_budget(prepared_char, tmp_path, capsys):
+    train(config_for(prepared_char, "run.steps=2", 'run.device="auto"'), tmp_path / "run", progress=False)
+    code, out, err = run_cli(["train", "--out", tmp_path / "run", "--resume", "--steps", "3", "--device", "cpu",
+                              "--quiet"], capsys)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["config"]["run"]["device"] == "cpu" and saved["step"] == 3
+    code, _, err = run_cli(["train", "--out", tmp_path / "run", "--resume", "--steps", "4", "--device", "tpu9",
+                            "--quiet"], capsys)
+    assert code == 2 and "unknown device" in err

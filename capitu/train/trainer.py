@@ -219,13 +219,14 @@ def evaluate(model, tokens: np.ndarray, starts: np.ndarray, block: int, micro_ba
 
 
 def train(config: Config | None, out: Path, resume: bool = False, pause_at: int = 0, progress: bool = True,
-          budget: dict | None = None) -> dict:
+          run_settings: dict | None = None) -> dict:
     """Train the run in `out` with `config`, or resume it with its saved config (`config` is
-    then ignored); `budget` ({"tokens", "steps", "time"}) replaces the run's budget."""
+    then ignored); `run_settings` ({"tokens", "steps", "time", "device"}) replace those [run]
+    values, the saved ones too on resume (a budget can be extended, a run moved to a device)."""
     out = Path(out)
     if resume:
         config = from_dict(Config, read_saved_config(out))
-    for key, value in (budget or {}).items():
+    for key, value in (run_settings or {}).items():
         setattr(config.run, key, value)
     if not resume and (out / "config.json").exists():
         raise UserError(f"{out} already holds a run; use --resume to continue it, or another --out")
