@@ -131,7 +131,7 @@ def generate(model, prompt: torch.Tensor, new_tokens: int, sampling: Sampling, s
         if not sliding and sequence.shape[1] - start > window:  # context full: keep its newer half
             start = sequence.shape[1] - window // 2
             if cached:
-                cache = model.new_cache(prompt.shape[0], window)
+                cache.reset()
                 pending = sequence[:, start:]
     return sequence
 

@@ -26,6 +26,10 @@ class KVCache:
     def advance(self, steps: int) -> None:
         self.length += steps
 
+    def reset(self) -> None:
+        """Forget every position (the memory stays allocated for the next ones)."""
+        self.length = 0
+
     @property
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes

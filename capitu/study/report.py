@@ -93,7 +93,7 @@ def collect(out: Path, study: StudyConfig, variants: list[Variant]) -> dict:
             "test": "paired t-test on per-seed test loss (pairs: the same seed, so the same training batches)",
             **(paired_t_test(losses, base_losses) or {"t": None, "df": 0, "p": None}),
         }
-    return {"study": asdict(study), "variants": entries}
+    return {"study": {**asdict(study), "seed_list": study.seed_list}, "variants": entries}
 
 
 # ---- findings: sentences computed from the numbers --------------------------------------
@@ -395,7 +395,6 @@ def csv_rows(results: dict) -> list[dict]:
 def write_report(out: Path, study: StudyConfig, variants: list[Variant], data: Path, command: list[str],
                  seconds: float) -> Path:
     results = collect(out, study, variants)
-    results["study"]["seed_list"] = study.seed_list
     generations = read_json(out / GENERATIONS)
     figures = make_figures(results)
     repro = reproducibility(results, variants, data, command, seconds)
