@@ -103,15 +103,13 @@ def generation_lengths(config: Config, options: BenchOptions) -> tuple[int, int,
 @torch.no_grad()
 def measure_generation(config: Config, weights: str | None, device: torch.device, options: BenchOptions) -> dict:
     from capitu.checkpoint import restore_weights
-    from capitu.generate import Sampling, generate
+    from capitu.generate import Sampling, for_generation, generate
     from capitu.models import build_model
 
     model = build_model(config.model)
     if weights:
         restore_weights(model, weights)
-    model = model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(dtype=torch.bfloat16)
+    model = for_generation(model, device)
     window, prompt_length, new_tokens = generation_lengths(config, options)
     greedy = Sampling(temperature=0)
     result = {"prompt_length": prompt_length, "new_tokens": new_tokens, "prefill_tok_s": {}, "decode_tok_s": {}}

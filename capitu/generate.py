@@ -154,15 +154,18 @@ class TextStream:
             self.printed = len(text)
 
 
+def for_generation(model, device: torch.device):
+    """The model on `device` in eval mode; on CUDA in bf16, and so its KV cache."""
+    model = model.to(device).eval()
+    return model.to(dtype=torch.bfloat16) if device.type == "cuda" else model
+
+
 def load_for_generation(run, device: torch.device):
-    """(model, tokenizer) of a run or model folder; on CUDA the weights become bf16, and so
-    does the KV cache."""
+    """(model, tokenizer) of a run or model folder, ready to generate on `device`."""
     from capitu.checkpoint import TOKENIZER, load_model
     from capitu.tokenizer import load_tokenizer
 
-    model, _ = load_model(run, device)
-    if device.type == "cuda":
-        model = model.to(dtype=torch.bfloat16)
+    model = for_generation(load_model(run, device)[0], device)
     if not (run / TOKENIZER).is_file():
         raise UserError(f"{run} has no {TOKENIZER}; cannot turn text into tokens")
     return model, load_tokenizer(run / TOKENIZER)
@@ -209,16 +212,20 @@ def markdown_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
 
 
-def markdown_table(results: list[dict], names: dict[str, str] | None = None) -> str:
+def markdown_grid(head: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: a header row, the rule, one line per row."""
+    lines = ["| " + " | ".join(map(markdown_cell, head)) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(map(markdown_cell, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown_table(results: list[dict]) -> str:
     """One table per prompt: a column per run, its text in the cell."""
-    names = names or {}
     blocks = []
     for entry in results:
         runs = list(entry["outputs"])
-        header = "| " + " | ".join(markdown_cell(names.get(r, r)) for r in runs) + " |"
-        rule = "|" + "---|" * len(runs)
-        row = "| " + " | ".join(markdown_cell(entry["outputs"][r]) for r in runs) + " |"
-        blocks.append(f"**Prompt:** {markdown_cell(entry['prompt']) or '(empty: from end-of-text)'}\n\n{header}\n{rule}\n{row}")
+        table = markdown_grid(runs, [[entry["outputs"][r] for r in runs]])
+        blocks.append(f"**Prompt:** {markdown_cell(entry['prompt']) or '(empty: from end-of-text)'}\n\n{table}")
     return "\n\n".join(blocks)
 
 

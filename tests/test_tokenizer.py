@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 
-from capitu.data.dedup import Document
 from capitu.tokenizer import EOT_ID, BPETokenizer, CharTokenizer, load_tokenizer
 from capitu.errors import UserError
 

@@ -21,7 +21,7 @@ import torch
 
 from capitu.checkpoint import atomic_write_bytes, atomic_write_json
 from capitu.errors import UserError
-from capitu.generate import markdown_cell
+from capitu.generate import markdown_grid
 from capitu.models.variants import Variant
 from capitu.study import plots
 from capitu.study.config import StudyConfig
@@ -299,10 +299,7 @@ def render_markdown(title: str, sections: list[Section]) -> str:
             elif kind == "list":
                 parts.append("\n".join(f"- {item}" for item in block[1]))
             elif kind == "table":
-                head, rows = block[1], block[2]
-                lines = ["| " + " | ".join(map(markdown_cell, head)) + " |", "|" + "---|" * len(head)]
-                lines += ["| " + " | ".join(markdown_cell(c) for c in row) + " |" for row in rows]
-                parts.append("\n".join(lines))
+                parts.append(markdown_grid(block[1], block[2]))
             elif kind == "image":
                 parts.append(f"![{block[3]}](plots/{block[1]})")
             elif kind == "pre":
