@@ -1,13 +1,27 @@
-"""Training tokens/s of capitu's GPT against HF transformers' GPT2LMHeadModel, same shapes,
-same loop (AdamW, fp32 on CPU, bf16 autocast on CUDA, the same batches), in one run.
+"""Training tokens/s of capitu's GPT, lever by lever, against HF transformers'
+GPT2LMHeadModel eager fp32 at the same shapes, in one process, in interleaved rounds.
 
-    python benchmarks/train_throughput.py [--presets tiny small] [--steps 8] [--rounds 3]
+    python benchmarks/train_throughput.py [--shapes study tiny] [--steps 20] [--rounds 5] [--compile]
 
-Needs `transformers` (the test extra). Prints tokens/s of each and the ratio ours/HF.
+Shapes: `study` is the default study's model (2 layers, 128 wide, context 128, vocabulary
+4,096, micro-batch 8: the tiny preset with capitu/presets/study/tiny.toml's overrides);
+`tiny` is the tiny preset (4 layers, context 256, micro-batch 16) at vocabulary 16,384.
+Every contender trains with the trainer's loop (forward, backward, gradient clipping,
+AdamW step) on the same batches. The levers, each added to the one before:
+
+- `unfused`:     capitu as it was: fp32, logits materialised, then F.cross_entropy
+- `fused-ce`:    the output layer fused with the loss (capitu/models/loss.py)
+- `bf16`:        + bf16 autocast (attention kept fp32 on CPU), where the CPU supports bf16
+- `fused-adamw`: + AdamW's fused kernel (the trainer's default on CPU and CUDA)
+- `compile`:     + torch.compile of the model (with --compile; compile time shown apart)
+
+Each round runs every contender for --steps timed steps, in turn; the table gives the median
+over rounds and its range, and each contender's ratio to HF's median. Needs `transformers`.
 """
 
 import argparse
 import contextlib
+import statistics
 import time
 
 import torch
@@ -16,16 +30,22 @@ import transformers
 
 from capitu.config import load_config
 from capitu.models import GPT
+from capitu.train.trainer import bf16_supported
+
+SHAPES = {
+    "study": (["model.vocab_size=4096", "model.n_layer=2", "model.block_size=128"], 8),
+    "tiny": (["model.vocab_size=16384"], 16),
+}
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
-parser.add_argument("--vocab-size", type=int, default=16384)
-parser.add_argument("--micro-batch", type=int, default=0, help="sequences per step (default: the preset's)")
-parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
-parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each is kept")
+parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+parser.add_argument("--steps", type=int, default=20, help="timed steps per contender per round")
+parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+parser.add_argument("--compile", action="store_true", help="also time torch.compile (its compile time is shown apart)")
 args = parser.parse_args()
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+bf16 = torch.autocast(device.type, dtype=torch.bfloat16)
+fp32 = contextlib.nullcontext()
 
 
 def hf_twin(config):
@@ -37,50 +57,88 @@ def hf_twin(config):
     return transformers.GPT2LMHeadModel(hf_config)
 
 
-def ours_loss(model, x, y):
-    return model(x, y)[1]
-
-
 def hf_loss(model, x, y):
     logits = model(input_ids=x).logits
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
 
 
-def run_steps(model, loss_fn, optimizer, batches) -> float:
-    """Seconds to train on `batches`, one optimizer step each."""
-    start = time.perf_counter()
-    for x, y in batches:
-        with autocast:
-            loss_fn(model, x, y).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+def unfused_loss(model, x, y):
+    logits = model(x)[0]
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
 
 
-def tokens_per_second(model, loss_fn, batches):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    run_steps(model, loss_fn, optimizer, batches[:2])  # warm-up
-    return sum(x.numel() for x, _ in batches[2:]) / run_steps(model, loss_fn, optimizer, batches[2:])
+def fused_loss(model, x, y):
+    return model(x, y)[1]
 
 
-print(f"device {device}, torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
-print(f"{'preset':<7} {'params':>12} {'batch':>10} {'capitu tok/s':>13} {'HF tok/s':>10} {'ratio':>6}")
-for preset in args.presets:
-    config = load_config(preset, overrides=[f"model.vocab_size={args.vocab_size}"])
-    micro = args.micro_batch or config.optim.micro_batch
+class Contender:
+    def __init__(self, name, model, loss_fn, autocast, fused_adamw=False, compiled=False):
+        self.name, self.loss_fn, self.autocast = name, loss_fn, autocast
+        self.model = model.to(device).train()
+        self.parameters = list(self.model.parameters())
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=1e-4, fused=fused_adamw or None)
+        self.forward = torch.compile(self.model) if compiled else self.model
+        self.rates, self.setup_s = [], 0.0
+
+    def steps(self, batches) -> float:
+        """Seconds to train on `batches`, one optimizer step each, as the trainer does."""
+        start = time.perf_counter()
+        for x, y in batches:
+            with self.autocast:
+                loss = self.loss_fn(self.forward, x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def warm_up(self, batches):
+        self.setup_s = self.steps(batches[:2])
+
+
+print(f"device {device}, torch {torch.__version__}, transformers {transformers.__version__}, "
+      f"threads {torch.get_num_threads()}, bf16 supported: {bf16_supported(device)}")
+for shape in args.shapes:
+    overrides, micro = SHAPES[shape]
+    config = load_config("tiny", overrides=overrides).model
     torch.manual_seed(0)
-    ours = GPT(config.model).to(device).train()
-    hf = hf_twin(config.model).to(device).train()
-    batches = [
-        (torch.randint(0, args.vocab_size, (micro, config.model.block_size), device=device),
-         torch.randint(0, args.vocab_size, (micro, config.model.block_size), device=device))
-        for _ in range(args.steps + 2)
+    template = GPT(config)
+
+    def ours():
+        model = GPT(config)
+        model.load_state_dict(template.state_dict())
+        return model
+
+    contenders = [
+        Contender("HF GPT2LMHeadModel", hf_twin(config), hf_loss, fp32),
+        Contender("unfused", ours(), unfused_loss, fp32),
+        Contender("fused-ce", ours(), fused_loss, fp32),
     ]
-    best = {"ours": 0.0, "hf": 0.0}
+    if bf16_supported(device):
+        contenders.append(Contender("+ bf16", ours(), fused_loss, bf16))
+    last_autocast = contenders[-1].autocast
+    contenders.append(Contender("+ fused-adamw", ours(), fused_loss, last_autocast, fused_adamw=True))
+    if args.compile:
+        contenders.append(Contender("+ compile", ours(), fused_loss, last_autocast, fused_adamw=True, compiled=True))
+    batches = [
+        (torch.randint(0, config.vocab_size, (micro, config.block_size), device=device),
+         torch.randint(0, config.vocab_size, (micro, config.block_size), device=device))
+        for _ in range(args.steps)
+    ]
+    tokens = sum(x.numel() for x, _ in batches)
+    for contender in contenders:
+        contender.warm_up(batches)
     for _ in range(args.rounds):
-        best["ours"] = max(best["ours"], tokens_per_second(ours, ours_loss, batches))
-        best["hf"] = max(best["hf"], tokens_per_second(hf, hf_loss, batches))
-    print(f"{preset:<7} {ours.num_params():>12,} {micro:>4}x{config.model.block_size:<5} {best['ours']:>13,.0f} "
-          f"{best['hf']:>10,.0f} {best['ours'] / best['hf']:>6.2f}")
+        for contender in contenders:
+            contender.rates.append(tokens / contender.steps(batches))
+    reference = statistics.median(contenders[0].rates)
+    print(f"\nshape {shape}: {config.n_layer} layers, {config.n_embd} wide, context {config.block_size}, vocabulary "
+          f"{config.vocab_size:,}, micro-batch {micro}; {args.rounds} rounds x {args.steps} steps")
+    print(f"{'contender':<20} {'tok/s median':>13} {'range':>17} {'vs HF':>6} {'first 2 steps':>14}")
+    for contender in contenders:
+        rates = contender.rates
+        median = statistics.median(rates)
+        print(f"{contender.name:<20} {median:>13,.0f} {min(rates):>8,.0f}-{max(rates):<8,.0f} "
+              f"{median / reference:>6.2f} {contender.setup_s:>12.1f} s")

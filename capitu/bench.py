@@ -30,7 +30,7 @@ SDPA_KERNELS = {  # the aten op scaled_dot_product_attention dispatched to -> it
 
 @dataclass
 class BenchOptions:
-    train_steps: int = 5  # timed optimizer steps (after one warm-up step)
+    train_steps: int = 5  # timed optimizer steps (after three warm-up steps)
     prompt_length: int = 0  # 0: half the context
     new_tokens: int = 0  # 0: half the context
     batch_sizes: tuple[int, ...] = (1, 16)
@@ -55,7 +55,9 @@ def sdpa_kernel(call) -> str:
     return ", ".join(found) or "none"
 
 
-def measure_training(config: Config, device: torch.device, options: BenchOptions) -> dict:
+def measure_training(config: Config, device: torch.device, options: BenchOptions, kernel: bool = True) -> dict:
+    """Training tokens/s over `options.train_steps` steps after warm-up steps, the peak
+    memory, and (with `kernel`) the SDPA kernel the model's attention runs."""
     from capitu.models import build_model
     from capitu.train.optim import make_optimizer
     from capitu.train.trainer import autocast_context
@@ -71,20 +73,25 @@ def measure_training(config: Config, device: torch.device, options: BenchOptions
         with autocast:
             _, loss = model(x[:, :-1], x[:, 1:])
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up: allocations, kernel selection
+    for _ in range(3):  # warm-up: allocations, kernel selection, oneDNN's bf16 kernels built on first use
+        step()
     synchronize(device)
     started = time.perf_counter()
     for _ in range(options.train_steps):
         step()
     synchronize(device)
     seconds = time.perf_counter() - started
-    with torch.no_grad(), autocast:
-        kernel = sdpa_kernel(lambda: model(torch.zeros(batch, block, dtype=torch.long, device=device)))
-    return {"train_tok_s": options.train_steps * batch * block / seconds, "train_batch": [batch, block],
-            "peak_train_bytes": peak_memory_bytes(device), "sdpa_kernel_train": kernel}
+    result = {"train_tok_s": options.train_steps * batch * block / seconds, "train_batch": [batch, block],
+              "peak_train_bytes": peak_memory_bytes(device)}
+    if kernel:
+        with torch.no_grad(), autocast:
+            result["sdpa_kernel_train"] = sdpa_kernel(
+                lambda: model(torch.zeros(batch, block, dtype=torch.long, device=device)))
+    return result
 
 
 def generation_lengths(config: Config, options: BenchOptions) -> tuple[int, int, int]:

@@ -136,8 +136,8 @@ def read_toml(path: Path) -> dict:
 
 
 def preset_names() -> list[str]:
-    """The model presets (grid.toml holds the study's variants, not a preset)."""
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml") if p.stem != "grid")
+    """The model presets (presets/*.toml; the grids and study settings are in subfolders)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
 
 
 def load_layers(config, preset: str | None, file: Path | None, overrides: list[str]):
@@ -162,9 +162,15 @@ def from_dict(cls, values: dict):
     return config
 
 
+OPTIMIZERS = ("adamw", "muon")
+
+
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3  # peak learning rate
+    name: str = "adamw"  # adamw, or muon: Muon for the hidden matrices, AdamW for the rest
+    lr: float = 1e-3  # peak learning rate (AdamW's)
+    muon_lr: float = 1e-3  # Muon's peak learning rate, on AdamW's scale (RMS-matched updates)
+    muon_momentum: float = 0.95
     min_lr_ratio: float = 0.1  # cosine decay floor, as a share of lr
     warmup_steps: int = 50
     weight_decay: float = 0.1  # weight matrices only; never biases, norms or gains
@@ -174,6 +180,13 @@ class OptimConfig:
     grad_clip: float = 1.0  # 0: no clipping
     batch_tokens: int = 8192  # tokens per optimizer step, over micro-batches and processes
     micro_batch: int = 16  # sequences per forward pass
+
+    def validate(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise UserError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got '{self.name}'")
+        for name in ("lr", "muon_lr"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"optim.{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass
@@ -188,7 +201,7 @@ class RunConfig:
     time: float = 0.0  # budget in seconds of training (0: none)
     seed: int = 1337
     device: str = "auto"  # auto (cuda, mps, cpu), or a torch device name
-    dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 elsewhere; or float32, bfloat16
+    dtype: str = "auto"  # auto: bfloat16 autocast where bf16 matmuls are native (CUDA, AVX-512 BF16/AMX CPUs), else float32
     compile: bool = False
     eval_every: int = 100  # steps between validations
     eval_windows: int = 32  # validation windows, the same ones every time
@@ -203,8 +216,12 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def validate(self) -> None:
+        self.model.validate()
+        self.optim.validate()
+
 
 def load_config(preset: str | None = None, file: Path | None = None, overrides: list[str] = ()) -> Config:
     config = load_layers(Config(), preset, file, list(overrides))
-    config.model.validate()
+    config.validate()
     return config

@@ -7,6 +7,7 @@ HF's GPT2LMHeadModel so that weights map one to one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from capitu.config import ModelConfig
 from capitu.errors import UserError
 from capitu.models.kv_cache import KVCache
+from capitu.models.loss import linear_cross_entropy
 from capitu.models.positions import alibi_bias, alibi_slopes, apply_rope, rope_angles, sinusoidal
 
 
@@ -55,10 +57,17 @@ class CausalSelfAttention(nn.Module):
             causal = False
         else:  # no cache: plain causal; one new token: it sees everything cached
             mask, causal = None, past == 0
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )
+        # CPU bf16 autocast: attention stays fp32, whose flash kernel trains 3-4x faster than the
+        # bf16 one at small head sizes (benchmarks/train_throughput.py --levers shows it)
+        fp32_attention = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if fp32_attention:
+            q, k, v = q.float(), k.float(), v.float()
+            mask = mask.float() if mask is not None and mask.is_floating_point() else mask
+        with torch.autocast("cpu", enabled=False) if fp32_attention else contextlib.nullcontext():
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, H * d)
         return self.resid_dropout(self.c_proj(y))
 
@@ -134,9 +143,10 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
                 last_only: bool = False):
-        """idx (B, T) token ids -> logits (B, T, V) and, with targets (B, T), the mean loss;
-        with `last_only`, logits (B, 1, V) of the last position alone (generation needs no more,
-        and the output layer is the costliest matrix of a small model)."""
+        """idx (B, T) token ids -> (logits (B, T, V), None); with targets (B, T), (None, the
+        mean loss), the output layer fused with the loss (models/loss.py: the logits are never
+        materialised); with `last_only`, logits (B, 1, V) of the last position alone
+        (generation needs no more, and the output layer is the costliest matrix of a small model)."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + T, device=idx.device)
@@ -160,13 +170,16 @@ class GPT(nn.Module):
             x = block(x, rope, bias, cache)
         if cache is not None:
             cache.advance(T)
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets)
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
-        logits = self.lm_head(self.transformer.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        return self.lm_head(x), None
+
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """The blocks' 2-D weights (attention and MLP): what Muon trains."""
+        return [p for p in self.transformer.h.parameters() if p.dim() == 2]
 
     def num_params(self, embeddings: bool = True) -> int:
         """Unique parameters; without embeddings: less the token and position tables (an

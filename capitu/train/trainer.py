@@ -31,7 +31,7 @@ from capitu.checkpoint import TOKENIZER, atomic_write_json, restore_weights, sav
 from capitu.config import Config, from_dict, to_dict
 from capitu.errors import UserError
 from capitu.models import build_model
-from capitu.train.optim import learning_rate, make_optimizer
+from capitu.train.optim import make_optimizer, schedule
 from capitu.train.sampler import WindowSampler, evaluation_starts, windows
 
 STATE = "train_state.pt"
@@ -74,9 +74,25 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast_context(device: torch.device, dtype: str):
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively: CUDA's own check; on CPU, AVX-512 BF16 or AMX
+    (elsewhere oneDNN emulates bf16, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_dtype(device: torch.device, dtype: str) -> str:
+    """run.dtype as used: `auto` is bfloat16 autocast where the device has bf16 matmuls, else float32."""
     if dtype == "auto":
-        dtype = "bfloat16" if device.type == "cuda" else "float32"
+        return "bfloat16" if bf16_supported(device) else "float32"
+    return dtype
+
+
+def autocast_context(device: torch.device, dtype: str):
+    dtype = resolve_dtype(device, dtype)
     if dtype == "float32":
         return contextlib.nullcontext()
     if dtype == "bfloat16":
@@ -230,7 +246,7 @@ def train(config: Config | None, out: Path, resume: bool = False, pause_at: int 
         setattr(config.run, key, value)
     if not resume and (out / "config.json").exists():
         raise UserError(f"{out} already holds a run; use --resume to continue it, or another --out")
-    config.model.validate()
+    config.validate()
     device = pick_device(config.run.device, int(os.environ.get("LOCAL_RANK", 0)))
     ddp = setup_distributed(device.type)
     try:
@@ -274,7 +290,8 @@ def _train(config: Config, out: Path, resume: bool, pause_at: int, show_progress
             shutil.copyfile(tokenizer, out / TOKENIZER)
         atomic_write_json(out / RUN_INFO, {
             "config": to_dict(config), "data_fingerprint": meta.get("fingerprint"), "git_commit": git_commit(),
-            "versions": versions(), "device": str(device), "world_size": ddp.world,
+            "versions": versions(), "device": str(device), "dtype": resolve_dtype(device, config.run.dtype),
+            "world_size": ddp.world,
             "accumulation": accumulation, "step_tokens": step_tokens, "total_steps": steps,
             "parameters": model.num_params(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
@@ -301,9 +318,9 @@ def _train(config: Config, out: Path, resume: bool, pause_at: int, show_progress
     with StopRequest() as stop:
         while progress["step"] < target:
             starts = sampler.step_starts(accumulation * ddp.world * micro)
-            lr = learning_rate(progress["step"], steps, config.optim)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            factor = schedule(progress["step"], steps, config.optim)
+            optimizer.set_schedule(factor)
+            lr = config.optim.lr * factor
             loss_sum = 0.0
             for m in range(accumulation):
                 first = (m * ddp.world + ddp.rank) * micro
