@@ -42,10 +42,11 @@ def test_loss_falls_below_a_unigram_model(prepared_char, tmp_path):
     assert last["val_loss"] < unigram - 0.2, (last["val_loss"], unigram)
 
 
-def test_exact_resume_is_bit_identical(prepared_char, tmp_path):
-    train(config_for(prepared_char, "run.steps=12", "model.dropout=0.1"), tmp_path / "straight", progress=False)
-    paused = train(config_for(prepared_char, "run.steps=12", "model.dropout=0.1"), tmp_path / "halves",
-                   pause_at=6, progress=False)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_exact_resume_is_bit_identical(optimizer, prepared_char, tmp_path):
+    settings = ["run.steps=12", "model.dropout=0.1", f"optim.name={optimizer}"]
+    train(config_for(prepared_char, *settings), tmp_path / "straight", progress=False)
+    paused = train(config_for(prepared_char, *settings), tmp_path / "halves", pause_at=6, progress=False)
     assert paused["step"] == 6
     train(None, tmp_path / "halves", resume=True, progress=False)  # the saved budget: 12 steps
     a = load_file(tmp_path / "straight" / "model.safetensors")
@@ -116,6 +117,7 @@ def test_ddp_two_processes_equal_one_with_accumulation(prepared_char, tmp_path):
     [
         (["--set", "model.colour=red"], "unknown config key 'model.colour'"),
         (["--set", "model.n_kv_head=3"], "must be divisible by model.n_kv_head"),
+        (["--set", "optim.name=bogus"], "optim.name must be one of adamw, muon, got 'bogus'"),
         (["--set", "model.block_size=100000000"], "longer than the train split"),
         (["--data", "{tmp}/missing"], "data folder not found"),
         (["--resume"], "no readable config.json"),

@@ -54,6 +54,10 @@ class FeedForwardLM(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """Bengio's H, the one hidden layer (the output and direct layers stay with AdamW)."""
+        return [self.hidden.weight]
+
     def num_params(self, embeddings: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())
         return total if embeddings else total - self.wte.weight.numel()
