@@ -64,7 +64,8 @@ def add_models(commands) -> None:
     )
     p.add_argument("--preset", default="tiny", help="tiny, small or gpt2 (default tiny)")
     p.add_argument("--vocab-size", type=int, default=16384, help="vocabulary size (default 16384)")
-    p.add_argument("--grid", type=Path, default=None, help="a grid TOML file (default: the shipped grid)")
+    p.add_argument("--grid", default="full", help="a shipped grid (full: all eleven variants, the default; core: "
+                   "the default study's six) or a grid TOML file")
     p.set_defaults(handler=run_models)
 
 
@@ -317,8 +318,9 @@ def run_bench(args) -> None:
 def add_study(commands) -> None:
     p = commands.add_parser(
         "study", help="train the baseline and its variants on equal budgets, evaluate, bench, sample, report",
-        description="Run the grid of variants (capitu/presets/grid.toml, or the [[variant]]s of --config) x "
-        "seeds on the same data and token budget; evaluate each on the test split at several context "
+        description="Run the grid of variants (a shipped grid, capitu/presets/grids/, or the [[variant]]s of "
+        "--config) x seeds on the same data and a fair budget (equal tokens, FLOPs or seconds); evaluate each "
+        "on the test split at several context "
         "lengths, bench it, sample the same prompts, and write report.md, report.html, results.json and "
         "results.csv into --out. Stopped, it continues where it stopped when run again.",
     )
@@ -330,6 +332,8 @@ def add_study(commands) -> None:
     source.add_argument("--source", help="texts to prepare into OUT/data (as capitu prepare --source)")
     p.add_argument("--out", type=Path, required=True, help="the study folder, e.g. studies/tiny")
     p.add_argument("--seeds", type=int, help="training seeds per variant (default: the preset's study setting)")
+    p.add_argument("--grid", help="a shipped grid (core: the default study's six variants; full: all eleven) or a "
+                   "grid TOML file (default: the preset's study setting)")
     p.add_argument("--device", default="auto", help="cpu, cuda or mps for every stage (default: the best available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run_study_command)
@@ -339,7 +343,7 @@ def run_study_command(args) -> None:
     from capitu.study.config import load_study
     from capitu.study.runner import run_study
 
-    study, variants = load_study(args.preset, args.config, args.seeds)
+    study, variants = load_study(args.preset, args.config, args.seeds, args.grid)
     run_study(study, variants, args.out, data=args.data, source=args.source, command=["capitu", *sys.argv[1:]],
               progress=not args.quiet, device=args.device)
 

@@ -28,6 +28,8 @@ new_tokens = 4
 bench = {bench}
 bench_train_steps = 1
 bench_repeats = 1
+bench_rounds = 2
+budget = "{budget}"
 
 [[variant]]
 name = "baseline"
@@ -36,12 +38,13 @@ name = "baseline"
 name = "rope"
 set = ["model.pos=rope"]
 """
-SECTIONS = ["Setup", "Findings", "Results", "Plots", "Generations", "Reproducibility"]
+SECTIONS = ["Setup", "Findings", "Budget", "Results", "Plots", "Generations", "Reproducibility"]
 
 
-def micro_config(folder, seeds=2, tokens=2048, eval_every=4, bench="true"):
+def micro_config(folder, seeds=2, tokens=2048, eval_every=4, bench="true", budget="tokens"):
     path = folder / "study.toml"
-    path.write_text(MICRO.format(seeds=seeds, tokens=tokens, eval_every=eval_every, bench=bench), encoding="utf-8")
+    path.write_text(MICRO.format(seeds=seeds, tokens=tokens, eval_every=eval_every, bench=bench, budget=budget),
+                    encoding="utf-8")
     return path
 
 
@@ -100,19 +103,26 @@ def test_report_numbers_equal_the_runs_eval_json(micro_study):
         losses[variant] = [e["loss"] for e in evals]
         ppl, ppl_std = mean_std([e["ppl"] for e in evals])
         bpb, bpb_std = mean_std([e["bpb"] for e in evals])
-        assert rows[variant][2] == f"{ppl:,.2f} ± {ppl_std:,.2f}"
-        assert rows[variant][3] == f"{bpb:,.4f} ± {bpb_std:,.4f}"
+        assert rows[variant][2] == "2,048"  # equal tokens
+        assert rows[variant][3] == f"{ppl:,.2f} ± {ppl_std:,.2f}"
+        assert rows[variant][4] == f"{bpb:,.4f} ± {bpb_std:,.4f}"
         assert float(csv_rows[variant]["ppl_mean"]) == pytest.approx(ppl, rel=1e-12)
         entry = next(e for e in results["variants"] if e["name"] == variant)
+        assert entry["bpb"]["values"] == [e["bpb"] for e in evals]  # per seed, in seed order
+        assert entry["budget"]["budget"] == "tokens" and entry["budget"]["tokens"] == 2048
         assert entry["word_ppl"]["mean"] == pytest.approx(mean_std([e["word_ppl"] for e in evals])[0], rel=1e-12)
-        bench = json.loads((micro_study / "runs" / f"{variant}-s1337" / "bench.json").read_text())
-        assert rows[variant][7] == f"{bench['train_tok_s']:,.0f}"
-        assert rows[variant][11] == f"{bench['kv_bytes_per_token']['shapes']:,}"
+        rounds = json.loads((micro_study / "runs" / f"{variant}-s1337" / "bench.json").read_text())["rounds"]
+        assert len(rounds) == 2
+        rates = sorted(r["train_tok_s"] for r in rounds)
+        median = sum(rates) / 2  # the median of two
+        assert entry["bench"]["spread"]["train_tok_s"]["values"] == [r["train_tok_s"] for r in rounds]
+        assert rows[variant][8] == f"{median:,.0f} ({rates[0]:,.0f}-{rates[1]:,.0f})"
+        assert rows[variant][12] == f"{rounds[0]['kv_bytes_per_token']['shapes']:,}"
     # the p-value, independently: 2 seeds, t with 1 degree of freedom (Cauchy tail)
     d = [a - b for a, b in zip(losses["rope"], losses["baseline"])]
     t = (sum(d) / 2) / (abs(d[0] - d[1]) / math.sqrt(2) / math.sqrt(2))
     p = 1 - 2 / math.pi * math.atan(abs(t))
-    assert float(rows["rope"][6]) == pytest.approx(p, rel=2e-3, abs=1e-3)
+    assert float(rows["rope"][7]) == pytest.approx(p, rel=2e-3, abs=1e-3)
     assert float(csv_rows["rope"]["p_vs_baseline"]) == pytest.approx(p, rel=1e-9)
 
 
@@ -183,9 +193,46 @@ def test_study_stopped_mid_way_resumes(prepared_bpe, tmp_path):
     assert (out / "report.md").exists()
 
 
+def test_flops_budget_gives_each_variant_the_baselines_flops(prepared_bpe, tmp_path):
+    from capitu.models import build_model
+    from capitu.study.runner import base_config, plan_budgets
+    from capitu.models.variants import variant_config
+
+    study, variants = load_study("tiny", micro_config(tmp_path, tokens=4096, budget="flops"))
+    variants.append(next(v for v in load_study("tiny", grid="full")[1] if v.name == "ffn"))
+    base = base_config(study, prepared_bpe)
+    configs = {v.name: variant_config(base, v) for v in variants}
+    budgets = plan_budgets(tmp_path, study, configs, "cpu")
+    flops = {name: build_model(config.model).flops_per_token() for name, config in configs.items()}
+    assert budgets["baseline"]["tokens"] == 4096
+    for name in ("rope", "ffn"):
+        # the same FLOPs, to within one optimizer step of tokens
+        assert abs(budgets[name]["tokens"] * flops[name] - 4096 * flops["baseline"]) <= 256 * flops[name]
+    assert budgets["ffn"]["tokens"] < 4096 / 2  # Bengio's model costs several times the FLOPs per token
+    assert json.loads((tmp_path / "budgets.json").read_text()) == budgets
+
+
+def test_timings_are_compared_by_their_ranges():
+    from capitu.study.report import speed_findings
+
+    def entry(name, train, decode):
+        return {"name": name, "bench": {"spread": {"rounds": 3, "train_tok_s": train, "decode_tok_s": {"1": decode}}}}
+
+    def spread(*values):
+        return {"median": sorted(values)[1], "min": min(values), "max": max(values), "values": list(values)}
+
+    baseline = entry("baseline", spread(100, 105, 110), spread(50, 51, 52))
+    fast = entry("fast", spread(111, 112, 130), spread(45, 51, 60))
+    said = speed_findings([baseline, fast], baseline)
+    assert "faster: fast (1.07x)" in said[0] and "within noise: none" in said[0]
+    assert "faster: none" in said[1] and "within noise: fast (1.00x)" in said[1]
+
+
 def test_load_study_layers(tmp_path):
     study, variants = load_study("tiny")
-    assert study.vocab_size == 4096 and study.seeds == 2 and len(variants) == 11
+    assert study.vocab_size == 4096 and study.seeds == 3 and study.budget == "flops"
+    assert [v.name for v in variants] == ["baseline", "rope", "nope", "gqa", "mqa", "ffn"]
+    assert len(load_study("tiny", grid="full")[1]) == 11
     path = tmp_path / "s.toml"
     path.write_text('[study]\ntokens = 1000\n\n[[variant]]\nname = "baseline"\n', encoding="utf-8")
     study, variants = load_study("tiny", path, seeds=3)

@@ -2,41 +2,44 @@ import math
 
 import pytest
 
-from capitu.study.stats import mean, paired_t_test, regularized_beta, std, t_two_sided_p
-
-
-@pytest.mark.parametrize("t", [0.0, 0.1, 1.0, 3.0, 12.706])
-def test_t_with_one_degree_is_the_cauchy_tail(t):
-    assert t_two_sided_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(abs(t)), abs=1e-12)
-
-
-@pytest.mark.parametrize("t", [0.5, 2.0, 4.303])
-def test_t_with_two_degrees_closed_form(t):
-    assert t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-12)
-
-
-@pytest.mark.parametrize("t, df", [(2.776445, 4), (2.228139, 10), (2.042272, 30)])
-def test_t_table_critical_values_give_five_percent(t, df):
-    assert t_two_sided_p(t, df) == pytest.approx(0.05, abs=1e-6)
-
-
-def test_regularized_beta_symmetry_and_uniform_case():
-    assert regularized_beta(0.3, 1, 1) == pytest.approx(0.3)
-    for x, a, b in [(0.2, 2.5, 0.5), (0.9, 3, 7), (0.5, 0.5, 0.5)]:
-        assert regularized_beta(x, a, b) + regularized_beta(1 - x, b, a) == pytest.approx(1.0, abs=1e-12)
+from capitu.study.stats import compare_spreads, mean, paired_t_test, spread, std
 
 
 def test_paired_t_test_hand_computed():
-    # differences -0.1, -0.3, -0.2: mean -0.2, sd 0.1, t = -0.2 / (0.1 / sqrt 3) = -3.4641
+    # differences -0.1, -0.3, -0.2: mean -0.2, sd 0.1, t = -0.2 / (0.1 / sqrt 3) = -3.4641;
+    # with 2 degrees of freedom P(|T| >= t) = 1 - t / sqrt(2 + t^2) (closed form)
     result = paired_t_test([1.0, 2.0, 3.0], [1.1, 2.3, 3.2])
     assert result["t"] == pytest.approx(-2 * math.sqrt(3))
     assert result["df"] == 2
     assert result["p"] == pytest.approx(1 - 2 * math.sqrt(3) / math.sqrt(2 + 12))
+    # 95% interval: mean ± t(0.975, 2) * sd / sqrt(n), t(0.975, 2) = 4.302653 (tables)
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert result["ci"] == pytest.approx([-0.2 - half, -0.2 + half], abs=1e-6)
     assert paired_t_test([1.0], [2.0]) is None
+
+
+def test_paired_t_test_one_degree_is_the_cauchy_tail():
+    # differences 1 and 3: mean 2, sd sqrt 2, t = 2 / (sqrt 2 / sqrt 2) = 2; df 1: p = 1 - 2/pi atan(t)
+    result = paired_t_test([2.0, 4.0], [1.0, 1.0])
+    assert result["t"] == pytest.approx(2.0)
+    assert result["p"] == pytest.approx(1 - 2 / math.pi * math.atan(2.0))
+
+
+def test_paired_t_test_without_spread_is_exact():
     assert paired_t_test([1.0, 2.0], [1.0, 2.0])["p"] == 1.0
+    constant = paired_t_test([2.0, 3.0], [1.0, 2.0])
+    assert constant["p"] == 0.0 and constant["ci"] == [1.0, 1.0]
 
 
 def test_mean_and_sample_std():
     assert mean([1, 2, 3, 4]) == 2.5
     assert std([2, 4, 4, 4, 5, 5, 7, 9]) == pytest.approx(math.sqrt(32 / 7))
     assert std([3.0]) == 0.0
+
+
+def test_timings_differ_only_when_ranges_do_not_overlap():
+    base = spread([100.0, 110.0, 105.0])
+    assert base["median"] == 105.0 and (base["min"], base["max"]) == (100.0, 110.0)
+    assert compare_spreads(spread([111.0, 120.0]), base) == "faster"
+    assert compare_spreads(spread([90.0, 99.0]), base) == "slower"
+    assert compare_spreads(spread([109.0, 130.0]), base) == "within noise"

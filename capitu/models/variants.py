@@ -1,4 +1,5 @@
-"""Named model variants (`capitu/presets/grid.toml` or a user's grid file) applied to a preset."""
+"""Named model variants (a shipped grid, `capitu/presets/grids/NAME.toml`, or a user's grid
+file) applied to a preset."""
 
 from __future__ import annotations
 
@@ -20,8 +21,22 @@ class Variant:
     widen: bool = False
 
 
-def load_grid(path: Path | None = None) -> list[Variant]:
-    return parse_grid(read_toml(path or PRESETS_DIR / "grid.toml"))
+GRIDS_DIR = PRESETS_DIR / "grids"
+
+
+def grid_names() -> list[str]:
+    return sorted(p.stem for p in GRIDS_DIR.glob("*.toml"))
+
+
+def load_grid(grid: str | Path = "full") -> list[Variant]:
+    """A shipped grid by name (`full`: all eleven variants; `core`: the default study's), or
+    a TOML file of `[[variant]]`s."""
+    shipped = GRIDS_DIR / f"{grid}.toml"
+    if str(grid) in grid_names():
+        return parse_grid(read_toml(shipped))
+    if not Path(grid).is_file():
+        raise UserError(f"grid '{grid}' is neither a shipped grid ({', '.join(grid_names())}) nor a file")
+    return parse_grid(read_toml(Path(grid)))
 
 
 def parse_grid(content: dict) -> list[Variant]:

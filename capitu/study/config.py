@@ -1,6 +1,7 @@
-"""What a study runs: a `[study]` table (budget, seeds, evaluation, prompts) and the grid of
-`[[variant]]`s. Layers: the dataclass defaults, `capitu/presets/study/PRESET.toml`, a user's
-`--config` file (whose `[[variant]]`s, if any, replace the shipped grid), then `--seeds`."""
+"""What a study runs: a `[study]` table (budget, seeds, evaluation, prompts, grid) and the grid
+of `[[variant]]`s. Layers: the dataclass defaults, `capitu/presets/study/PRESET.toml`, a
+user's `--config` file (whose `[[variant]]`s, if any, replace the shipped grid), then
+`--seeds` and `--grid`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from capitu.config import PRESETS_DIR, apply, preset_names, read_toml
 from capitu.errors import UserError
 from capitu.models.variants import Variant, load_grid, parse_grid
 
+BUDGETS = ("tokens", "flops", "seconds")
 PROMPTS = [
     "Capitu tinha olhos de",
     "Era uma vez um rapaz que",
@@ -24,7 +26,10 @@ class StudyConfig:
     preset: str = "tiny"  # the model preset every variant starts from
     seeds: int = 2  # training seeds per variant: first_seed, first_seed + 1, ...
     first_seed: int = 1337
-    tokens: int = 0  # training tokens per run; 0: the preset's run.tokens
+    grid: str = "full"  # a shipped grid (full, core) or a grid TOML file; a --config's [[variant]]s replace it
+    budget: str = "tokens"  # tokens: equal training tokens; flops: equal training FLOPs; seconds: equal time
+    tokens: int = 0  # training tokens per run (the baseline's, under a flops budget); 0: the preset's run.tokens
+    seconds: float = 0.0  # budget = "seconds": training seconds per run, turned into tokens by a measured rate
     set: list[str] = field(default_factory=list)  # overrides applied to every run, before the variant's
     vocab_size: int = 16384  # when the study prepares its data from --source
     tokenizer: str = "bpe"
@@ -36,7 +41,8 @@ class StudyConfig:
     sample_seed: int = 1234
     bench: bool = True
     bench_train_steps: int = 5
-    bench_repeats: int = 3
+    bench_repeats: int = 1  # generation runs per batch size in one bench; the fastest counts
+    bench_rounds: int = 3  # benches per variant, interleaved across variants: the spread of the timings
 
     @property
     def seed_list(self) -> list[int]:
@@ -47,18 +53,25 @@ class StudyConfig:
             raise UserError(f"unknown preset '{self.preset}' (known: {', '.join(preset_names())})")
         if self.seeds < 1:
             raise UserError(f"study.seeds must be at least 1, got {self.seeds}")
-        if self.tokens < 0 or self.new_tokens < 1 or self.bench_train_steps < 1 or self.bench_repeats < 1:
-            raise UserError("study.tokens must be >= 0; new_tokens, bench_train_steps and bench_repeats >= 1")
+        if self.tokens < 0 or self.new_tokens < 1 or self.bench_train_steps < 1 or self.bench_repeats < 1 \
+                or self.bench_rounds < 1:
+            raise UserError("study.tokens must be >= 0; new_tokens, bench_train_steps, bench_repeats and "
+                            "bench_rounds >= 1")
+        if self.budget not in BUDGETS:
+            raise UserError(f"study.budget must be one of {', '.join(BUDGETS)}, got '{self.budget}'")
+        if self.budget == "seconds" and not self.seconds > 0:
+            raise UserError("study.budget = \"seconds\" needs study.seconds > 0 (training seconds per run)")
         if any(length < 1 for length in self.eval_lengths):
             raise UserError(f"study.eval_lengths must be positive, got {self.eval_lengths}")
 
 
-def load_study(preset: str, file: Path | None = None, seeds: int | None = None) -> tuple[StudyConfig, list[Variant]]:
+def load_study(preset: str, file: Path | None = None, seeds: int | None = None,
+               grid: str | None = None) -> tuple[StudyConfig, list[Variant]]:
     study = StudyConfig(preset=preset)
     shipped = PRESETS_DIR / "study" / f"{preset}.toml"
     if shipped.exists():
         apply(study, read_toml(shipped).get("study", {}), "study.")
-    variants = load_grid()
+    variants = None
     if file:
         content = read_toml(file)
         unknown = set(content) - {"study", "variant"}
@@ -68,6 +81,10 @@ def load_study(preset: str, file: Path | None = None, seeds: int | None = None) 
         apply(study, content.get("study", {}), "study.")
         if "variant" in content:
             variants = parse_grid(content)
+    if grid is not None:
+        study.grid = grid
+    if variants is None or grid is not None:
+        variants = load_grid(study.grid)
     if seeds is not None:
         study.seeds = seeds
     study.validate()

@@ -7,6 +7,7 @@ Both documents are rendered from one list of sections, so they cannot disagree."
 from __future__ import annotations
 
 import base64
+import copy
 import csv
 import html
 import io
@@ -25,8 +26,8 @@ from capitu.generate import markdown_grid
 from capitu.models.variants import Variant
 from capitu.study import plots
 from capitu.study.config import StudyConfig
-from capitu.study.runner import BENCH, EVAL, GENERATIONS, run_folder
-from capitu.study.stats import mean, paired_t_test, std
+from capitu.study.files import BENCH, BUDGETS, EVAL, GENERATIONS, run_folder
+from capitu.study.stats import compare_spreads, mean, paired_t_test, spread, std
 
 ALPHA = 0.05
 MIB = 2**20
@@ -40,17 +41,30 @@ def read_json(path: Path) -> dict:
 
 
 def summary(values: list[float]) -> dict:
-    return {"mean": mean(values), "std": std(values)}
+    return {"mean": mean(values), "std": std(values), "values": list(values)}
 
 
-def validation_curve(run: Path) -> list[list[float]]:
+def metrics(run: Path) -> list[dict]:
     lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
-    return [[r["tokens"], r["val_loss"]] for r in records if "val_loss" in r]
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def bench_summary(rounds: list[dict]) -> dict:
+    """One bench result of the rounds: the first round's memory and shapes, the timings'
+    medians in place of its timings, and under "spread" each timing's median and range."""
+    summary_ = copy.deepcopy(rounds[0])
+    timings = {"train_tok_s": spread([r["train_tok_s"] for r in rounds])}
+    for key in ("prefill_tok_s", "decode_tok_s"):
+        timings[key] = {batch: spread([r[key][batch] for r in rounds]) for batch in rounds[0][key]}
+        summary_[key] = {batch: value["median"] for batch, value in timings[key].items()}
+    summary_["train_tok_s"] = timings["train_tok_s"]["median"]
+    summary_["spread"] = {"rounds": len(rounds), **timings}
+    return summary_
 
 
 def collect(out: Path, study: StudyConfig, variants: list[Variant]) -> dict:
     """Every number of the report, per variant and per seed."""
+    budgets = read_json(out / BUDGETS)
     entries = []
     for variant in variants:
         seeds = {}
@@ -60,10 +74,13 @@ def collect(out: Path, study: StudyConfig, variants: list[Variant]) -> dict:
             lengths = {evaluation["context"]: evaluation["ppl"]}
             for length, result in evaluation.get("lengths", {}).items():
                 lengths[int(length)] = result["ppl"] if result["supported"] else None
+            records = metrics(run)
             seeds[str(seed)] = {
                 **{key: evaluation[key] for key in ("loss", "ppl", "bpb", "bpc", "word_ppl", "tokens")},
                 "ppl_by_length": {str(n): lengths[n] for n in sorted(lengths)},
-                "train_tokens": saved["tokens"], "parameters": info["parameters"], "val_curve": validation_curve(run),
+                "train_tokens": saved["tokens"], "parameters": info["parameters"],
+                "train_seconds": records[-1].get("elapsed_s") if records else None,
+                "val_curve": [[r["tokens"], r["val_loss"]] for r in records if "val_loss" in r],
             }
         per_seed = list(seeds.values())
         model = saved["model"]
@@ -77,8 +94,9 @@ def collect(out: Path, study: StudyConfig, variants: list[Variant]) -> dict:
         for length in per_seed[0]["ppl_by_length"]:
             values = [s["ppl_by_length"][length] for s in per_seed]
             entry["ppl_by_length"][length] = None if None in values else summary(values)
+        entry["budget"] = budgets[variant.name]
         bench_file = run_folder(out, variant.name, study.first_seed) / BENCH
-        entry["bench"] = read_json(bench_file) if study.bench else None
+        entry["bench"] = bench_summary(read_json(bench_file)["rounds"]) if study.bench else None
         entries.append(entry)
     baseline = next(e for e in entries if e["name"] == "baseline")
     for entry in entries:
@@ -107,7 +125,7 @@ def findings(results: dict) -> list[str]:
     said = []
 
     def ppl(e):
-        return f"{e['ppl']['mean']:.2f} ± {e['ppl']['std']:.2f}"
+        return f"{e['ppl']['mean']:.2f} ± {e['ppl']['std']:.2f}, {e['bpb']['mean']:.3f} bits/byte"
 
     said.append("Best test perplexity: " + ", then ".join(f"{e['name']} ({ppl(e)})" for e in ranked[:3])
                 + f". The baseline (GPT-2: learned positions, multi-head) ranks {ranked.index(baseline) + 1} of "
@@ -122,7 +140,8 @@ def findings(results: dict) -> list[str]:
             test = e["vs_baseline"]
             if test is None:
                 continue
-            text = f"{e['name']} ({test['ppl_difference']:+.2f}, p = {test['p']:.3g})"
+            bpb_difference = e["bpb"]["mean"] - baseline["bpb"]["mean"]
+            text = f"{e['name']} ({bpb_difference:+.3f} bits/byte, ppl {test['ppl_difference']:+.2f}, p = {test['p']:.3g})"
             (unclear if test["p"] >= ALPHA else better if test["ppl_difference"] < 0 else worse).append(text)
         sentence = (f"Against the baseline (paired t-test on per-seed test loss, {seeds} seeds, {seeds - 1} degree(s) "
                     f"of freedom, α = {ALPHA}): significantly better: {', '.join(better) or 'none'}; "
@@ -148,17 +167,7 @@ def findings(results: dict) -> list[str]:
     benched = [e for e in entries if e["bench"]]
     if benched and baseline["bench"]:
         base = baseline["bench"]
-        speeds = [("Training", lambda e: e["bench"]["train_tok_s"])]
-        for batch in base["decode_tok_s"]:
-            speeds.append((f"Decoding at batch {batch}", lambda e, b=batch: e["bench"]["decode_tok_s"].get(b, 0.0)))
-        for label, speed in speeds:
-            fastest, *others = sorted(benched, key=speed, reverse=True)
-            if fastest is baseline and others:
-                said.append(f"{label}: the baseline is fastest ({speed(baseline):,.0f} tokens/s); next is "
-                            f"{others[0]['name']} ({speed(others[0]) / speed(baseline):.2f}x).")
-            elif fastest is not baseline:
-                said.append(f"{label}: fastest is {fastest['name']} ({speed(fastest):,.0f} tokens/s, "
-                            f"{speed(fastest) / speed(baseline):.2f}x the baseline's {speed(baseline):,.0f}).")
+        said.extend(speed_findings(benched, baseline))
         base_kv = base["kv_bytes_per_token"]["shapes"]
         smaller = [f"{e['name']} {e['bench']['kv_bytes_per_token']['shapes']:,} B "
                    f"({e['bench']['kv_bytes_per_token']['shapes'] / base_kv:.3g}x)"
@@ -170,9 +179,33 @@ def findings(results: dict) -> list[str]:
     for e in entries:
         if e["kind"] == "ffn" and transformers:
             best = transformers[0]
-            said.append(f"Bengio's feed-forward LM ({e['parameters']:,} parameters) reaches {ppl(e)}, "
+            said.append(f"Bengio's feed-forward LM ({e['parameters']:,} parameters, {e['budget']['tokens']:,} "
+                        f"training tokens under the {e['budget']['budget']} budget) reaches {ppl(e)}, "
                         f"{e['ppl']['mean'] / best['ppl']['mean']:.2f}x the perplexity of the best transformer, "
-                        f"{best['name']} ({best['parameters']:,} parameters).")
+                        f"{best['name']} ({best['parameters']:,} parameters, {best['budget']['tokens']:,} tokens).")
+    return said
+
+
+def speed_findings(benched: list[dict], baseline: dict) -> list[str]:
+    """Each timing against the baseline's: faster or slower only where the ranges over the
+    bench rounds do not overlap."""
+    spreads = baseline["bench"]["spread"]
+    measures = [("Training", lambda e: e["bench"]["spread"]["train_tok_s"])]
+    for batch in spreads["decode_tok_s"]:
+        measures.append((f"Decoding at batch {batch}", lambda e, b=batch: e["bench"]["spread"]["decode_tok_s"][b]))
+    said = []
+    for label, measure in measures:
+        verdicts = {"faster": [], "slower": [], "within noise": []}
+        for e in benched:
+            if e is not baseline:
+                ratio = measure(e)["median"] / measure(baseline)["median"]
+                verdicts[compare_spreads(measure(e), measure(baseline))].append(f"{e['name']} ({ratio:.2f}x)")
+        base = measure(baseline)
+        said.append(f"{label} (tokens/s, median of {spreads['rounds']} interleaved rounds; a difference counts "
+                    f"only where the ranges do not overlap): the baseline {base['median']:,.0f} "
+                    f"({base['min']:,.0f}-{base['max']:,.0f}); faster: {', '.join(verdicts['faster']) or 'none'}; "
+                    f"slower: {', '.join(verdicts['slower']) or 'none'}; within noise: "
+                    f"{', '.join(verdicts['within noise']) or 'none'}.")
     return said
 
 
@@ -191,9 +224,14 @@ def cell(summary_: dict | None, digits: int) -> str:
     return f"{summary_['mean']:,.{digits}f} ± {summary_['std']:,.{digits}f}"
 
 
+def timing(value: dict) -> str:
+    """A timing's median and its range over the bench rounds."""
+    return f"{value['median']:,.0f} ({value['min']:,.0f}-{value['max']:,.0f})"
+
+
 def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["variant", "parameters", "test ppl", "bits/byte", "word ppl", "Δ ppl vs baseline", "p (paired t)",
-            "train tok/s", "decode tok/s b1", "decode tok/s b16", "train peak MiB", "KV B/token"]
+    head = ["variant", "parameters", "train tokens", "test ppl", "bits/byte", "word ppl", "Δ ppl vs baseline",
+            "p (paired t)", "train tok/s", "decode tok/s b1", "decode tok/s b16", "train peak MiB", "KV B/token"]
     rows = []
     for e in results["variants"]:
         test, bench = e["vs_baseline"], e["bench"]
@@ -204,12 +242,43 @@ def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
             p = "n/a (1 seed)" if test["p"] is None else f"{test['p']:.3g}"
         speed = ["—"] * 5
         if bench:
-            speed = [f"{bench['train_tok_s']:,.0f}", f"{bench['decode_tok_s'].get('1', 0):,.0f}",
-                     f"{bench['decode_tok_s'].get('16', 0):,.0f}", f"{bench['peak_train_bytes'] / MIB:,.0f}",
-                     f"{bench['kv_bytes_per_token']['shapes']:,}"]
-        rows.append([e["name"], f"{e['parameters']:,}", cell(e["ppl"], 2), cell(e["bpb"], 4), cell(e["word_ppl"], 1),
-                     difference, p, *speed])
+            decode = bench["spread"]["decode_tok_s"]
+            speed = [timing(bench["spread"]["train_tok_s"]), *(timing(decode[b]) if b in decode else "—" for b in ("1", "16")),
+                     f"{bench['peak_train_bytes'] / MIB:,.0f}", f"{bench['kv_bytes_per_token']['shapes']:,}"]
+        rows.append([e["name"], f"{e['parameters']:,}", f"{e['budget']['tokens']:,}", cell(e["ppl"], 2),
+                     cell(e["bpb"], 4), cell(e["word_ppl"], 1), difference, p, *speed])
     return head, rows
+
+
+BUDGET_WORDS = {"tokens": "equal training tokens", "flops": "equal training FLOPs (tokens x FLOPs per token)",
+                "seconds": "equal training time (tokens from each variant's measured training tokens/s)"}
+
+
+def budget_blocks(results: dict) -> list[tuple]:
+    """The budget the study used, and what each variant would get under the others: equal
+    tokens (the baseline's), equal FLOPs (the baseline's tokens x FLOPs per token), equal
+    seconds (the baseline's mean training time x the variant's median bench tokens/s)."""
+    entries = results["variants"]
+    baseline = next(e for e in entries if e["name"] == "baseline")
+    kind = baseline["budget"]["budget"]
+    base_tokens, base_flops = baseline["budget"]["tokens"], baseline["budget"]["flops_per_token"]
+    base_seconds = mean([s["train_seconds"] for s in baseline["seeds"].values() if s["train_seconds"]] or [0.0])
+    head = ["variant", "GFLOP/token", "train tokens", "train PFLOP", "train s (mean)", "equal tokens",
+            "equal FLOPs", "equal seconds"]
+    rows = []
+    for e in entries:
+        flops, tokens = e["budget"]["flops_per_token"], e["budget"]["tokens"]
+        seconds = [s["train_seconds"] for s in e["seeds"].values() if s["train_seconds"]]
+        rate = e["bench"]["train_tok_s"] if e["bench"] else None
+        rows.append([e["name"], f"{flops / 1e9:.4f}", f"{tokens:,}", f"{tokens * flops / 1e15:.3f}",
+                     f"{mean(seconds):.1f}" if seconds else "—", f"{base_tokens:,}",
+                     f"{round(base_tokens * base_flops / flops):,}",
+                     f"{round(base_seconds * rate):,}" if rate and base_seconds else "—"])
+    return [("p", f"Budget: {BUDGET_WORDS[kind]}. The last three columns give the training tokens each variant "
+                  f"would get under each budget, anchored on the baseline ({base_tokens:,} tokens, "
+                  f"{base_seconds:.1f} s): a variant with more FLOPs per token (the feed-forward LM, a widened "
+                  f"MLP) gets fewer tokens under equal FLOPs, and a slower one fewer under equal seconds."),
+            ("table", head, rows)]
 
 
 def length_table(results: dict) -> tuple[list[str], list[list[str]]]:
@@ -260,20 +329,24 @@ def reproducibility(results: dict, variants: list[Variant], data: Path, command:
 def build_sections(results: dict, generations: dict, figures: dict[str, bytes], repro: str) -> list[Section]:
     study = results["study"]
     entries = results["variants"]
-    tokens = entries[0]["seeds"][str(study["first_seed"])]["train_tokens"]
+    tokens = next(e for e in entries if e["name"] == "baseline")["budget"]["tokens"]
     intro = Section("Setup", [("p", f"{len(entries)} variants x {study['seeds']} seed(s) ({', '.join(map(str, study['seed_list']))}), "
-                                    f"preset {study['preset']}, {tokens:,} training tokens per run, the same data and "
-                                    f"budget for all. Test perplexity is over the whole test split "
+                                    f"preset {study['preset']}, the same data for all, a budget of "
+                                    f"{BUDGET_WORDS[study['budget']]} ({tokens:,} training tokens for the baseline). "
+                                    f"Test perplexity is over the whole test split "
                                     f"({entries[0]['seeds'][str(study['first_seed'])]['tokens']:,} tokens scored), "
                                     f"at the training context ({entries[0]['context']}) unless stated; "
-                                    f"mean ± sample standard deviation over seeds. Speed and memory come from "
-                                    f"`capitu bench` on the first seed's model (CPU: peak resident memory of the "
-                                    f"measuring process).")])
+                                    f"mean ± sample standard deviation over seeds; each variant is compared with "
+                                    f"the baseline by a paired t-test over seeds on test loss. Speed and memory "
+                                    f"come from `capitu bench` on the first seed's model, {study['bench_rounds']} "
+                                    f"rounds interleaved across variants: timings are the median (range) of the "
+                                    f"rounds (CPU memory: peak resident memory of the measuring process).")])
     head, rows = main_table(results)
     length_head, length_rows = length_table(results)
     sections = [
         intro,
         Section("Findings", [("list", findings(results))]),
+        Section("Budget", budget_blocks(results)),
         Section("Results", [("table", head, rows),
                             ("p", "Perplexity by evaluation length (— : learned positions cannot go past their "
                                   "training context):"),

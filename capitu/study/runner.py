@@ -1,7 +1,7 @@
-"""Running a study: every grid entry x seed trained on the same tokens with the same budget,
-then evaluated, benchmarked and sampled. Each stage leaves a file; a stage whose file is
-there is skipped, so a stopped study continues where it stopped (a half-trained run
-resumes from its checkpoint)."""
+"""Running a study: every grid entry x seed trained on the same data under one budget (equal
+tokens, FLOPs or seconds: budgets.json), then evaluated, benchmarked (interleaved rounds) and
+sampled. Each stage leaves a file; a stage whose file is there is skipped, so a stopped study
+continues where it stopped (a half-trained run resumes from its checkpoint)."""
 
 from __future__ import annotations
 
@@ -18,15 +18,7 @@ from capitu.config import Config, load_config, to_dict
 from capitu.errors import UserError
 from capitu.models.variants import Variant, variant_config
 from capitu.study.config import StudyConfig
-
-PLAN = "study.json"
-EVAL = "eval_test.json"
-BENCH = "bench.json"
-GENERATIONS = "generations.json"
-
-
-def run_folder(out: Path, name: str, seed: int) -> Path:
-    return out / "runs" / f"{name}-s{seed}"
+from capitu.study.files import BENCH, BUDGETS, EVAL, GENERATIONS, PLAN, run_folder
 
 
 def record_plan(out: Path, study: StudyConfig, variants: list[Variant], data: str) -> None:
@@ -106,13 +98,64 @@ def evaluate_stage(run: Path, lengths: list[int], progress: bool, device) -> Non
     atomic_write_json(path, evaluate_run(run, "test", lengths=lengths or None, device=device, progress=progress))
 
 
-def bench_stage(run: Path, study: StudyConfig, device: str) -> None:
+def bench_rounds_done(run: Path) -> list[dict]:
+    path = run / BENCH
+    return json.loads(path.read_text(encoding="utf-8")).get("rounds", []) if path.exists() else []
+
+
+def bench_stage(runs: dict[str, Path], study: StudyConfig, device: str) -> None:
+    """`study.bench_rounds` benches of every variant's first-seed run, interleaved (round 1 of
+    every variant, then round 2...), so that a slow spell of the machine falls on all of them;
+    each round is saved as it ends."""
     from capitu.bench import BenchOptions, bench, config_of_run
 
-    if (run / BENCH).exists():
-        return
     options = BenchOptions(train_steps=study.bench_train_steps, repeats=study.bench_repeats, device=device)
-    atomic_write_json(run / BENCH, bench(config_of_run(read_config(run)), str(run / WEIGHTS), options))
+    for round_number in range(1, study.bench_rounds + 1):
+        for name, run in runs.items():
+            rounds = bench_rounds_done(run)
+            if len(rounds) >= round_number:
+                continue
+            print(f"bench round {round_number}/{study.bench_rounds}: {name}", flush=True)
+            result = bench(config_of_run(read_config(run)), str(run / WEIGHTS), options)
+            atomic_write_json(run / BENCH, {"rounds": [*rounds, result]})
+
+
+def plan_budgets(out: Path, study: StudyConfig, configs: dict[str, Config], device) -> dict[str, dict]:
+    """Each variant's training tokens under the study's budget, saved in budgets.json (a
+    seconds budget is measured once; a continued study keeps it):
+    - tokens: `study.tokens` each;
+    - flops: the baseline's `study.tokens` x its FLOPs per token, divided by the variant's;
+    - seconds: `study.seconds` x the variant's training tokens/s, measured here."""
+    from capitu.models import build_model
+
+    path = out / BUDGETS
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    flops = {name: build_model(config.model).flops_per_token() for name, config in configs.items()}
+    budgets = {}
+    for name, config in configs.items():
+        entry = {"budget": study.budget, "flops_per_token": flops[name]}
+        if study.budget == "tokens":
+            tokens = config.run.tokens
+        elif study.budget == "flops":
+            tokens = configs["baseline"].run.tokens * flops["baseline"] / flops[name]
+        else:
+            rate = measure_training_rate(config, study, device)
+            entry["measured_tok_s"] = rate
+            tokens = study.seconds * rate
+        step_tokens = config.optim.batch_tokens
+        entry["tokens"] = max(step_tokens, int(round(tokens / step_tokens)) * step_tokens)
+        budgets[name] = entry
+    atomic_write_json(path, budgets)
+    return budgets
+
+
+def measure_training_rate(config: Config, study: StudyConfig, device) -> float:
+    """Training tokens/s of `config`, timed in this process the way the trainer trains."""
+    from capitu.bench import BenchOptions, measure_training
+
+    options = BenchOptions(train_steps=max(study.bench_train_steps, 10))
+    return measure_training(copy.deepcopy(config), device, options, kernel=False)["train_tok_s"]
 
 
 def generation_stage(out: Path, study: StudyConfig, runs: dict[str, Path], device) -> None:
@@ -154,6 +197,9 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
         base.run.device = device
     torch_device = pick_device(device, 0)
     configs = {variant.name: variant_config(base, variant) for variant in variants}
+    budgets = plan_budgets(out, study, configs, torch_device)
+    for name, config in configs.items():
+        config.run.tokens, config.run.steps = budgets[name]["tokens"], 0
     jobs = [(variant.name, seed) for seed in study.seed_list for variant in variants]
     timed: list[float] = []
     for number, (name, seed) in enumerate(jobs, 1):
@@ -171,9 +217,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
             timed.append(time.perf_counter() - job_started)
     first_runs = {variant.name: run_folder(out, variant.name, study.first_seed) for variant in variants}
     if study.bench:
-        for number, (name, run) in enumerate(first_runs.items(), 1):
-            print(f"bench [{number}/{len(first_runs)}] {name}", flush=True)
-            bench_stage(run, study, device)
+        bench_stage(first_runs, study, device)
     print("generating", flush=True)
     generation_stage(out, study, first_runs, torch_device)
     report = write_report(out, study, variants, data, command or sys.argv, time.perf_counter() - started)
