@@ -259,3 +259,18 @@ def test_study_refuses_missing_data_and_another_study(micro_study, tmp_path, pre
     config = micro_config(tmp_path, tokens=4096)
     code, _, err = run_cli(["study", "--config", config, "--data", prepared_bpe, "--out", micro_study], capsys)
     assert code == 2 and "holds another study" in err
+
+
+def test_variants_that_resolve_to_the_same_model_are_refused():
+    from capitu.config import load_config
+    from capitu.errors import UserError
+    from capitu.models.variants import Variant, variant_config
+    from capitu.study.runner import check_distinct
+
+    base = load_config("tiny", overrides=["model.n_head=4", "model.vocab_size=64"])
+    configs = {v.name: variant_config(base, v) for v in [Variant("baseline"), Variant("gqa", kv_divisor=4),
+                                                          Variant("mqa", set=["model.n_kv_head=1"])]}
+    with pytest.raises(UserError, match="gqa and mqa resolve to the same model"):
+        check_distinct(configs)
+    del configs["mqa"]
+    check_distinct(configs)

@@ -156,7 +156,7 @@ def findings(results: dict) -> list[str]:
         longest = max(longer)
         ratios = sorted(((e["ppl_by_length"][str(longest)]["mean"] / e["ppl"]["mean"], e["name"])
                          for e in entries if e["ppl_by_length"].get(str(longest)) and e["kind"] == "gpt"))
-        cannot = [e["name"] for e in entries if e["ppl_by_length"].get(str(longest)) is None]
+        cannot = [e["name"] for e in entries if e["kind"] == "gpt" and e["ppl_by_length"].get(str(longest)) is None]
         holds = [f"{name} (x{r:.2f})" for r, name in ratios if r <= 1.05]
         degrades = [f"{name} (x{r:.2f})" for r, name in ratios if r > 1.05]
         said.append(f"Extrapolation, perplexity at {longest} tokens over perplexity at the training context "
@@ -349,7 +349,8 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
         Section("Budget", budget_blocks(results)),
         Section("Results", [("table", head, rows),
                             ("p", "Perplexity by evaluation length (— : learned positions cannot go past their "
-                                  "training context):"),
+                                  "training context; the feed-forward LM reads a fixed window of n tokens, so it "
+                                  "is scored at the training context only):"),
                             ("table", length_head, length_rows)]),
         Section("Plots", [("image", "val_loss.png", figures["val_loss.png"], "Validation loss vs training tokens"),
                           ("image", "lengths.png", figures["lengths.png"], "Perplexity vs evaluation length")]

@@ -120,6 +120,17 @@ def bench_stage(runs: dict[str, Path], study: StudyConfig, device: str) -> None:
             atomic_write_json(run / BENCH, {"rounds": [*rounds, result]})
 
 
+def check_distinct(configs: dict[str, Config]) -> None:
+    """Two variants that resolve to the same model would be one comparison counted twice (GQA
+    with n_head / kv_divisor = 1 key-value head is MQA, say)."""
+    seen: dict[str, str] = {}
+    for name, config in configs.items():
+        key = json.dumps(to_dict(config.model), sort_keys=True)
+        if key in seen:
+            raise UserError(f"variants {seen[key]} and {name} resolve to the same model; change one of them")
+        seen[key] = name
+
+
 def plan_budgets(out: Path, study: StudyConfig, configs: dict[str, Config], device) -> dict[str, dict]:
     """Each variant's training tokens under the study's budget, saved in budgets.json (a
     seconds budget is measured once; a continued study keeps it):
@@ -197,6 +208,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
         base.run.device = device
     torch_device = pick_device(device, 0)
     configs = {variant.name: variant_config(base, variant) for variant in variants}
+    check_distinct(configs)
     budgets = plan_budgets(out, study, configs, torch_device)
     for name, config in configs.items():
         config.run.tokens, config.run.steps = budgets[name]["tokens"], 0
@@ -211,7 +223,9 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
               flush=True)
         job_started = time.perf_counter()
         done = train_stage(config, run, progress)
-        evaluate_stage(run, [n for n in study.eval_lengths if n != config.model.block_size], progress, torch_device)
+        # the feed-forward LM reads a fixed window of n tokens: its perplexity has no context length
+        lengths = [n for n in study.eval_lengths if n != config.model.block_size] if config.model.kind == "gpt" else []
+        evaluate_stage(run, lengths, progress, torch_device)
         print(f"    {done}, evaluated ({duration(time.perf_counter() - job_started)})", flush=True)
         if done != "trained already":
             timed.append(time.perf_counter() - job_started)
