@@ -16,7 +16,8 @@ AdamW step) on the same batches. The levers, each added to the one before:
 - `compile`:     + torch.compile of the model (with --compile; compile time shown apart)
 
 Each round runs every contender for --steps timed steps, in turn; the table gives the median
-over rounds and its range, and each contender's ratio to HF's median. Needs `transformers`.
+over rounds and its range, and each contender's ratio to HF in the same round (the median and
+range of those ratios: the machine's speed drifts between rounds). Needs `transformers`.
 """
 
 import argparse
@@ -133,12 +134,13 @@ for shape in args.shapes:
     for _ in range(args.rounds):
         for contender in contenders:
             contender.rates.append(tokens / contender.steps(batches))
-    reference = statistics.median(contenders[0].rates)
+    reference = contenders[0].rates
     print(f"\nshape {shape}: {config.n_layer} layers, {config.n_embd} wide, context {config.block_size}, vocabulary "
           f"{config.vocab_size:,}, micro-batch {micro}; {args.rounds} rounds x {args.steps} steps")
-    print(f"{'contender':<20} {'tok/s median':>13} {'range':>17} {'vs HF':>6} {'first 2 steps':>14}")
+    print(f"{'contender':<20} {'tok/s median':>13} {'range':>17} {'vs HF':>6} {'ratio range':>12} {'first 2 steps':>14}")
     for contender in contenders:
         rates = contender.rates
-        median = statistics.median(rates)
-        print(f"{contender.name:<20} {median:>13,.0f} {min(rates):>8,.0f}-{max(rates):<8,.0f} "
-              f"{median / reference:>6.2f} {contender.setup_s:>12.1f} s")
+        # the machine's speed drifts between rounds: compare within each round, then take the median
+        ratios = [rate / hf for rate, hf in zip(rates, reference)]
+        print(f"{contender.name:<20} {statistics.median(rates):>13,.0f} {min(rates):>8,.0f}-{max(rates):<8,.0f} "
+              f"{statistics.median(ratios):>6.2f} {min(ratios):>5.2f}-{max(ratios):<5.2f} {contender.setup_s:>12.1f} s")
