@@ -91,15 +91,17 @@ def test_sigint_leaves_a_checkpoint_that_resumes(prepared_char, tmp_path):
     assert last["step"] == step + 3
 
 
-def test_ddp_two_processes_equal_one_with_accumulation(prepared_char, tmp_path):
+@pytest.mark.parametrize("optimizer, port", [("adamw", 29517), ("muon", 29518)])
+def test_ddp_two_processes_equal_one_with_accumulation(optimizer, port, prepared_char, tmp_path):
+    # Muon orthogonalises the all-reduced gradient: every process computes the same update
     common = ["--data", str(prepared_char), "--steps", "4", "--quiet", *sum((["--set", s] for s in TINY), []),
-              "--set", "optim.batch_tokens=512"]
+              "--set", "optim.batch_tokens=512", "--set", f"optim.name={optimizer}"]
     single = subprocess.run([sys.executable, "-m", "capitu", "train", "--out", str(tmp_path / "one"), *common],
                             capture_output=True, text=True, cwd=REPO)
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     double = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
          "-m", "capitu", "train", "--out", str(tmp_path / "two"), *common],
         capture_output=True, text=True, cwd=REPO, env=env,
     )
