@@ -61,14 +61,19 @@ def perplexity_by_length(series: dict[str, dict[int, float]], context: int) -> b
     return to_png(figure)
 
 
-def bars(panels: list[tuple[str, dict[str, float]]], title: str) -> bytes:
-    """One horizontal bar chart per panel (title, {variant: value}), side by side."""
+def bars(panels: list[tuple[str, dict[str, float]]], title: str,
+         ranges: list[dict[str, tuple[float, float]] | None] | None = None) -> bytes:
+    """One horizontal bar chart per panel (title, {variant: value}), side by side; `ranges`,
+    one per panel or None, draws each value's (low, high) range as an error bar."""
     height = 0.32 * max(len(values) for _, values in panels) + 1.4
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), height), sharey=True, layout="constrained")
     axes = axes if len(panels) > 1 else [axes]
-    for ax, (label, values) in zip(axes, panels):
+    for ax, (label, values), spans in zip(axes, panels, ranges or [None] * len(panels)):
         names = list(values)
-        ax.barh(names, [values[n] for n in names], color="#4c72b0")
+        errors = None
+        if spans:  # distances from the bar's end to each end of the range
+            errors = [[values[n] - spans[n][0] for n in names], [spans[n][1] - values[n] for n in names]]
+        ax.barh(names, [values[n] for n in names], color="#4c72b0", xerr=errors, ecolor="#222222", capsize=3)
         ax.set_title(label, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
         ax.xaxis.set_major_locator(ticker.MaxNLocator(4))

@@ -424,9 +424,13 @@ def make_figures(results: dict) -> dict[str, bytes]:
     benched = [e for e in entries if e["bench"]]
     if benched:
         speed = [("training tokens/s", {e["name"]: e["bench"]["train_tok_s"] for e in benched})]
+        spans = [{e["name"]: (e["bench"]["spread"]["train_tok_s"]["min"], e["bench"]["spread"]["train_tok_s"]["max"])
+                  for e in benched}]
         for batch in benched[0]["bench"]["decode_tok_s"]:
             speed.append((f"decode tokens/s, batch {batch}", {e["name"]: e["bench"]["decode_tok_s"][batch] for e in benched}))
-        figures["speed.png"] = plots.bars(speed, "Throughput (capitu bench)")
+            spans.append({e["name"]: (e["bench"]["spread"]["decode_tok_s"][batch]["min"],
+                                      e["bench"]["spread"]["decode_tok_s"][batch]["max"]) for e in benched})
+        figures["speed.png"] = plots.bars(speed, "Throughput (capitu bench): median and range of the rounds", spans)
         figures["memory.png"] = plots.bars([
             ("training peak (MiB)", {e["name"]: e["bench"]["peak_train_bytes"] / MIB for e in benched}),
             ("generation peak (MiB)", {e["name"]: e["bench"]["peak_generate_bytes"] / MIB for e in benched}),
