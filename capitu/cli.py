@@ -152,6 +152,9 @@ def run_train(args) -> None:
     if args.data:
         overrides.append(f"data.path={json.dumps(str(args.data))}")
     settings = {}  # what the user asked for; on --resume it replaces the saved values
+    for flag in ("tokens", "steps", "time"):
+        if getattr(args, flag) is not None and not getattr(args, flag) > 0:
+            raise UserError(f"--{flag} must be positive, got {getattr(args, flag)}")
     if args.tokens is not None:
         settings.update(tokens=args.tokens, steps=0)
     if args.steps is not None:

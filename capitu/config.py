@@ -11,12 +11,30 @@ import dataclasses
 import tomllib
 import typing
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 from capitu.errors import UserError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+# every numeric setting declares its range (a class's RANGES): checked before any work
+RANGE_CHECKS = {
+    "positive": (lambda v: v > 0, "positive"),
+    "non-negative": (lambda v: v >= 0, ">= 0"),
+    "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "unit": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+}
+
+
+def check_ranges(section, prefix: str) -> None:
+    """Each field named in `section.RANGES` against its declared range, or a UserError that
+    names the key, the value and the range."""
+    for name, kind in section.RANGES.items():
+        value = getattr(section, name)
+        accepts, words = RANGE_CHECKS[kind]
+        if not accepts(value):
+            raise UserError(f"{prefix}.{name} must be {words}, got {value}")
 MODEL_KINDS = ("gpt", "ffn")
 
 
@@ -39,6 +57,11 @@ class ModelConfig:
     ffn_context: int = 5  # Bengio's n: tokens the feed-forward model sees
     ffn_hidden: int = 512
     ffn_direct: bool = True  # Bengio's direct connections from the embeddings to the output
+    RANGES: ClassVar[dict[str, str]] = {
+        "vocab_size": "non-negative", "block_size": "positive", "n_layer": "positive", "n_head": "positive",
+        "n_kv_head": "non-negative", "n_embd": "positive", "rope_base": "positive", "mlp_ratio": "positive",
+        "mlp_hidden": "non-negative", "dropout": "fraction", "ffn_context": "positive", "ffn_hidden": "positive",
+    }
 
     @property
     def kv_heads(self) -> int:
@@ -54,26 +77,21 @@ class ModelConfig:
 
     def validate(self, building: bool = False) -> None:
         """Check every field; `building` a model also needs the vocabulary size."""
+        check_ranges(self, "model")
         if building and self.vocab_size < 1:
             raise UserError("model.vocab_size must be set (it comes from the data's tokenizer)")
         if self.kind not in MODEL_KINDS:
             raise UserError(f"model.kind must be one of {', '.join(MODEL_KINDS)}, got '{self.kind}'")
         if self.pos not in POSITIONS:
             raise UserError(f"model.pos must be one of {', '.join(POSITIONS)}, got '{self.pos}'")
-        positive = ["block_size", "n_layer", "n_head", "n_embd", "ffn_context", "ffn_hidden"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UserError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
-        if self.n_kv_head < 0 or self.n_head % self.kv_heads:
+        if self.n_head % self.kv_heads:
             raise UserError(
                 f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head})"
             )
         if self.pos == "rope" and self.head_dim % 2:
             raise UserError(f"rope needs an even head size, got {self.head_dim}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
 def check_type(value, kind, key: str):
@@ -163,6 +181,7 @@ def from_dict(cls, values: dict):
 
 
 OPTIMIZERS = ("adamw", "muon")
+DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclass
@@ -180,13 +199,16 @@ class OptimConfig:
     grad_clip: float = 1.0  # 0: no clipping
     batch_tokens: int = 8192  # tokens per optimizer step, over micro-batches and processes
     micro_batch: int = 16  # sequences per forward pass
+    RANGES: ClassVar[dict[str, str]] = {
+        "lr": "positive", "muon_lr": "positive", "muon_momentum": "fraction", "min_lr_ratio": "unit",
+        "warmup_steps": "non-negative", "weight_decay": "non-negative", "beta1": "fraction", "beta2": "fraction",
+        "eps": "positive", "grad_clip": "non-negative", "batch_tokens": "positive", "micro_batch": "positive",
+    }
 
     def validate(self) -> None:
         if self.name not in OPTIMIZERS:
             raise UserError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got '{self.name}'")
-        for name in ("lr", "muon_lr"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"optim.{name} must be positive, got {getattr(self, name)}")
+        check_ranges(self, "optim")
 
 
 @dataclass
@@ -207,6 +229,15 @@ class RunConfig:
     eval_windows: int = 32  # validation windows, the same ones every time
     log_every: int = 10
     checkpoint_every: int = 200
+    RANGES: ClassVar[dict[str, str]] = {
+        "tokens": "non-negative", "steps": "non-negative", "time": "non-negative", "seed": "non-negative",
+        "eval_every": "positive", "eval_windows": "positive", "log_every": "positive", "checkpoint_every": "positive",
+    }
+
+    def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UserError(f"run.dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+        check_ranges(self, "run")
 
 
 @dataclass
@@ -219,6 +250,7 @@ class Config:
     def validate(self) -> None:
         self.model.validate()
         self.optim.validate()
+        self.run.validate()
 
 
 def load_config(preset: str | None = None, file: Path | None = None, overrides: list[str] = ()) -> Config:

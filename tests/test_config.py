@@ -36,3 +36,33 @@ def test_unknown_preset_and_bad_file(tmp_path):
     (tmp_path / "bad.toml").write_text("[model\n")
     with pytest.raises(UserError, match="invalid TOML"):
         load_config(None, tmp_path / "bad.toml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.micro_batch=0", "optim.micro_batch must be positive, got 0"),
+    ("run.checkpoint_every=0", "run.checkpoint_every must be positive, got 0"),
+    ("run.eval_every=0", "run.eval_every must be positive, got 0"),
+    ("run.log_every=0", "run.log_every must be positive, got 0"),
+    ("run.steps=-5", "run.steps must be >= 0, got -5"),
+    ("run.tokens=-100", "run.tokens must be >= 0, got -100"),
+    ("optim.lr=0", "optim.lr must be positive, got 0.0"),
+    ("optim.beta2=1.5", "optim.beta2 must be in [0, 1), got 1.5"),
+    ("optim.min_lr_ratio=2", "optim.min_lr_ratio must be in [0, 1], got 2.0"),
+    ("model.dropout=1", "model.dropout must be in [0, 1), got 1.0"),
+    ("model.n_kv_head=-1", "model.n_kv_head must be >= 0, got -1"),
+    ("run.dtype=float16", "run.dtype must be one of auto, float32, bfloat16, got 'float16'"),
+])
+def test_every_numeric_setting_is_range_checked(override, message):
+    with pytest.raises(UserError) as error:
+        load_config("tiny", overrides=[override])
+    assert str(error.value) == message
+
+
+def test_every_numeric_field_declares_a_range():
+    import dataclasses
+
+    from capitu.config import ModelConfig, OptimConfig, RunConfig
+
+    for section in (ModelConfig, OptimConfig, RunConfig):
+        numeric = {f.name for f in dataclasses.fields(section) if f.type in ("int", "float")}
+        assert numeric == set(section.RANGES), section.__name__
