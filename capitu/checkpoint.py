@@ -80,13 +80,30 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[torch.
     return model.to(device).eval(), content
 
 
+def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """What keeps `state` from loading into `model`, naming the first missing, unexpected and
+    mis-shaped tensors; None when it fits."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    missing = [name for name in expected if state.get(name) is None]
+    unexpected = [name for name in state if name not in expected]
+    misshaped = [f"{name} {tuple(t.shape)} where the config needs {expected[name]}"
+                 for name, t in state.items() if name in expected and t is not None and tuple(t.shape) != expected[name]]
+    problems = [f"{label} {', '.join(names[:3])}{' and more' if len(names) > 3 else ''}"
+                for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if names]
+    return "; ".join(problems) or None
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load `state` into `model`, or a one-line UserError naming what does not fit."""
+    problem = state_mismatch(model, state)
+    if problem:
+        raise UserError(f"{source}: weights do not match the config: {problem}")
+    model.load_state_dict(state, strict=True)
+
+
 def restore_weights(model: torch.nn.Module, path: Path) -> None:
     """Load saved weights into `model`, re-tying the output layer that saving left out."""
     state = load_weights(path)
     if getattr(model.config, "tie_embeddings", False) and "lm_head.weight" in model.state_dict():
         state["lm_head.weight"] = state.get("transformer.wte.weight")
-    try:
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise UserError(f"{path}: weights do not match the config: {first}") from None
+    load_state(model, state, path)

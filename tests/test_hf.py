@@ -69,3 +69,41 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         load_model(tmp_path / "run")
     with pytest.raises(UserError, match="not a capitu run"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: [c], "expected a JSON object, got list"),
+    (lambda c: {k: v for k, v in c.items() if k != "n_layer"}, "n_layer must be a positive integer, got None"),
+    (lambda c: {**c, "n_layer": "four"}, "n_layer must be a positive integer, got 'four'"),
+    (lambda c: {**c, "n_embd": 2**20, "vocab_size": 2**20}, "wte.weight is (128, 48) where config.json needs"),
+    (lambda c: {**c, "n_layer": 3}, "holds 2 layers where config.json says n_layer 3"),
+])
+def test_bad_hf_folders_are_refused_before_building_a_model(edit, message, tmp_path, capsys):
+    hf_model().save_pretrained(tmp_path / "hf")
+    path = tmp_path / "hf" / "config.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    code, _, err = run_cli(["import", tmp_path / "hf", "--out", tmp_path / "ours"], capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "ours").exists()
+
+
+def test_import_refuses_a_non_empty_out(tmp_path, capsys):
+    hf_model().save_pretrained(tmp_path / "hf")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    code, _, err = run_cli(["import", tmp_path / "hf", "--out", tmp_path / "run"], capsys)
+    assert code == 2 and "is not empty" in err
+    assert (tmp_path / "run" / "config.json").read_text() == "{}"
+
+
+def test_weight_mismatch_names_the_tensors(tmp_path):
+    small = GPT(ModelConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    save_model(tmp_path / "m", small)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["model"]["n_layer"], config["model"]["n_embd"] = 2, 16
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError) as error:
+        load_model(tmp_path / "m")
+    text = str(error.value)
+    assert "missing transformer.h.1." in text and " and more" in text
+    assert "transformer.h.0.attn.c_attn.weight (24, 8) where the config needs (48, 16)" in text

@@ -12,9 +12,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from capitu.checkpoint import TOKENIZER, atomic_write_json, load_model, load_weights, save_model, unique_state_dict
+from capitu.checkpoint import (TOKENIZER, atomic_write_json, load_model, load_state, load_weights, save_model,
+                               unique_state_dict)
 from capitu.config import ModelConfig
 from capitu.errors import UserError
 from capitu.models import GPT
@@ -89,19 +91,48 @@ def export_hf(run: Path, out: Path) -> None:
     atomic_write_json(out / "special_tokens_map.json", special)
 
 
+def check_header(path: Path, hf: dict) -> None:
+    """The config's shapes against the safetensors header, before any model is built: a config
+    with huge dimensions must not allocate them."""
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            shapes = {name.removeprefix("transformer."): tuple(weights.get_slice(name).get_shape())
+                      for name in weights.keys()}
+    except (OSError, SafetensorError) as error:
+        raise UserError(f"{path}: not a readable safetensors file: {error}") from None
+    expected = {"wte.weight": (hf["vocab_size"], hf["n_embd"]), "wpe.weight": (hf["n_positions"], hf["n_embd"]),
+                "h.0.mlp.c_fc.weight": (hf["n_embd"], hf.get("n_inner") or 4 * hf["n_embd"])}
+    for name, shape in expected.items():
+        if shapes.get(name) != shape:
+            raise UserError(f"{path}: {name} is {shapes.get(name)} where config.json needs {shape}")
+    layers = {int(name.split(".")[1]) for name in shapes if name.startswith("h.")}
+    if layers != set(range(hf["n_layer"])):
+        raise UserError(f"{path}: holds {len(layers)} layers where config.json says n_layer {hf['n_layer']}")
+
+
 def import_hf(folder: Path, out: Path) -> None:
     """Bring an HF GPT-2 checkpoint folder (config.json + model.safetensors) in as a capitu
     model folder."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"output folder {out} is not empty (import writes a new model folder)")
     try:
         hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise UserError(f"{folder}: cannot read config.json: {error}") from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{folder}/config.json: expected a JSON object, got {type(hf).__name__}")
     if hf.get("model_type") != "gpt2":
         raise UserError(f"{folder}: model_type is {hf.get('model_type')!r}, only gpt2 can be imported")
     if hf.get("activation_function", "gelu_new") != "gelu_new":
         raise UserError(f"{folder}: activation {hf['activation_function']} is not GPT-2's gelu_new")
     if not (folder / "model.safetensors").is_file():
         raise UserError(f"{folder}: no model.safetensors")
+    for key in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"):
+        if type(hf.get(key)) is not int or hf[key] < 1:
+            raise UserError(f"{folder}/config.json: {key} must be a positive integer, got {hf.get(key)!r}")
+    if hf.get("n_inner") is not None and (type(hf["n_inner"]) is not int or hf["n_inner"] < 1):
+        raise UserError(f"{folder}/config.json: n_inner must be a positive integer or null, got {hf['n_inner']!r}")
+    check_header(folder / "model.safetensors", hf)
     config = ModelConfig(
         kind="gpt", vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
         n_head=hf["n_head"], n_embd=hf["n_embd"], pos="learned",
@@ -115,10 +146,7 @@ def import_hf(folder: Path, out: Path) -> None:
         name = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
         state[name] = tensor.t().contiguous() if name.endswith(CONV1D) else tensor
     state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    except RuntimeError as error:
-        raise UserError(f"{folder}: weights do not match its config: {str(error).splitlines()[0]}") from None
+    load_state(model, {k: v.float() if v is not None else None for k, v in state.items()}, folder / "model.safetensors")
     save_model(out, model, {"imported_from": str(folder)})
     if (folder / TOKENIZER).is_file():
         shutil.copyfile(folder / TOKENIZER, out / TOKENIZER)
