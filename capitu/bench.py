@@ -100,6 +100,9 @@ def generation_lengths(config: Config, options: BenchOptions) -> tuple[int, int,
     window = config.model.block_size
     prompt_length = options.prompt_length or window // 2
     new_tokens = options.new_tokens or window - prompt_length
+    if config.model.kind == "gpt" and prompt_length >= window - 1:
+        raise UserError(f"a prompt of {prompt_length} tokens leaves no room for 2 new tokens in the "
+                        f"{window}-token context (--prompt-length at most {window - 2})")
     if prompt_length < 1 or new_tokens < 2:
         raise UserError("bench needs a prompt of at least 1 token and at least 2 new tokens")
     if config.model.kind == "gpt" and prompt_length + new_tokens > window:

@@ -73,7 +73,9 @@ def run_models(args) -> None:
     from capitu.config import load_config
     from capitu.models import build_model
     from capitu.models.variants import load_grid, variant_config
+    from capitu.tokenizer import check_vocab_size
 
+    check_vocab_size(args.vocab_size, 1)  # before building anything of that size
     base = load_config(args.preset, overrides=[f"model.vocab_size={args.vocab_size}"])
     print(f"preset {args.preset}, vocab {args.vocab_size:,}, context {base.model.block_size}")
     print(f"{'variant':<11} {'params':>12} {'non-emb':>12} {'GFLOP/tok':>10} {'KV B/tok fp32':>14} {'bf16':>8}")
@@ -351,13 +353,22 @@ def run_study_command(args) -> None:
               progress=not args.quiet, device=args.device)
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """Usage errors as one line (`capitu: error: ...`, exit 2), as every other error: the
+    usage block is what --help is for."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog.split()[0]}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="capitu",
         description="Build, train, compare and understand small GPT-2-style language models for Portuguese.",
     )
     parser.add_argument("--version", action="version", version=f"capitu {__version__}")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True,
+                                     parser_class=OneLineErrors)
     add_prepare(commands)
     add_models(commands)
     add_export(commands)

@@ -43,8 +43,8 @@ def text_tokens(path: Path, tokenizer) -> tuple[np.ndarray, dict]:
         counts["bytes"] += len(text.encode("utf-8"))
         counts["characters"] += len(text)
         counts["words"] += len(text.split())
-    if not counts["documents"]:
-        raise UserError(f"nothing readable in {path}")
+    if not counts["documents"] or not counts["bytes"]:
+        raise UserError(f"nothing readable in {path}" if not counts["documents"] else f"{path} holds no text to score")
     counts["tokens"] = len(ids)
     return np.array(ids, dtype=np.int64), counts
 
