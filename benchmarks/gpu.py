@@ -15,7 +15,6 @@ Prints a Markdown report (and writes it to --out): the card, versions, every fig
 """
 
 import argparse
-import contextlib
 import json
 import statistics
 import tempfile
