@@ -58,7 +58,7 @@ class CausalSelfAttention(nn.Module):
         else:  # no cache: plain causal; one new token: it sees everything cached
             mask, causal = None, past == 0
         # CPU bf16 autocast: attention stays fp32, whose flash kernel trains 3-4x faster than the
-        # bf16 one at small head sizes (benchmarks/train_throughput.py --levers shows it)
+        # bf16 one at small head sizes (12.9 ms against 3.3 ms forward and backward at head size 16)
         fp32_attention = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
         if fp32_attention:
             q, k, v = q.float(), k.float(), v.float()

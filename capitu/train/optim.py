@@ -83,8 +83,3 @@ def schedule(step: int, total_steps: int, config: OptimConfig) -> float:
         return config.min_lr_ratio
     progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
     return config.min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - config.min_lr_ratio)
-
-
-def learning_rate(step: int, total_steps: int, config: OptimConfig) -> float:
-    """AdamW's learning rate at `step`."""
-    return config.lr * schedule(step, total_steps, config)
