@@ -231,7 +231,7 @@ def test_timings_are_compared_by_their_ranges():
 def test_load_study_layers(tmp_path):
     study, variants = load_study("tiny")
     assert study.vocab_size == 4096 and study.seeds == 3 and study.budget == "flops"
-    assert [v.name for v in variants] == ["baseline", "rope", "nope", "gqa", "mqa", "ffn"]
+    assert [v.name for v in variants] == ["baseline", "rope", "alibi", "gqa", "mqa", "ffn"]
     assert len(load_study("tiny", grid="full")[1]) == 11
     path = tmp_path / "s.toml"
     path.write_text('[study]\ntokens = 1000\n\n[[variant]]\nname = "baseline"\n', encoding="utf-8")
