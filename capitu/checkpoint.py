@@ -7,7 +7,6 @@ from a file: weights come from safetensors, everything else from JSON.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -17,21 +16,12 @@ from safetensors.torch import load_file, save_file
 from capitu.config import ModelConfig, from_dict, to_dict
 from capitu.errors import UserError
 from capitu.models import build_model
+from capitu.paths import atomic_write_json, fsync_file, temporary_name
 
 MODEL_FORMAT = "capitu-model/1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    partial.write_bytes(data)
-    partial.replace(path)
-
-
-def atomic_write_json(path: Path, content: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(content, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -44,8 +34,9 @@ def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_model(folder: Path, model: torch.nn.Module, extra: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{WEIGHTS}.tmp-{os.getpid()}"
+    partial = temporary_name(folder / WEIGHTS)
     save_file(unique_state_dict(model), str(partial), metadata={"format": MODEL_FORMAT})
+    fsync_file(partial)
     partial.replace(folder / WEIGHTS)
     atomic_write_json(folder / CONFIG, {"format": MODEL_FORMAT, "model": to_dict(model.config), **(extra or {})})
 

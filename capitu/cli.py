@@ -111,7 +111,7 @@ def add_import(commands) -> None:
         "capitu model folder that eval and generate use.",
     )
     p.add_argument("folder", type=Path, help="an HF GPT-2 folder")
-    p.add_argument("--out", type=Path, required=True, help="the capitu model folder to write")
+    p.add_argument("--out", type=Path, required=True, help="the capitu model folder to write (must be new or empty)")
     p.set_defaults(handler=_import)
 
 
@@ -198,7 +198,7 @@ def add_eval(commands) -> None:
 
 
 def run_eval(args) -> None:
-    from capitu.checkpoint import atomic_write_json
+    from capitu.paths import atomic_write_json
     from capitu.evaluate import evaluate_run, format_table
 
     try:
@@ -208,9 +208,12 @@ def run_eval(args) -> None:
     if lengths and min(lengths) < 1:
         raise UserError("--lengths must be positive")
     result = evaluate_run(args.run, args.split, args.text, lengths, args.stride, args.device, not args.quiet)
-    name = "eval_text.json" if args.text else f"eval_{args.split}.json"
-    atomic_write_json(args.run / name, result)
-    print(json.dumps(result, indent=1) if args.json else format_table(result))
+    print(json.dumps(result, indent=1) if args.json else format_table(result), flush=True)
+    path = args.run / ("eval_text.json" if args.text else f"eval_{args.split}.json")
+    try:
+        atomic_write_json(path, result)
+    except OSError as error:  # a read-only run: the result above is all there is
+        raise UserError(f"could not save {path}: {error.strerror or error} (the result is printed above)") from None
 
 
 def add_generate(commands) -> None:
@@ -391,4 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("capitu: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # a disk that fills up or goes away mid-way: outputs are written whole or not at all
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"capitu: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     return 0

@@ -74,7 +74,7 @@ def negative_log_likelihood(model, tokens: np.ndarray, length: int, stride: int,
     for _, same_shape in itertools.groupby(plan, key=lambda w: (w[1] - w[0], w[2] - w[0])):
         same_shape = list(same_shape)
         batches.extend(same_shape[i:i + batch_size] for i in range(0, len(same_shape), batch_size))
-    bar = tqdm(total=len(plan), desc="eval", unit=" windows", disable=not progress)
+    bar = tqdm(total=len(plan), desc="eval", unit=" windows", disable=None if progress else True)
     for batch in batches:
         x = torch.from_numpy(np.stack([np.asarray(tokens[s:e], dtype=np.int64) for s, e, _ in batch])).to(device)
         y = torch.from_numpy(np.stack([np.asarray(tokens[s + 1:e + 1], dtype=np.int64) for s, e, _ in batch])).to(device)

@@ -1,9 +1,14 @@
+import json
+import os
+import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from conftest import make_run, run_cli
+from conftest import REPO, TINY, make_run, run_cli
 
 
 def test_help_lists_the_commands(capsys):
@@ -44,3 +49,304 @@ def test_eval_of_an_empty_text_is_a_clear_error(tmp_path, prepared_char, capsys)
     (tmp_path / "empty.txt").write_text("   \n\n", encoding="utf-8")
     code, _, err = run_cli(["eval", tmp_path / "run", "--text", tmp_path / "empty.txt"], capsys)
     assert code == 2 and "holds no text to score" in err, err
+
+
+# --- Every bad input, through the real command line -------------------------------------------
+# Each case runs `python -m capitu ARGS` in a subprocess and must answer exit 2, one line on
+# stderr naming the problem, no traceback, and write nothing: its scratch folder (its --out and
+# anything else it was pointed at) is unchanged, and so is the shared world below.
+# {data}: a prepared char folder; {bpe}: a prepared BPE folder; {w}: the shared world (runs, bad
+# files, bad HF folders: see `world`); {t}: the case's own scratch folder (holding file.txt and
+# full/notes.txt); /proc/capitu: a place no one can write.
+HOSTILE = [
+    # argument parsing
+    ("no-command", [], "the following arguments are required: COMMAND"),
+    ("unknown-command", ["nonsense"], "invalid choice: 'nonsense'"),
+    ("prepare-no-source", ["prepare", "--out", "{t}/out"], "the following arguments are required: --source"),
+    ("steps-not-int", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "many"], "invalid int value"),
+    ("tokenizer-choice", ["prepare", "--source", "{w}/texts", "--out", "{t}/out", "--tokenizer", "wordpiece"],
+     "invalid choice: 'wordpiece'"),
+    ("eval-split-choice", ["eval", "{w}/run", "--split", "dev"], "invalid choice: 'dev'"),
+    ("export-format", ["export", "{w}/bpe_run", "--format", "onnx", "--out", "{t}/out"], "invalid choice: 'onnx'"),
+    ("study-no-data", ["study", "--out", "{t}/out"], "one of the arguments --data --source is required"),
+    # prepare
+    ("prepare-missing-source", ["prepare", "--source", "{t}/missing", "--out", "{t}/out"], "source not found"),
+    ("prepare-empty-source", ["prepare", "--source", "{w}/blank", "--out", "{t}/out"],
+     "need at least 3 distinct documents"),
+    ("prepare-binary-strict", ["prepare", "--source", "{w}/binary", "--out", "{t}/out", "--strict"], "binary.txt"),
+    ("prepare-out-file", ["prepare", "--source", "{w}/texts", "--out", "{t}/file.txt"], "is a file"),
+    ("prepare-out-foreign", ["prepare", "--source", "{w}/texts", "--out", "{t}/full"], "holds something else"),
+    ("prepare-out-unwritable", ["prepare", "--source", "{w}/texts", "--out", "/proc/capitu"], "cannot write to /proc"),
+    ("prepare-vocab-0", ["prepare", "--source", "{w}/texts", "--out", "{t}/out", "--vocab-size", "0"],
+     "vocab size must be between"),
+    ("prepare-vocab-huge", ["prepare", "--source", "{w}/texts", "--out", "{t}/out", "--vocab-size", "1000000000"],
+     "vocab size must be between"),
+    ("prepare-val-fraction", ["prepare", "--source", "{w}/texts", "--out", "{t}/out", "--val-fraction", "0.9"],
+     "--val-fraction must be between 0 and 0.5"),
+    ("prepare-test-fraction", ["prepare", "--source", "{w}/texts", "--out", "{t}/out", "--test-fraction", "-0.1"],
+     "--test-fraction must be between 0 and 0.5"),
+    ("prepare-min-paragraph", ["prepare", "--source", "{w}/texts", "--out", "{t}/out", "--min-paragraph-chars",
+                               "0"], "--min-paragraph-chars must be at least 1"),
+    ("prepare-other-data", ["prepare", "--source", "{w}/texts", "--out", "{data}"], "prepared from other inputs"),
+    # train: budgets and settings
+    ("train-steps-negative", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "-5"],
+     "--steps must be positive, got -5"),
+    ("train-steps-zero", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "0"], "--steps must be positive"),
+    ("train-tokens-negative", ["train", "--data", "{data}", "--out", "{t}/out", "--tokens", "-100"],
+     "--tokens must be positive"),
+    ("train-time-zero", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "2", "--time", "0"],
+     "--time must be positive"),
+    ("train-micro-batch-0", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "2", "--set",
+                             "optim.micro_batch=0"], "optim.micro_batch must be positive, got 0"),
+    ("train-checkpoint-every-0", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "2", "--set",
+                                  "run.checkpoint_every=0"], "run.checkpoint_every must be positive"),
+    ("train-eval-every-0", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "2", "--set",
+                            "run.eval_every=0"], "run.eval_every must be positive"),
+    ("train-log-every-0", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "2", "--set",
+                           "run.log_every=0"], "run.log_every must be positive"),
+    ("train-lr-negative", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "2", "--set", "optim.lr=-1"],
+     "optim.lr must be positive"),
+    ("train-dropout", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "2", "--set",
+                       "model.dropout=1.5"], "model.dropout must be"),
+    ("train-n-embd-0", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "2", "--set", "model.n_embd=0"],
+     "model.n_embd must be positive"),
+    ("train-heads", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "2", "--set", "model.n_head=5"],
+     "must be divisible by model.n_head"),
+    ("train-kv-heads", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "2", "--set",
+                        "model.n_kv_head=3"], "must be divisible by model.n_kv_head"),
+    ("train-unknown-key", ["train", "--data", "{data}", "--out", "{t}/out", "--set", "model.colour=red"],
+     "unknown config key 'model.colour'"),
+    ("train-section-set", ["train", "--data", "{data}", "--out", "{t}/out", "--set", "model=big"],
+     "model is a section"),
+    ("train-set-no-equals", ["train", "--data", "{data}", "--out", "{t}/out", "--set", "model.pos"],
+     "--set expects key=value"),
+    ("train-set-wrong-type", ["train", "--data", "{data}", "--out", "{t}/out", "--set", "model.n_layer=four"],
+     "model.n_layer must be of type int"),
+    ("train-pos", ["train", "--data", "{data}", "--out", "{t}/out", "--set", "model.pos=spiral"],
+     "model.pos must be one of"),
+    ("train-optimizer", ["train", "--data", "{data}", "--out", "{t}/out", "--set", "optim.name=bogus"],
+     "optim.name must be one of adamw, muon"),
+    ("train-dtype", ["train", "--data", "{data}", "--out", "{t}/out", "--set", "run.dtype=fp8"],
+     "run.dtype must be one of"),
+    ("train-context-too-long", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "2", "--set",
+                                "model.block_size=100000000"], "longer than the train split"),
+    ("train-vocab-too-small", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "2", "--set",
+                               "model.vocab_size=3"], "smaller than the tokenizer's"),
+    ("train-device", ["train", "--data", "{data}", "--out", "{t}/out", "--steps", "2", "--device", "tpu9"],
+     "unknown device 'tpu9'"),
+    ("train-preset", ["train", "--data", "{data}", "--out", "{t}/out", "--preset", "huge"], "unknown preset 'huge'"),
+    ("train-config-missing", ["train", "--data", "{data}", "--out", "{t}/out", "--config", "{t}/missing.toml"],
+     "config file not found"),
+    ("train-config-bad-toml", ["train", "--data", "{data}", "--out", "{t}/out", "--config", "{w}/bad.toml"],
+     "invalid TOML"),
+    ("train-no-data", ["train", "--out", "{t}/out", "--steps", "2"], "--data is required"),
+    ("train-data-missing", ["train", "--data", "{t}/missing", "--out", "{t}/out", "--steps", "2"],
+     "data folder not found"),
+    ("train-data-not-prepared", ["train", "--data", "{t}/full", "--out", "{t}/out", "--steps", "2"],
+     "data folder not found or not prepared"),
+    # train: output folders and resume
+    ("train-out-file", ["train", "--data", "{data}", "--out", "{t}/file.txt", "--steps", "2"], "is a file"),
+    ("train-out-not-empty", ["train", "--data", "{data}", "--out", "{t}/full", "--steps", "2"], "is not empty"),
+    ("train-out-existing-run", ["train", "--data", "{data}", "--out", "{w}/trained", "--steps", "2"],
+     "already holds a run"),
+    ("train-out-unwritable", ["train", "--data", "{data}", "--out", "/proc/capitu", "--steps", "2"],
+     "cannot write to /proc"),
+    ("train-resume-nothing", ["train", "--out", "{t}/out", "--resume"], "nothing to resume"),
+    ("train-resume-not-a-run", ["train", "--out", "{t}/full", "--resume"], "no checkpoint"),
+    ("train-resume-damaged", ["train", "--out", "{w}/damaged", "--resume", "--steps", "4"],
+     "no complete checkpoint: step-00000002 (train_state.pt is"),
+        # eval
+    ("eval-missing-run", ["eval", "{t}/missing"], "is not a capitu run or model folder"),
+    ("eval-file", ["eval", "{t}/file.txt"], "is not a capitu run or model folder"),
+    ("eval-corrupt-config", ["eval", "{w}/corrupt_config"], "config.json: corrupt"),
+    ("eval-foreign-config", ["eval", "{w}/foreign_config"], "not a capitu model config"),
+    ("eval-garbage-weights", ["eval", "{w}/garbage_weights"], "corrupt or unreadable weights"),
+    ("eval-wrong-shapes", ["eval", "{w}/wrong_shapes"], "weights do not match the config: mis-shaped"),
+    ("eval-empty-text", ["eval", "{w}/run", "--text", "{w}/blank/empty.txt"], "holds no text to score"),
+    ("eval-missing-text", ["eval", "{w}/run", "--text", "{t}/missing.txt"], "source not found"),
+    ("eval-lengths-words", ["eval", "{w}/run", "--lengths", "long"], "--lengths expects comma-separated integers"),
+    ("eval-lengths-zero", ["eval", "{w}/run", "--lengths", "0"], "--lengths must be positive"),
+    ("eval-stride", ["eval", "{w}/run", "--stride", "-1"], "--stride must be between 1 and"),
+    ("eval-data-gone", ["eval", "{w}/orphan"], "data folder"),
+    # generate
+    ("generate-no-run", ["generate", "--prompt", "Era"], "give a run folder"),
+    ("generate-missing-run", ["generate", "{t}/missing"], "is not a capitu run or model folder"),
+    ("generate-new-tokens", ["generate", "{w}/run", "-n", "0"], "-n/--new-tokens must be at least 1"),
+    ("generate-temperature", ["generate", "{w}/run", "--temperature", "-1"], "--temperature must be 0"),
+    ("generate-top-k", ["generate", "{w}/run", "--top-k", "-3"], "--top-k must be 0"),
+    ("generate-top-p", ["generate", "{w}/run", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    ("generate-penalty", ["generate", "{w}/run", "--repetition-penalty", "0"], "--repetition-penalty must be positive"),
+    ("generate-prompts-missing", ["generate", "{w}/run", "--prompts", "{t}/missing.txt"], "cannot read prompts"),
+    ("generate-prompts-empty", ["generate", "{w}/run", "--prompts", "{w}/blank/empty.txt"], "holds no prompts"),
+    ("generate-no-tokenizer", ["generate", "{w}/no_tokenizer"], "has no tokenizer.json"),
+    # bench
+    ("bench-nothing", ["bench"], "give either a run folder or --preset"),
+    ("bench-both", ["bench", "{w}/run", "--preset", "tiny"], "give either a run folder or --preset"),
+    ("bench-batch-sizes", ["bench", "--preset", "tiny", "--batch-sizes", "a,b"], "--batch-sizes expects"),
+    ("bench-batch-zero", ["bench", "--preset", "tiny", "--batch-sizes", "0"], "positive batch sizes"),
+    ("bench-steps-zero", ["bench", "--preset", "tiny", "--train-steps", "0"], "at least one training step"),
+    ("bench-prompt-too-long", ["bench", "--preset", "tiny", "--prompt-length", "1000"],
+     "a prompt of 1000 tokens leaves no room"),
+    ("bench-set-on-run", ["bench", "{w}/run", "--set", "model.n_layer=3"], "--set applies to --preset only"),
+    # models
+    ("models-vocab-huge", ["models", "--vocab-size", "1000000000"], "vocab size must be between"),
+    ("models-vocab-zero", ["models", "--vocab-size", "0"], "vocab size must be between"),
+    ("models-preset", ["models", "--preset", "huge"], "unknown preset 'huge'"),
+    ("models-grid", ["models", "--grid", "nosuch"], "grid 'nosuch' is neither"),
+    # export
+    ("export-out-file", ["export", "{w}/bpe_run", "--out", "{t}/file.txt"], "is a file"),
+    ("export-out-not-empty", ["export", "{w}/bpe_run", "--out", "{t}/full"], "is not empty"),
+    ("export-out-unwritable", ["export", "{w}/bpe_run", "--out", "/proc/capitu"], "cannot write to /proc"),
+    ("export-missing-run", ["export", "{t}/missing", "--out", "{t}/out"], "is not a capitu run or model folder"),
+    ("export-char-run", ["export", "{w}/run", "--out", "{t}/out"], "HF export needs the run's BPE tokenizer"),
+    ("export-rope-run", ["export", "{w}/rope_run", "--out", "{t}/out"], "only the GPT-2-equivalent configuration"),
+    # import
+    ("import-out-run", ["import", "{w}/hf", "--out", "{w}/trained"], "is not empty"),
+    ("import-out-file", ["import", "{w}/hf", "--out", "{t}/file.txt"], "is a file"),
+    ("import-out-unwritable", ["import", "{w}/hf", "--out", "/proc/capitu"], "cannot write to /proc"),
+    ("import-missing", ["import", "{t}/missing", "--out", "{t}/out"], "cannot read config.json"),
+    ("import-config-list", ["import", "{w}/hf_list", "--out", "{t}/out"], "expected a JSON object, got list"),
+    ("import-config-not-json", ["import", "{w}/hf_not_json", "--out", "{t}/out"], "cannot read config.json"),
+    ("import-no-n-layer", ["import", "{w}/hf_no_layers", "--out", "{t}/out"], "n_layer must be a positive integer"),
+    ("import-n-layer-word", ["import", "{w}/hf_word_layers", "--out", "{t}/out"], "n_layer must be a positive integer"),
+    ("import-huge", ["import", "{w}/hf_huge", "--out", "{t}/out"], "where config.json needs"),
+    ("import-llama", ["import", "{w}/hf_llama", "--out", "{t}/out"], "only gpt2 can be imported"),
+    ("import-no-weights", ["import", "{w}/hf_no_weights", "--out", "{t}/out"], "no model.safetensors"),
+    ("import-garbage-weights", ["import", "{w}/hf_garbage", "--out", "{t}/out"], "not a readable safetensors file"),
+    ("import-layers", ["import", "{w}/hf_more_layers", "--out", "{t}/out"], "layers where config.json says n_layer"),
+    # study
+    ("study-out-file", ["study", "--data", "{bpe}", "--out", "{t}/file.txt"], "is a file"),
+    ("study-out-foreign", ["study", "--data", "{bpe}", "--out", "{t}/full"], "is not empty"),
+    ("study-out-unwritable", ["study", "--data", "{bpe}", "--out", "/proc/capitu"], "cannot write to /proc"),
+    ("study-data-not-prepared", ["study", "--data", "{t}/full", "--out", "{t}/out"], "is not a prepared folder"),
+    ("study-seeds", ["study", "--data", "{bpe}", "--out", "{t}/out", "--seeds", "0"], "study.seeds must be at least 1"),
+    ("study-grid", ["study", "--data", "{bpe}", "--out", "{t}/out", "--grid", "nosuch"], "grid 'nosuch' is neither"),
+    ("study-preset", ["study", "--data", "{bpe}", "--out", "{t}/out", "--preset", "huge"], "unknown preset 'huge'"),
+    ("study-config-missing", ["study", "--data", "{bpe}", "--out", "{t}/out", "--config", "{t}/missing.toml"],
+     "config file not found"),
+    ("study-config-table", ["study", "--data", "{bpe}", "--out", "{t}/out", "--config", "{w}/odd_study.toml"],
+     "unknown table(s) model"),
+]
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file and folder under `folder`, with the size and modification time of files."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+def hf_variant(world: Path, name: str, change) -> None:
+    folder = world / name
+    shutil.copytree(world / "hf", folder)
+    config = json.loads((folder / "config.json").read_text())
+    content = change(config)
+    (folder / "config.json").write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, prepared_char, prepared_bpe) -> Path:
+    """The shared things the hostile inputs point at (none of them may change)."""
+    from capitu.config import load_config
+    from capitu.models.hf import export_hf
+    from capitu.train.trainer import train
+
+    w = tmp_path_factory.mktemp("world")
+    (w / "texts").mkdir()
+    (w / "texts" / "a.txt").write_text("Era uma vez um rapaz que morava no Rio de Janeiro.\n" * 20, encoding="utf-8")
+    (w / "blank").mkdir()
+    (w / "blank" / "empty.txt").write_text("  \n\n", encoding="utf-8")
+    (w / "binary").mkdir()
+    (w / "binary" / "binary.txt").write_bytes(bytes(range(256)) * 8)
+    make_run(w / "run", prepared_char)
+    make_run(w / "bpe_run", prepared_bpe)
+    make_run(w / "rope_run", prepared_bpe, pos="rope")
+    make_run(w / "no_tokenizer", prepared_char)
+    (w / "no_tokenizer" / "tokenizer.json").unlink()
+    make_run(w / "orphan", prepared_char)
+    config = json.loads((w / "orphan" / "config.json").read_text())
+    config["config"]["data"]["path"] = str(w / "gone")
+    (w / "orphan" / "config.json").write_text(json.dumps(config))
+    shutil.copytree(w / "run", w / "corrupt_config")
+    (w / "corrupt_config" / "config.json").write_text("{")
+    shutil.copytree(w / "run", w / "foreign_config")
+    (w / "foreign_config" / "config.json").write_text('{"format": "other/1"}')
+    shutil.copytree(w / "run", w / "garbage_weights")
+    (w / "garbage_weights" / "model.safetensors").write_bytes(b"\x00" * 64)
+    make_run(w / "wrong_shapes", prepared_char, n_embd=32)
+    shutil.copy(w / "run" / "config.json", w / "wrong_shapes" / "config.json")
+    train(load_config("tiny", overrides=[*TINY, f'data.path="{prepared_char}"', "run.steps=2"]), w / "trained",
+          progress=False)
+    shutil.copytree(w / "trained", w / "damaged")
+    with open(w / "damaged" / "checkpoints" / "step-00000002" / "train_state.pt", "r+b") as state:
+        state.truncate(100)
+    export_hf(w / "bpe_run", w / "hf")
+    hf_variant(w, "hf_list", lambda c: [c])
+    hf_variant(w, "hf_not_json", lambda c: "{not json")
+    hf_variant(w, "hf_no_layers", lambda c: {k: v for k, v in c.items() if k != "n_layer"})
+    hf_variant(w, "hf_word_layers", lambda c: {**c, "n_layer": "four"})
+    hf_variant(w, "hf_huge", lambda c: {**c, "n_embd": 1 << 20, "vocab_size": 1 << 20, "n_layer": 400})
+    hf_variant(w, "hf_llama", lambda c: {**c, "model_type": "llama"})
+    hf_variant(w, "hf_more_layers", lambda c: {**c, "n_layer": c["n_layer"] + 4})
+    hf_variant(w, "hf_no_weights", lambda c: c)
+    (w / "hf_no_weights" / "model.safetensors").unlink()
+    hf_variant(w, "hf_garbage", lambda c: c)
+    (w / "hf_garbage" / "model.safetensors").write_bytes(b"garbage" * 10)
+    (w / "bad.toml").write_text("[model\nn_layer = ")
+    (w / "odd_study.toml").write_text("[model]\nn_layer = 2\n")
+    return w
+
+
+def run_hostile(case, world, data, bpe, scratch: Path) -> dict:
+    name, args, _ = case
+    scratch.mkdir()
+    (scratch / "file.txt").write_text("Olá.\n", encoding="utf-8")
+    (scratch / "full").mkdir()
+    (scratch / "full" / "notes.txt").write_text("not capitu's", encoding="utf-8")
+    before = snapshot(scratch)
+    args = [a.format(w=world, t=scratch, data=data, bpe=bpe) for a in args]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "capitu", *args], capture_output=True, text=True, cwd=scratch,
+                            env=env, timeout=300)
+    return {"code": result.returncode, "err": result.stderr, "unchanged": snapshot(scratch) == before}
+
+
+@pytest.fixture(scope="module")
+def hostile_results(world, prepared_char, prepared_bpe, tmp_path_factory):
+    """Every case of HOSTILE, run two at a time; and the shared world before and after."""
+    shared = {"world": world, "data": prepared_char, "bpe": prepared_bpe}
+    before = {name: snapshot(folder) for name, folder in shared.items()}
+    scratch = tmp_path_factory.mktemp("hostile")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case[0]: pool.submit(run_hostile, case, world, prepared_char, prepared_bpe, scratch / case[0])
+                   for case in HOSTILE}
+        results = {name: future.result() for name, future in futures.items()}
+    results["shared unchanged"] = [name for name, folder in shared.items() if snapshot(folder) != before[name]]
+    return results
+
+
+@pytest.mark.parametrize("name, args, message", HOSTILE, ids=[case[0] for case in HOSTILE])
+def test_hostile_input_gets_one_line_exit_2_and_writes_nothing(name, args, message, hostile_results):
+    result = hostile_results[name]
+    lines = result["err"].strip().splitlines()
+    assert result["code"] == 2, result["err"][-3000:]
+    assert len(lines) == 1 and lines[0].startswith("capitu: error: ") and message in lines[0], result["err"][-3000:]
+    assert "Traceback" not in result["err"] and result["unchanged"]
+
+
+def test_hostile_inputs_leave_the_shared_runs_and_data_as_they_were(hostile_results):
+    assert len(HOSTILE) >= 60
+    assert hostile_results["shared unchanged"] == []
+
+
+def test_eval_prints_its_result_when_it_cannot_save_it(tmp_path, prepared_char, capsys, monkeypatch):
+    import capitu.paths
+
+    def refuse(path, content):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    make_run(tmp_path / "run", prepared_char)
+    monkeypatch.setattr(capitu.paths, "atomic_write_json", refuse)
+    code, out, err = run_cli(["eval", tmp_path / "run", "--json", "--quiet"], capsys)
+    assert code == 2 and json.loads(out)["bpb"] > 0
+    assert err.startswith("capitu: error: could not save") and "printed above" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run" / "eval_test.json").exists()

@@ -166,9 +166,10 @@ def test_study_stopped_mid_way_resumes(prepared_bpe, tmp_path):
                "--out", str(out), "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    state = out / "runs" / "rope-s1337" / "train_state.pt"
+    checkpoints = out / "runs" / "rope-s1337" / "checkpoints"
     deadline = time.monotonic() + 120
-    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not (checkpoints.is_dir() and any(checkpoints.glob("step-*"))) and process.poll() is None \
+            and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)

@@ -12,16 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from capitu.config import load_config
+from capitu.train.checkpoints import checkpoint_folders
 from capitu.train.trainer import train
 
-from conftest import REPO, run_cli
-
-TINY = [
-    "model.n_layer=2", "model.n_head=4", "model.n_embd=32", "model.block_size=32",
-    "optim.micro_batch=8", "optim.batch_tokens=256", "optim.warmup_steps=5", "optim.lr=0.01",
-    "run.eval_every=10", "run.eval_windows=8", "run.log_every=5", "run.checkpoint_every=1000",
-]
-
+from conftest import REPO, TINY, run_cli
 
 def config_for(data, *extra):
     return load_config("tiny", overrides=[*TINY, f'data.path="{data}"', *extra])
@@ -61,8 +55,9 @@ def test_exact_resume_is_bit_identical(optimizer, prepared_char, tmp_path):
 def test_run_folder_holds_what_it_promises(prepared_char, tmp_path):
     train(config_for(prepared_char, "run.steps=10"), tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    for name in ("model.safetensors", "config.json", "train_state.pt", "tokenizer.json", "run.json",
-                 "best/model.safetensors", "best/config.json"):
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "run.json", "best/model.safetensors",
+                 "best/config.json", "checkpoints/step-00000010/train_state.pt",
+                 "checkpoints/step-00000010/manifest.json"):
         assert (run / name).is_file(), name
     info = json.loads((run / "run.json").read_text())
     assert info["config"]["model"]["n_layer"] == 2 and info["versions"]["torch"] == torch.__version__
@@ -85,7 +80,7 @@ def test_sigint_leaves_a_checkpoint_that_resumes(prepared_char, tmp_path):
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "checkpoint saved" in err and "Traceback" not in err
-    step = torch.load(run / "train_state.pt", weights_only=True)["step"]
+    step = torch.load(checkpoint_folders(run)[0] / "train_state.pt", weights_only=True)["step"]
     assert step >= 5
     last = train(None, run, resume=True, progress=False, run_settings={"steps": step + 3})
     assert last["step"] == step + 3
@@ -127,7 +122,7 @@ def test_ddp_two_processes_equal_one_with_accumulation(optimizer, port, prepared
         (["--set", "optim.micro_batch=0"], "optim.micro_batch must be positive, got 0"),
         (["--set", "model.block_size=100000000"], "longer than the train split"),
         (["--data", "{tmp}/missing"], "data folder not found"),
-        (["--resume"], "no readable config.json"),
+        (["--resume"], "nothing to resume"),
     ],
 )
 def test_bad_configs_exit_2(args, message, prepared_char, tmp_path, capsys):
@@ -140,9 +135,10 @@ def test_bad_configs_exit_2(args, message, prepared_char, tmp_path, capsys):
 
 def test_corrupt_training_state_is_a_clear_error(prepared_char, tmp_path, capsys):
     train(config_for(prepared_char, "run.steps=2"), tmp_path / "run", progress=False)
-    (tmp_path / "run" / "train_state.pt").write_bytes(b"not a checkpoint")
+    state = tmp_path / "run" / "checkpoints" / "step-00000002" / "train_state.pt"
+    state.write_bytes(b"x" * state.stat().st_size)  # the size the manifest expects, the content garbage
     code, _, err = run_cli(["train", "--out", tmp_path / "run", "--resume", "--steps", "4", "--quiet"], capsys)
-    assert code == 2 and "corrupt or not a capitu training state" in err
+    assert code == 2 and "no complete checkpoint: step-00000002 (unreadable" in err
     code, _, err = run_cli(["train", "--data", prepared_char, "--out", tmp_path / "run", "--steps", "4", "--quiet"], capsys)
     assert code == 2 and "already holds a run" in err
 

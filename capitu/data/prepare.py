@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -29,6 +27,7 @@ from capitu.data.dedup import Document, deduplicate
 from capitu.data.sources import decode_text, iter_documents, list_inputs
 from capitu.data.split import SPLITS, assign_splits, count_leaks
 from capitu.errors import UserError, warn
+from capitu.paths import check_output, clean_leftovers, staged_folder
 from capitu.tokenizer import BYTE_LEVEL_BASE, check_vocab_size, train_tokenizer
 
 META_FORMAT = "capitu-data/1"
@@ -104,7 +103,9 @@ def resolve_source(options: PrepareOptions) -> Path:
 def read_documents(source: Path, options: PrepareOptions) -> list[Document]:
     inputs = list_inputs(source)
     documents = []
-    for raw in tqdm(iter_documents(source, inputs), desc="read", unit=" files", disable=not options.progress):
+    # progress bars go to a terminal only (tqdm's disable=None): piped or logged, a bar's redraws
+    # would bury the one-line error that may follow them
+    for raw in tqdm(iter_documents(source, inputs), desc="read", unit=" files", disable=None if options.progress else True):
         problem = raw.problem
         if raw.data is not None:
             text, encoding = decode_text(raw.data)
@@ -139,11 +140,9 @@ def cache_key(documents: list[Document], options: PrepareOptions) -> str:
 def existing_output(out: Path) -> dict | None:
     """The meta.json of a capitu data folder at `out`; None if `out` is absent or empty.
     Anything else there is not ours to overwrite."""
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        raise UserError(f"output {out} exists and is not a folder")
-    if not any(out.iterdir()):
+    check_output(out, new=False)
+    clean_leftovers(out.parent, only=out.name)
+    if not out.exists() or not any(out.iterdir()):
         return None
     try:
         meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
@@ -205,7 +204,7 @@ def prepare(options: PrepareOptions) -> dict:
         raise UserError(f"{out} holds data prepared from other inputs or options; use --force to rebuild it")
 
     with watch.stage("clean"):
-        for document in tqdm(documents, desc="clean", unit=" docs", disable=not options.progress):
+        for document in tqdm(documents, desc="clean", unit=" docs", disable=None if options.progress else True):
             document.text = clean_document(document.text, stats)
     with watch.stage("deduplicate"):
         deduplicate(documents, options.min_paragraph_chars, options.min_document_chars, stats)
@@ -220,14 +219,11 @@ def prepare(options: PrepareOptions) -> dict:
         )
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
 
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_folder(out) as staging:
         token_counts = {}
         with watch.stage("encode"):
             encoded = {}
-            for split in tqdm(SPLITS, desc="encode", unit=" splits", disable=not options.progress):
+            for split in tqdm(SPLITS, desc="encode", unit=" splits", disable=None if options.progress else True):
                 encoded[split] = tokenizer.encode_batch([d.text for d in by_split[split]])
         with watch.stage("write"):
             for split in SPLITS:
@@ -273,22 +269,8 @@ def prepare(options: PrepareOptions) -> dict:
             json.dumps([meta["sha256"], meta["tokenizer"]], sort_keys=True).encode()
         ).hexdigest()[:16]
         (staging / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
-        replace_folder(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     meta["reused"] = False
     return meta
-
-
-def replace_folder(staging: Path, out: Path) -> None:
-    """Move `staging` to `out`, replacing an older capitu output there in one rename."""
-    if out.exists():
-        retired = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(retired)
-        staging.rename(out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(out)
 
 
 def format_summary(meta: dict) -> str:

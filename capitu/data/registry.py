@@ -57,7 +57,8 @@ def download(url: str, destination: Path) -> None:
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {destination.name}") as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {destination.name}",
+                      disable=None) as bar:  # on a terminal only, as every capitu bar
                 while chunk := response.read(1 << 16):
                     out.write(chunk)
                     bar.update(len(chunk))

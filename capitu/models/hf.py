@@ -15,11 +15,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from capitu.checkpoint import (TOKENIZER, atomic_write_json, load_model, load_state, load_weights, save_model,
-                               unique_state_dict)
+from capitu.checkpoint import TOKENIZER, load_model, load_state, load_weights, save_model, unique_state_dict
 from capitu.config import ModelConfig
 from capitu.errors import UserError
 from capitu.models import GPT
+from capitu.paths import atomic_write_json, check_output, staged_folder
 from capitu.tokenizer import EOT, load_tokenizer
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -73,22 +73,22 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def export_hf(run: Path, out: Path) -> None:
-    """Write a folder that GPT2LMHeadModel.from_pretrained (and AutoTokenizer) load."""
+    """Write a folder that GPT2LMHeadModel.from_pretrained (and AutoTokenizer) load; it
+    appears whole or not at all."""
+    check_output(out, new=True)
     model, _ = load_model(run)
     check_exportable(model.config)
     if not (run / TOKENIZER).is_file() or load_tokenizer(run / TOKENIZER).kind != "bpe":
         raise UserError("HF export needs the run's BPE tokenizer.json (a char tokenizer has no HF equivalent)")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output folder {out} is not empty")
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
-    atomic_write_json(out / "config.json", hf_config(model.config))
-    shutil.copyfile(run / TOKENIZER, out / TOKENIZER)
-    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
-    atomic_write_json(out / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size, **special,
-    })
-    atomic_write_json(out / "special_tokens_map.json", special)
+    with staged_folder(out) as staging:
+        save_file(hf_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
+        atomic_write_json(staging / "config.json", hf_config(model.config))
+        shutil.copyfile(run / TOKENIZER, staging / TOKENIZER)
+        special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+        atomic_write_json(staging / "tokenizer_config.json", {
+            "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size, **special,
+        })
+        atomic_write_json(staging / "special_tokens_map.json", special)
 
 
 def check_header(path: Path, hf: dict) -> None:
@@ -112,9 +112,8 @@ def check_header(path: Path, hf: dict) -> None:
 
 def import_hf(folder: Path, out: Path) -> None:
     """Bring an HF GPT-2 checkpoint folder (config.json + model.safetensors) in as a capitu
-    model folder."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"output folder {out} is not empty (import writes a new model folder)")
+    model folder (written whole or not at all)."""
+    check_output(out, new=True)
     try:
         hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
@@ -147,6 +146,7 @@ def import_hf(folder: Path, out: Path) -> None:
         state[name] = tensor.t().contiguous() if name.endswith(CONV1D) else tensor
     state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
     load_state(model, {k: v.float() if v is not None else None for k, v in state.items()}, folder / "model.safetensors")
-    save_model(out, model, {"imported_from": str(folder)})
-    if (folder / TOKENIZER).is_file():
-        shutil.copyfile(folder / TOKENIZER, out / TOKENIZER)
+    with staged_folder(out) as staging:
+        save_model(staging, model, {"imported_from": str(folder)})
+        if (folder / TOKENIZER).is_file():
+            shutil.copyfile(folder / TOKENIZER, staging / TOKENIZER)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from capitu.checkpoint import atomic_write_bytes, atomic_write_json
+from capitu.paths import atomic_write_bytes, atomic_write_json
 from capitu.errors import UserError
 from capitu.generate import markdown_grid
 from capitu.models.variants import Variant

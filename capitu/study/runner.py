@@ -13,12 +13,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from capitu.checkpoint import WEIGHTS, atomic_write_json, read_config
+from capitu.checkpoint import WEIGHTS, read_config
 from capitu.config import Config, load_config, to_dict
 from capitu.errors import UserError
 from capitu.models.variants import Variant, variant_config
+from capitu.paths import atomic_write_json, check_output, clean_leftovers
 from capitu.study.config import StudyConfig
 from capitu.study.files import BENCH, BUDGETS, EVAL, GENERATIONS, PLAN, run_folder
+from capitu.train.checkpoints import checkpoint_folders
 
 
 def record_plan(out: Path, study: StudyConfig, variants: list[Variant], data: str) -> None:
@@ -37,8 +39,6 @@ def record_plan(out: Path, study: StudyConfig, variants: list[Variant], data: st
 
 def prepare_data(out: Path, study: StudyConfig, data: Path | None, source: str | None, progress: bool) -> Path:
     if data is not None:
-        if not (Path(data) / "meta.json").is_file():
-            raise UserError(f"--data {data} is not a prepared folder (no meta.json); prepare it or use --source")
         return Path(data)
     from capitu.data.prepare import PrepareOptions, prepare
 
@@ -68,7 +68,7 @@ def train_stage(config: Config, run: Path, progress: bool) -> str:
     """Train, resume or skip the run; returns what was done."""
     from capitu.train.trainer import train
 
-    if (run / "train_state.pt").exists():
+    if checkpoint_folders(run):
         saved = read_config(run)
         if not same_training(saved.get("config", {}), to_dict(config)):
             raise UserError(f"{run} was trained with another config; remove it or use another --out")
@@ -201,6 +201,10 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
     out = Path(out)
     if (data is None) == (source is None):
         raise UserError("give the data: --data DIR (a prepared folder) or --source SRC (prepared into OUT/data)")
+    if data is not None and not (Path(data) / "meta.json").is_file():
+        raise UserError(f"--data {data} is not a prepared folder (no meta.json); prepare it or use --source")
+    check_output(out, new=not (out / PLAN).is_file())
+    clean_leftovers(out)
     record_plan(out, study, variants, str(data) if data is not None else f"source:{source}")
     data = prepare_data(out, study, data, source, progress)
     base = base_config(study, data)

@@ -1,8 +1,9 @@
 """`capitu train`: train a model on a prepared data folder, with exact resume and DDP.
 
-A run folder holds `model.safetensors` + `config.json` (the last checkpoint: enough to
-evaluate and generate), `train_state.pt` (optimizer, step, tokens, RNG and sampler states),
-`best/` (the model with the best validation loss), `metrics.jsonl` and `run.json`.
+A run folder holds `checkpoints/` (the last two crash-consistent checkpoints: weights, config,
+optimizer, sampler and RNG states; see checkpoints.py), `model.safetensors` + `config.json`
+(the last checkpoint's model: enough to evaluate and generate), `best/` (the model with the
+best validation loss), `metrics.jsonl` and `run.json`.
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import capitu
-from capitu.checkpoint import TOKENIZER, atomic_write_json, restore_weights, save_model
+from capitu.checkpoint import TOKENIZER, WEIGHTS, restore_weights, save_model
+from capitu.paths import atomic_write_json, check_output, check_writable, staged_folder
 from capitu.config import Config, from_dict, to_dict
 from capitu.errors import UserError
 from capitu.models import build_model
+from capitu.train.checkpoints import checkpoint_folders, load_checkpoint, save_checkpoint
 from capitu.train.optim import make_optimizer, schedule
 from capitu.train.sampler import WindowSampler, evaluation_starts, windows
 
-STATE = "train_state.pt"
 METRICS = "metrics.jsonl"
 RUN_INFO = "run.json"
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12}
@@ -189,36 +191,11 @@ def total_steps(config: Config, batch_tokens: int) -> int:
     raise UserError("no budget: set run.tokens or run.steps (--tokens, --steps); --time only stops earlier")
 
 
-def save_checkpoint(out: Path, model, optimizer, sampler, progress: dict, config: Config, meta: dict) -> None:
-    extra = {"config": to_dict(config), "data_fingerprint": meta.get("fingerprint"), "step": progress["step"],
-             "tokens": progress["tokens"]}
-    save_model(out, model, extra)
-    state = {
-        "optimizer": optimizer.state_dict(),
-        "sampler": sampler.state_dict(),
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        **progress,
-    }
-    partial = out / f".{STATE}.tmp-{os.getpid()}"
-    torch.save(state, partial)
-    partial.replace(out / STATE)
-
-
-def load_train_state(out: Path) -> dict:
+def read_saved_config(folder: Path) -> dict:
     try:
-        return torch.load(out / STATE, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"nothing to resume in {out}: no {STATE}") from None
-    except Exception as error:  # a corrupt or foreign file fails in many ways
-        raise UserError(f"{out / STATE}: corrupt or not a capitu training state: {str(error).splitlines()[0]}") from None
-
-
-def read_saved_config(out: Path) -> dict:
-    try:
-        return json.loads((out / "config.json").read_text(encoding="utf-8"))["config"]
-    except (OSError, ValueError, KeyError):
-        raise UserError(f"{out}: no readable config.json of a training run to resume") from None
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{folder}: no readable config.json of a training run to resume") from None
 
 
 @torch.no_grad()
@@ -240,23 +217,33 @@ def train(config: Config | None, out: Path, resume: bool = False, pause_at: int 
     then ignored); `run_settings` ({"tokens", "steps", "time", "device"}) replace those [run]
     values, the saved ones too on resume (a budget can be extended, a run moved to a device)."""
     out = Path(out)
+    writer = int(os.environ.get("RANK", 0)) == 0  # under torchrun, rank 0 writes (and checks where)
+    checkpoint = None
     if resume:
-        config = from_dict(Config, read_saved_config(out))
+        if writer:
+            check_writable(out)
+        checkpoint = load_checkpoint(out, repair=writer)
+        config = from_dict(Config, read_saved_config(checkpoint[0]))
+    elif writer and (checkpoint_folders(out) or (out / "config.json").exists()):
+        raise UserError(f"{out} already holds a run; use --resume to continue it, or another --out")
+    elif writer and (out / RUN_INFO).exists():
+        raise UserError(f"{out} holds a run stopped before its first checkpoint; remove it or use another --out")
+    elif writer:
+        check_output(out, new=True)
     for key, value in (run_settings or {}).items():
         setattr(config.run, key, value)
-    if not resume and (out / "config.json").exists():
-        raise UserError(f"{out} already holds a run; use --resume to continue it, or another --out")
     config.validate()
     device = pick_device(config.run.device, int(os.environ.get("LOCAL_RANK", 0)))
     ddp = setup_distributed(device.type)
     try:
-        return _train(config, out, resume, pause_at, progress, device, ddp)
+        return _train(config, out, checkpoint, pause_at, progress, device, ddp)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(config: Config, out: Path, resume: bool, pause_at: int, show_progress: bool, device, ddp: Distributed) -> dict:
+def _train(config: Config, out: Path, checkpoint: tuple[Path, dict] | None, pause_at: int, show_progress: bool, device,
+           ddp: Distributed) -> dict:
     meta, train_tokens, val_tokens = load_data(config)
     torch.manual_seed(config.run.seed)
     if device.type == "cuda":
@@ -274,9 +261,10 @@ def _train(config: Config, out: Path, resume: bool, pause_at: int, show_progress
     val_starts = evaluation_starts(len(val_tokens), block, config.run.eval_windows)
     progress = {"step": 0, "tokens": 0, "best_val": float("inf"), "elapsed": 0.0}
 
+    resume = checkpoint is not None
     if resume:
-        state = load_train_state(out)
-        restore_weights(model, out / "model.safetensors")
+        folder, state = checkpoint
+        restore_weights(model, folder / WEIGHTS)
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng_cpu"])
@@ -309,7 +297,7 @@ def _train(config: Config, out: Path, resume: bool, pause_at: int, show_progress
     flops_per_token = model.flops_per_token()
     peak = peak_flops(device)
     target = min(steps, pause_at) if pause_at else steps
-    bar = tqdm(total=target, initial=progress["step"], desc="train", unit=" steps", disable=not (show_progress and ddp.main))
+    bar = tqdm(total=target, initial=progress["step"], desc="train", unit=" steps", disable=None if show_progress and ddp.main else True)
     stop_reason = "pause-at" if target < steps else "budget"
     last = {}
     started = time.perf_counter() - progress["elapsed"]
@@ -371,9 +359,13 @@ def _train(config: Config, out: Path, resume: bool, pause_at: int, show_progress
             if validate and record["val_loss"] < progress["best_val"]:
                 progress["best_val"] = record["val_loss"]
                 if ddp.main:
-                    save_model(out / "best", model, {"config": to_dict(config), "step": step, "val_loss": record["val_loss"]})
+                    with staged_folder(out / "best") as staging:
+                        save_model(staging, model, {"config": to_dict(config), "step": step, "val_loss": record["val_loss"]})
             if ddp.main and (stopping or step % config.run.checkpoint_every == 0 or step == target):
-                save_checkpoint(out, model, optimizer, sampler, progress, config, meta)
+                state = {"optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
+                         "rng_cpu": torch.get_rng_state(),
+                         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], **progress}
+                save_checkpoint(out, model, state, {"config": to_dict(config), "data_fingerprint": meta.get("fingerprint")})
             if stopping:
                 stop_reason = stop.signal or stop_reason
                 break
