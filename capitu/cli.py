@@ -65,7 +65,7 @@ def add_models(commands) -> None:
     p.add_argument("--preset", default="tiny", help="tiny, small or gpt2 (default tiny)")
     p.add_argument("--vocab-size", type=int, default=16384, help="vocabulary size (default 16384)")
     p.add_argument("--grid", default="full", help="a shipped grid (full: all eleven variants, the default; core: "
-                   "the default study's six) or a grid TOML file")
+                   "the default study's six; ladder: GPT-2 to the modern recipe) or a grid TOML file")
     p.set_defaults(handler=run_models)
 
 
@@ -340,8 +340,11 @@ def add_study(commands) -> None:
     source.add_argument("--source", help="texts to prepare into OUT/data (as capitu prepare --source)")
     p.add_argument("--out", type=Path, required=True, help="the study folder, e.g. studies/tiny")
     p.add_argument("--seeds", type=int, help="training seeds per variant (default: the preset's study setting)")
-    p.add_argument("--grid", help="a shipped grid (core: the default study's six variants; full: all eleven) or a "
-                   "grid TOML file (default: the preset's study setting)")
+    p.add_argument("--grid", help="a shipped grid (core: the default study's six variants; full: all eleven; "
+                   "ladder: GPT-2 to the modern recipe, one change per rung) or a grid TOML file (default: the "
+                   "preset's study setting)")
+    p.add_argument("--tokens", type=int, help="the baseline's training tokens (study.tokens; default: the preset's "
+                   "study setting)")
     p.add_argument("--device", default="auto", help="cpu, cuda or mps for every stage (default: the best available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run_study_command)
@@ -351,7 +354,7 @@ def run_study_command(args) -> None:
     from capitu.study.config import load_study
     from capitu.study.runner import run_study
 
-    study, variants = load_study(args.preset, args.config, args.seeds, args.grid)
+    study, variants = load_study(args.preset, args.config, args.seeds, args.grid, args.tokens)
     run_study(study, variants, args.out, data=args.data, source=args.source, command=["capitu", *sys.argv[1:]],
               progress=not args.quiet, device=args.device)
 

@@ -8,6 +8,7 @@ key is checked against the dataclass fields and every value against the field's 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from capitu.errors import UserError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2", "swiglu")
 # every numeric setting declares its range (a class's RANGES): checked before any work
 RANGE_CHECKS = {
     "positive": (lambda v: v > 0, "positive"),
@@ -50,10 +53,16 @@ class ModelConfig:
     pos: str = "learned"
     rope_base: float = 10000.0
     mlp_ratio: float = 4.0
-    mlp_hidden: int = 0  # 0: mlp_ratio * n_embd
+    mlp_hidden: int = 0  # 0: mlp_ratio * n_embd (swiglu: 2/3 of it, to keep the parameter count)
     bias: bool = True
     dropout: float = 0.0
     tie_embeddings: bool = True
+    # the modern recipe, one knob each (GPT-2's choice first)
+    norm: str = "layernorm"  # layernorm, or rmsnorm (with a learned gain, as Llama)
+    mlp: str = "gelu"  # gelu (tanh, GPT-2), relu2 (squared ReLU, Primer), swiglu (gated SiLU, Llama)
+    qk_norm: bool = False  # RMS-normalise queries and keys per head (no gain) before attention
+    logit_softcap: float = 0.0  # C * tanh(logits / C) on the output logits; 0: off
+    zero_init_proj: bool = False  # attention and MLP output projections start at zero
     ffn_context: int = 5  # Bengio's n: tokens the feed-forward model sees
     ffn_hidden: int = 512
     ffn_direct: bool = True  # Bengio's direct connections from the embeddings to the output
@@ -61,6 +70,7 @@ class ModelConfig:
         "vocab_size": "non-negative", "block_size": "positive", "n_layer": "positive", "n_head": "positive",
         "n_kv_head": "non-negative", "n_embd": "positive", "rope_base": "positive", "mlp_ratio": "positive",
         "mlp_hidden": "non-negative", "dropout": "fraction", "ffn_context": "positive", "ffn_hidden": "positive",
+        "logit_softcap": "non-negative",
     }
 
     @property
@@ -73,7 +83,11 @@ class ModelConfig:
 
     @property
     def hidden(self) -> int:
-        return self.mlp_hidden or int(round(self.mlp_ratio * self.n_embd))
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":  # three matrices where GELU has two: 2/3 the width, rounded up to 8
+            return 8 * math.ceil(self.mlp_ratio * self.n_embd * 2 / 3 / 8)
+        return int(round(self.mlp_ratio * self.n_embd))
 
     def validate(self, building: bool = False) -> None:
         """Check every field; `building` a model also needs the vocabulary size."""
@@ -82,8 +96,9 @@ class ModelConfig:
             raise UserError("model.vocab_size must be set (it comes from the data's tokenizer)")
         if self.kind not in MODEL_KINDS:
             raise UserError(f"model.kind must be one of {', '.join(MODEL_KINDS)}, got '{self.kind}'")
-        if self.pos not in POSITIONS:
-            raise UserError(f"model.pos must be one of {', '.join(POSITIONS)}, got '{self.pos}'")
+        for key, choices in (("pos", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, key) not in choices:
+                raise UserError(f"model.{key} must be one of {', '.join(choices)}, got '{getattr(self, key)}'")
         if self.n_embd % self.n_head:
             raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if self.n_head % self.kv_heads:

@@ -11,6 +11,12 @@ from capitu.models.variants import load_grid, variant_config
 V = 97
 POSITIONS = ["learned", "sinusoidal", "rope", "alibi", "none"]
 ATTENTION = [0, 2, 1]  # multi-head, grouped-query, multi-query (n_head = 4)
+# the modern recipe's knobs, each alone
+KNOBS = {
+    "rmsnorm-nobias": dict(norm="rmsnorm", bias=False), "relu2": dict(mlp="relu2"), "swiglu": dict(mlp="swiglu"),
+    "qk-norm": dict(qk_norm=True), "untied": dict(tie_embeddings=False), "softcap": dict(logit_softcap=2.0),
+    "zero-init": dict(zero_init_proj=True),
+}
 
 
 def gpt(pos="learned", n_kv_head=0, **changes):
@@ -53,6 +59,41 @@ def test_cache_parity(pos, n_kv_head, prompt):
     cache = model.new_cache(batch=3, max_length=20)
     chunked = torch.cat([model(idx[:, :7], cache=cache)[0], model(idx[:, 7:], cache=cache)[0]], 1)
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("knob", KNOBS)
+@pytest.mark.parametrize("pos, n_kv_head", [("learned", 0), ("rope", 2)])
+def test_every_knob_is_causal_and_cache_exact(knob, pos, n_kv_head):
+    model = gpt(pos, n_kv_head, **KNOBS[knob])
+    if knob == "zero-init":  # zero projections make every block the identity: train them a little first
+        for parameter in model.parameters():
+            parameter.data.add_(0.05 * torch.randn_like(parameter))
+    idx = torch.randint(0, V, (2, 16))
+    changed = idx.clone()
+    changed[:, 9] = (idx[:, 9] + 1) % V
+    full, _ = model(idx)
+    assert torch.equal(full[:, :9], model(changed)[0][:, :9]) and not torch.allclose(full[:, 9:], model(changed)[0][:, 9:])
+    cache = model.new_cache(batch=2, max_length=16)
+    pieces = [model(idx[:, :5], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 16)]
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_knobs_change_what_they_say():
+    base = gpt()
+    assert isinstance(gpt(norm="rmsnorm").transformer.ln_f, torch.nn.RMSNorm)
+    assert gpt(bias=False).transformer.h[0].attn.c_attn.bias is None
+    untied = gpt(tie_embeddings=False)
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    assert untied.num_params() == base.num_params() + V * 32
+    assert untied.flops_per_token() == base.flops_per_token()  # one output matmul either way; wte is a lookup
+    # SwiGLU keeps the 4x GELU MLP's parameters: 3 x d x 8d/3 (rounded up to 8) against 2 x d x 4d
+    swiglu = gpt(mlp="swiglu", bias=False).transformer.h[0].mlp
+    gelu = gpt(bias=False).transformer.h[0].mlp
+    assert sum(p.numel() for p in swiglu.parameters()) == 3 * 32 * 88 and sum(p.numel() for p in gelu.parameters()) == 2 * 32 * 128
+    zero = gpt(zero_init_proj=True)
+    assert all(not p.any() for name, p in zero.named_parameters() if name.endswith("c_proj.weight"))
+    capped, _ = gpt(logit_softcap=0.01)(torch.randint(0, V, (1, 8)))
+    assert capped.abs().max() <= 0.01 and capped.abs().max() > 0.009
 
 
 @pytest.mark.parametrize("make", [gpt, ffn, lambda: gpt("alibi", 1)])
@@ -154,11 +195,11 @@ def test_feed_forward_matches_a_loop_over_positions():
         torch.testing.assert_close(logits[0, t], expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("variant", [v.name for v in load_grid()])
-def test_initial_loss_is_near_ln_vocab(variant):
+@pytest.mark.parametrize("grid, variant", [(grid, v.name) for grid in ("full", "ladder") for v in load_grid(grid)])
+def test_initial_loss_is_near_ln_vocab(grid, variant):
     torch.manual_seed(0)
     base = load_config("tiny", overrides=["model.vocab_size=512", "model.block_size=64"])
-    model = build_model(variant_config(base, next(v for v in load_grid() if v.name == variant)).model)
+    model = build_model(variant_config(base, next(v for v in load_grid(grid) if v.name == variant)).model)
     idx = torch.randint(0, 512, (4, 64))
     targets = torch.randint(0, 512, (4, 64))
     _, loss = model(idx, targets)
@@ -181,3 +222,23 @@ def test_gpt2_preset_has_gpt2_small_parameter_count():
     assert model.num_params() == 124_439_808  # GPT-2 small, as HF counts it
     n = model.num_params() - config.block_size * config.n_embd
     assert model.flops_per_token() == 6 * n + 12 * 12 * 12 * 64 * 1024
+
+
+def test_ladder_rungs_inherit_every_change_below_them():
+    base = load_config("tiny", overrides=["model.vocab_size=512"])
+    grid = {v.name: v for v in load_grid("ladder")}
+    top = variant_config(base, grid["gqa"])
+    assert (top.model.pos, top.model.norm, top.model.bias, top.model.mlp, top.model.qk_norm, top.model.tie_embeddings,
+            top.model.logit_softcap, top.optim.name, top.model.n_kv_head) == (
+        "rope", "rmsnorm", False, "relu2", True, False, 15.0, "muon", base.model.n_head // 2)
+    side = variant_config(base, grid["swiglu"])
+    assert side.model.mlp == "swiglu" and not side.model.qk_norm and side.optim.name == "adamw"
+    assert variant_config(base, grid["baseline"]).optim.name == "adamw"
+
+
+def test_a_parent_must_come_first():
+    from capitu.errors import UserError
+    from capitu.models.variants import parse_grid
+
+    with pytest.raises(UserError, match="parent 'later' is not a variant above it"):
+        parse_grid({"variant": [{"name": "baseline"}, {"name": "a", "parent": "later"}, {"name": "later"}]})

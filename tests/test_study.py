@@ -275,3 +275,48 @@ def test_variants_that_resolve_to_the_same_model_are_refused():
         check_distinct(configs)
     del configs["mqa"]
     check_distinct(configs)
+
+
+LADDER = """
+[[variant]]
+name = "baseline"
+
+[[variant]]
+name = "rope"
+parent = "baseline"
+set = ["model.pos=rope"]
+
+[[variant]]
+name = "relu2"
+parent = "rope"
+set = ["model.mlp=relu2"]
+
+[[variant]]
+name = "swiglu"
+parent = "rope"
+set = ["model.mlp=swiglu"]
+"""
+
+
+def test_a_ladder_study_reports_each_rung_against_the_one_below(prepared_bpe, tmp_path):
+    config = micro_config(tmp_path, seeds=2, bench="false")
+    config.write_text(config.read_text().split("[[variant]]")[0] + LADDER, encoding="utf-8")
+    from capitu.cli import main
+
+    assert main(["study", "--config", str(config), "--data", str(prepared_bpe), "--out", str(tmp_path / "out"),
+                 "--quiet", "--device", "cpu"]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    bpb = {e["name"]: [s["bpb"] for s in e["seeds"].values()] for e in results["variants"]}
+    view = results["ladder"]
+    assert view["main"] == ["baseline", "rope", "relu2"]
+    rungs = {r["name"]: r for r in view["rungs"]}
+    assert rungs["swiglu"]["main"] is False and rungs["swiglu"]["parent"] == "rope"
+    for name, parent in (("rope", "baseline"), ("relu2", "rope"), ("swiglu", "rope")):
+        expected = sum(bpb[name]) / 2 - sum(bpb[parent]) / 2
+        assert rungs[name]["vs_parent"]["difference"] == pytest.approx(expected, abs=1e-12)
+    assert rungs["relu2"]["vs_baseline"]["difference"] == pytest.approx(sum(bpb["relu2"]) / 2 - sum(bpb["baseline"]) / 2)
+    assert rungs["relu2"]["change"] == "model.mlp=relu2"
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Ladder" in report and "swiglu (side branch of rope)" in report
+    assert any(f.startswith("Ladder: from GPT-2's") for f in results["findings"])
+    assert (tmp_path / "out" / "plots" / "ladder.png").read_bytes().startswith(b"\x89PNG")

@@ -1,14 +1,18 @@
-"""GPT-2, with switchable position encodings and grouped-query attention.
+"""GPT-2, with switchable position encodings, grouped-query attention and the modern recipe.
 
-With `pos="learned"` and `n_kv_head == n_head` this is exactly GPT-2 (pre-LayerNorm blocks,
-tanh GELU, 4x MLP, tied embeddings, scaled residual initialisation); module names follow
-HF's GPT2LMHeadModel so that weights map one to one.
+With the defaults (`pos="learned"`, `n_kv_head == n_head`, LayerNorm, GELU...) this is exactly
+GPT-2 (pre-LayerNorm blocks, tanh GELU, 4x MLP, tied embeddings, scaled residual
+initialisation); module names follow HF's GPT2LMHeadModel so that weights map one to one.
+Each later change is a knob (config.py): the norm (`norm_layer`), the MLP (`MLP`, `SwiGLU`),
+QK-norm, an untied head, logit soft-capping, zero-initialised output projections; with RoPE,
+RMSNorm, SwiGLU and no biases the model is Llama's (hf.py exports it as such).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -25,10 +29,22 @@ class ContextTooLong(UserError):
     pass
 
 
+RMS_EPS = 1e-6
+
+
+def norm_layer(config: ModelConfig) -> nn.Module:
+    """GPT-2's LayerNorm (with a bias unless `bias=False`), or RMSNorm with a learned gain and
+    Llama's epsilon (`hf.py` exports it as `rms_norm_eps`)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=RMS_EPS)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
         self.layer = layer
+        self.qk_norm = config.qk_norm
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         # one projection for queries, keys and values: n_head + 2 * n_kv_head heads
         self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
@@ -44,6 +60,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, d)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.qk_norm:  # unit RMS per head: attention logits cannot grow with the weights
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
@@ -72,24 +90,47 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+def relu2(x):
+    return F.relu(x).square()
+
+
 class MLP(nn.Module):
+    """Two matrices and an activation: GPT-2's tanh GELU, or squared ReLU (So et al. 2021,
+    Primer; modded-nanogpt)."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.hidden, bias=config.bias)
         self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.activation = relu2 if config.mlp == "relu2" else partial(F.gelu, approximate="tanh")
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
+
+
+class SwiGLU(nn.Module):
+    """Shazeer (2020), Llama's MLP: silu(x W_gate) * (x W_up), then W_down. Gate and up are one
+    matrix here (`c_fc`, gate rows first), split again by the HF export."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 2 * config.hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        gate, up = self.c_fc(x).chunk(2, dim=-1)  # (B, T, hidden) each
+        return self.dropout(self.c_proj(F.silu(gate) * up))
 
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm_layer(config)
         self.attn = CausalSelfAttention(config, layer)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.ln_2 = norm_layer(config)
+        self.mlp = SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
 
     def forward(self, x, rope=None, bias=None, cache=None):
         x = x + self.attn(self.ln_1(x), rope, bias, cache)
@@ -108,7 +149,7 @@ class GPT(nn.Module):
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+                ln_f=norm_layer(config),
             )
         )
         if config.pos == "learned":
@@ -119,10 +160,14 @@ class GPT(nn.Module):
         if config.pos == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(config.n_head), persistent=False)
         self.apply(self._init_weights)
-        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), one per residual add
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), one per residual add;
+        # zero_init_proj (modded-nanogpt): every block starts as the identity
         for name, parameter in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(parameter)
+                else:
+                    nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module):
@@ -172,10 +217,14 @@ class GPT(nn.Module):
             cache.advance(T)
         x = self.transformer.ln_f(x)
         if targets is not None:
-            return None, linear_cross_entropy(x, self.lm_head.weight, targets)
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.config.logit_softcap)
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
-        return self.lm_head(x), None
+        logits = self.lm_head(x)
+        if self.config.logit_softcap:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits, None
 
     def hidden_matrices(self) -> list[nn.Parameter]:
         """The blocks' 2-D weights (attention and MLP): what Muon trains."""
@@ -192,8 +241,11 @@ class GPT(nn.Module):
         return total
 
     def flops_per_token(self) -> int:
-        """Training FLOPs per token (PaLM appendix B, as nanoGPT): 6N + 12 * L * H * d * T,
-        N the parameters less position embeddings (the tied output layer does the work)."""
+        """Training FLOPs per token (PaLM appendix B, as nanoGPT): 6N + 12 * L * H * d * T, N the
+        parameters that multiply (less the lookup tables: position embeddings, and the token
+        embeddings when an untied output layer does the output's work)."""
         c = self.config
         n = self.num_params() - (self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0)
+        if not c.tie_embeddings:
+            n -= self.transformer.wte.weight.numel()
         return 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * c.block_size

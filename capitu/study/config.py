@@ -66,7 +66,7 @@ class StudyConfig:
 
 
 def load_study(preset: str, file: Path | None = None, seeds: int | None = None,
-               grid: str | None = None) -> tuple[StudyConfig, list[Variant]]:
+               grid: str | None = None, tokens: int | None = None) -> tuple[StudyConfig, list[Variant]]:
     study = StudyConfig(preset=preset)
     shipped = PRESETS_DIR / "study" / f"{preset}.toml"
     if shipped.exists():
@@ -87,6 +87,10 @@ def load_study(preset: str, file: Path | None = None, seeds: int | None = None,
         variants = load_grid(study.grid)
     if seeds is not None:
         study.seeds = seeds
+    if tokens is not None:
+        if tokens < 1:
+            raise UserError(f"--tokens must be positive, got {tokens}")
+        study.tokens = tokens
     study.validate()
     if "baseline" not in {v.name for v in variants}:
         raise UserError("the grid needs a variant named baseline: every other is compared with it")

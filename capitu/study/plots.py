@@ -81,3 +81,27 @@ def bars(panels: list[tuple[str, dict[str, float]]], title: str,
         ax.invert_yaxis()
     figure.suptitle(title)
     return to_png(figure)
+
+
+def waterfall(start: float, steps: list[tuple[str, float]]) -> bytes:
+    """A waterfall: the baseline's value, then each step's change as a floating bar (green
+    down, red up), then where the steps end."""
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.9 * (len(steps) + 2)), 4.5))
+    level, names = start, ["GPT-2"]
+    axes.bar(0, start, color="#888888")
+    for i, (name, change) in enumerate(steps, 1):
+        axes.bar(i, change, bottom=level, color="#2a9d4b" if change < 0 else "#c0392b")
+        axes.text(i, max(level, level + change), f"{change:+.3f}", ha="center", va="bottom", fontsize=8)
+        level += change
+        names.append(name)
+    axes.bar(len(steps) + 1, level, color="#4c72b0")
+    names.append("end")
+    low = min(start, level, *(start + sum(c for _, c in steps[:i]) for i in range(len(steps) + 1)))
+    high = max(start, level, *(start + sum(c for _, c in steps[:i]) for i in range(len(steps) + 1)))
+    margin = 0.25 * (high - low) or 0.05
+    axes.set_ylim(low - margin, high + margin)
+    axes.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    axes.set_ylabel("test bits per byte (lower is better)")
+    axes.set_title("From GPT-2, one change at a time (mean over seeds)")
+    axes.grid(axis="y", alpha=0.3)
+    return to_png(figure)

@@ -25,6 +25,7 @@ from capitu.errors import UserError
 from capitu.generate import markdown_grid
 from capitu.models.variants import Variant
 from capitu.study import plots
+from capitu.study.ladder import ladder, ladder_blocks, ladder_figure, ladder_findings
 from capitu.study.config import StudyConfig
 from capitu.study.files import BENCH, BUDGETS, EVAL, GENERATIONS, run_folder
 from capitu.study.stats import compare_spreads, mean, paired_t_test, spread, std
@@ -345,7 +346,8 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
     length_head, length_rows = length_table(results)
     sections = [
         intro,
-        Section("Findings", [("list", findings(results))]),
+        Section("Findings", [("list", results["findings"])]),
+        *([Section("Ladder", ladder_blocks(results["ladder"], figures["ladder.png"]))] if "ladder" in results else []),
         Section("Budget", budget_blocks(results)),
         Section("Results", [("table", head, rows),
                             ("p", "Perplexity by evaluation length (— : learned positions cannot go past their "
@@ -474,7 +476,11 @@ def write_report(out: Path, study: StudyConfig, variants: list[Variant], data: P
     figures = make_figures(results)
     repro = reproducibility(results, variants, data, command, seconds)
     results["reproducibility"] = repro
-    results["findings"] = findings(results)
+    view = ladder(results, variants)
+    if view is not None:  # a ladder grid
+        results["ladder"] = view
+        figures["ladder.png"] = ladder_figure(view)
+    results["findings"] = findings(results) + (ladder_findings(view) if view else [])
     sections = build_sections(results, generations, figures, repro)
     title = f"capitu study: {study.preset}, {len(variants)} variants x {study.seeds} seed(s)"
     (out / "plots").mkdir(exist_ok=True)
