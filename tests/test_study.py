@@ -275,6 +275,13 @@ def test_variants_that_resolve_to_the_same_model_are_refused():
         check_distinct(configs)
     del configs["mqa"]
     check_distinct(configs)
+    # a ladder rung that changes only the optimizer is a different run
+    from capitu.models.variants import grid_names, load_grid
+
+    study, _ = load_study("tiny")
+    for grid in grid_names():
+        check_distinct({v.name: variant_config(load_config("tiny", overrides=[*study.set, "model.vocab_size=64"]), v)
+                        for v in load_grid(grid)})
 
 
 LADDER = """

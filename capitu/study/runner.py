@@ -121,13 +121,14 @@ def bench_stage(runs: dict[str, Path], study: StudyConfig, device: str) -> None:
 
 
 def check_distinct(configs: dict[str, Config]) -> None:
-    """Two variants that resolve to the same model would be one comparison counted twice (GQA
-    with n_head / kv_divisor = 1 key-value head is MQA, say)."""
+    """Two variants that resolve to the same model and optimizer would be one comparison
+    counted twice (GQA with n_head / kv_divisor = 1 key-value head is MQA, say)."""
     seen: dict[str, str] = {}
     for name, config in configs.items():
-        key = json.dumps(to_dict(config.model), sort_keys=True)
+        key = json.dumps([to_dict(config.model), to_dict(config.optim)], sort_keys=True)
         if key in seen:
-            raise UserError(f"variants {seen[key]} and {name} resolve to the same model; change one of them")
+            raise UserError(f"variants {seen[key]} and {name} resolve to the same model and optimizer; change one "
+                            "of them")
         seen[key] = name
 
 
