@@ -87,9 +87,11 @@ def run_models(args) -> None:
 
 def add_export(commands) -> None:
     p = commands.add_parser(
-        "export", help="export a run's model to HF transformers' GPT-2 format",
-        description="Write the GPT-2-equivalent model of RUN (learned positions, multi-head) as a folder "
-        "that transformers.GPT2LMHeadModel.from_pretrained loads, tokenizer included.",
+        "export", help="export a run's model to HF transformers (GPT-2 or Llama)",
+        description="Write the model of RUN as a folder that transformers loads, tokenizer included: a "
+        "GPT-2-shaped model (learned positions, LayerNorm, GELU, biases, tied) as GPT2LMHeadModel, a "
+        "Llama-shaped one (RoPE, RMSNorm, SwiGLU, no biases; tied or not; MHA, GQA or MQA) as "
+        "LlamaForCausalLM. The tokenizer puts end-of-text before a prompt, as capitu generate does.",
     )
     p.add_argument("run", type=Path, help="a run or model folder (model.safetensors, config.json)")
     p.add_argument("--format", choices=["hf"], default="hf", help="output format (hf)")
@@ -100,8 +102,8 @@ def add_export(commands) -> None:
 def _export(args) -> None:
     from capitu.models.hf import export_hf
 
-    export_hf(args.run, args.out)
-    print(f"exported {args.run} to {args.out} (HF GPT2LMHeadModel)")
+    architecture = export_hf(args.run, args.out)
+    print(f"exported {args.run} to {args.out} (HF {architecture})")
 
 
 def add_import(commands) -> None:

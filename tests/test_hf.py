@@ -44,21 +44,83 @@ def test_export_then_import_round_trips(tmp_path, prepared_bpe):
         torch.testing.assert_close(loaded(idx).logits, model(idx)[0], atol=1e-5, rtol=0)
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = "Não há de consentir? — disse-me ele."
-    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text
     import_hf(tmp_path / "hf", tmp_path / "back")
     back, _ = load_model(tmp_path / "back")
     for name, value in model.state_dict().items():
         assert torch.equal(back.state_dict()[name], value), name
 
 
-@pytest.mark.parametrize("change", [{"pos": "rope"}, {"n_kv_head": 2}, {"bias": False}, {"kind": "ffn"}])
-def test_other_variants_refuse_to_export(tmp_path, change, capsys):
+LLAMA = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"pos": "rope"}, "model.norm = 'layernorm' (needs 'rmsnorm')"),
+    ({"n_kv_head": 2}, "model.n_kv_head = 2 (needs 4)"),
+    ({"bias": False}, "model.bias = False (needs True)"),
+    ({"kind": "ffn"}, "model.kind = 'ffn' (needs 'gpt')"),
+    ({**LLAMA, "qk_norm": True}, "model.qk_norm = True (needs False)"),
+    ({**LLAMA, "logit_softcap": 15.0}, "model.logit_softcap = 15.0 (needs 0.0)"),
+    ({**LLAMA, "mlp": "relu2"}, "model.mlp = 'relu2' (needs 'swiglu')"),
+])
+def test_other_variants_refuse_to_export(tmp_path, change, named, capsys):
     from capitu.models import build_model
 
     model = build_model(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=16, **change))
     save_model(tmp_path / "run", model)
     code, _, err = run_cli(["export", tmp_path / "run", "--format", "hf", "--out", tmp_path / "hf"], capsys)
-    assert code == 2 and "only the GPT-2-equivalent configuration exports" in err
+    assert code == 2 and err.startswith("capitu: error: no HF equivalent: GPT-2 needs") and named in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "hf").exists()
+
+
+def trained_looking(model):
+    """Random weights of a realistic spread (norm gains too), so that logits vary by token."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return model.eval()
+
+
+def exported_run(tmp_path, prepared_bpe, **changes):
+    vocab = json.loads((prepared_bpe / "meta.json").read_text())["tokenizer"]["vocab_size"]
+    torch.manual_seed(0)
+    model = trained_looking(GPT(ModelConfig(vocab_size=vocab, block_size=64, n_layer=2, n_head=4, n_embd=32, **changes)))
+    save_model(tmp_path / "run", model)
+    (tmp_path / "run" / "tokenizer.json").write_bytes((prepared_bpe / "tokenizer.json").read_bytes())
+    return model, export_hf(tmp_path / "run", tmp_path / "hf")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("n_kv_head", [0, 2, 1])  # multi-head, grouped-query, multi-query
+def test_llama_shaped_models_export_as_llama(tmp_path, prepared_bpe, tied, n_kv_head):
+    model, architecture = exported_run(tmp_path, prepared_bpe, **LLAMA, tie_embeddings=tied, n_kv_head=n_kv_head)
+    assert architecture == "LlamaForCausalLM"
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(loaded).__name__ == "LlamaForCausalLM"
+    idx = torch.randint(0, model.config.vocab_size, (2, 50))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx).logits, model(idx)[0], atol=1e-4, rtol=0)
+        greedy = loaded.generate(idx[:1, :10], max_new_tokens=30, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0)[0, 10:]
+    ids = idx[:1, :10]
+    for _ in range(30):  # capitu's greedy choice, one token at a time, without a cache
+        ids = torch.cat([ids, model(ids)[0][:, -1].argmax(-1, keepdim=True)], 1)
+    assert greedy.tolist() == ids[0, 10:].tolist()
+
+
+@pytest.mark.parametrize("shape", [{}, LLAMA])  # GPT-2, and Llama
+def test_hf_pipeline_writes_what_capitu_generate_writes(tmp_path, prepared_bpe, shape, capsys):
+    exported_run(tmp_path, prepared_bpe, **shape)
+    prompt = "Capitu tinha olhos de"
+    code, out, err = run_cli(["generate", tmp_path / "run", "--prompt", prompt, "-n", "24", "--temperature", "0",
+                              "--device", "cpu"], capsys)
+    assert code == 0, err
+    pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"), device="cpu")
+    hf_text = pipe(prompt, max_new_tokens=24, do_sample=False)[0]["generated_text"]
+    assert hf_text == out.rstrip("\n")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tokenizer(prompt)["input_ids"][0] == 0  # end-of-text first, as capitu reads a prompt
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):

@@ -242,3 +242,11 @@ def test_a_parent_must_come_first():
 
     with pytest.raises(UserError, match="parent 'later' is not a variant above it"):
         parse_grid({"variant": [{"name": "baseline"}, {"name": "a", "parent": "later"}, {"name": "later"}]})
+
+
+@pytest.mark.parametrize("knob", KNOBS)
+def test_every_knob_starts_near_ln_vocab(knob):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64, **KNOBS[knob]))
+    _, loss = model(torch.randint(0, 512, (4, 64)), torch.randint(0, 512, (4, 64)))
+    assert abs(loss.item() - math.log(512)) < 0.1

@@ -1,8 +1,15 @@
-"""Interop with HF transformers' GPT2LMHeadModel, without importing transformers.
+"""Interop with HF transformers (GPT2LMHeadModel, LlamaForCausalLM), without importing it.
 
 The GPT-2-equivalent configuration (learned positions, multi-head attention, biases, tied
 embeddings) maps one to one: the same parameter names, with HF's Conv1D weights stored
-transposed ([in, out]) where nn.Linear stores [out, in].
+transposed ([in, out]) where nn.Linear stores [out, in]; it exports and imports. A
+Llama-shaped model (RoPE, RMSNorm, SwiGLU, no biases; tied or not; MHA, GQA or MQA) exports
+as LlamaForCausalLM: the fused query-key-value and gate-up matrices are split, and capitu's
+RoPE already rotates the two halves of each head as HF's `rotate_half` does.
+
+capitu reads a prompt as the start of a document, end-of-text first; the exported tokenizer
+adds that end-of-text itself (as its BOS), so HF's `generate` and pipelines condition as
+`capitu generate` does.
 """
 
 from __future__ import annotations
@@ -14,32 +21,47 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from tokenizers import Tokenizer, processors
 
 from capitu.checkpoint import TOKENIZER, load_model, load_state, load_weights, save_model, unique_state_dict
 from capitu.config import ModelConfig
 from capitu.errors import UserError
 from capitu.models import GPT
+from capitu.models.gpt import RMS_EPS
 from capitu.paths import atomic_write_json, check_output, staged_folder
-from capitu.tokenizer import EOT, load_tokenizer
+from capitu.tokenizer import EOT, EOT_ID, load_tokenizer
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers some versions save
 
 
-def check_exportable(config: ModelConfig) -> None:
-    problems = []
-    if config.kind != "gpt":
-        problems.append("model.kind must be gpt")
-    if config.pos != "learned":
-        problems.append(f"model.pos is {config.pos}, GPT-2 has learned positions")
-    if config.kv_heads != config.n_head:
-        problems.append(f"model.n_kv_head is {config.kv_heads}, GPT-2 has multi-head attention ({config.n_head})")
-    if not config.bias:
-        problems.append("GPT-2 has biases (model.bias = true)")
-    if not config.tie_embeddings:
-        problems.append("GPT-2 ties input and output embeddings")
-    if problems:
-        raise UserError("only the GPT-2-equivalent configuration exports to HF: " + "; ".join(problems))
+def gpt2_differences(config: ModelConfig) -> list[str]:
+    """What keeps `config` from being GPT-2 (nothing: it exports as GPT2LMHeadModel)."""
+    wanted = {"kind": "gpt", "pos": "learned", "n_kv_head": config.n_head, "bias": True, "tie_embeddings": True,
+              "norm": "layernorm", "mlp": "gelu", "qk_norm": False, "logit_softcap": 0.0}
+    return differences(config, wanted)
+
+
+def llama_differences(config: ModelConfig) -> list[str]:
+    """What keeps `config` from being Llama (nothing: it exports as LlamaForCausalLM)."""
+    wanted = {"kind": "gpt", "pos": "rope", "bias": False, "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False,
+              "logit_softcap": 0.0}
+    return differences(config, wanted)
+
+
+def differences(config: ModelConfig, wanted: dict) -> list[str]:
+    actual = {**vars(config), "n_kv_head": config.kv_heads}
+    return [f"model.{key} = {actual[key]!r} (needs {value!r})" for key, value in wanted.items() if actual[key] != value]
+
+
+def check_exportable(config: ModelConfig) -> str:
+    """"gpt2" or "llama", or a one-line error naming what has no HF equivalent."""
+    gpt2, llama = gpt2_differences(config), llama_differences(config)
+    if not gpt2:
+        return "gpt2"
+    if not llama:
+        return "llama"
+    raise UserError("no HF equivalent: GPT-2 needs " + ", ".join(gpt2) + "; Llama needs " + ", ".join(llama))
 
 
 def hf_config(config: ModelConfig) -> dict:
@@ -61,8 +83,8 @@ def hf_config(config: ModelConfig) -> dict:
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "tie_word_embeddings": True,
-        "bos_token_id": 0,
-        "eos_token_id": 0,
+        "bos_token_id": EOT_ID,
+        "eos_token_id": EOT_ID,
     }
 
 
@@ -72,23 +94,86 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
             for name, tensor in unique_state_dict(model).items()}
 
 
-def export_hf(run: Path, out: Path) -> None:
-    """Write a folder that GPT2LMHeadModel.from_pretrained (and AutoTokenizer) load; it
-    appears whole or not at all."""
+def llama_config(config: ModelConfig) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.hidden,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": RMS_EPS,
+        "rope_theta": config.rope_base,  # transformers < 5
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},  # transformers >= 5
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": config.tie_embeddings,
+        "initializer_range": 0.02,
+        "bos_token_id": EOT_ID,
+        "eos_token_id": EOT_ID,
+    }
+
+
+def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's weights under LlamaForCausalLM's names: c_attn split into q, k and v
+    (n_head, n_kv_head, n_kv_head heads), c_fc into gate and up (gate rows first)."""
+    c = model.config
+    state = unique_state_dict(model)
+    q, kv = c.n_head * c.head_dim, c.kv_heads * c.head_dim
+    out = {"model.embed_tokens.weight": state["transformer.wte.weight"],
+           "model.norm.weight": state["transformer.ln_f.weight"]}
+    if not c.tie_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    for i in range(c.n_layer):
+        block, layer = f"transformer.h.{i}.", f"model.layers.{i}."
+        qkv = state[block + "attn.c_attn.weight"]
+        gate_up = state[block + "mlp.c_fc.weight"]
+        out.update({
+            layer + "input_layernorm.weight": state[block + "ln_1.weight"],
+            layer + "self_attn.q_proj.weight": qkv[:q], layer + "self_attn.k_proj.weight": qkv[q:q + kv],
+            layer + "self_attn.v_proj.weight": qkv[q + kv:], layer + "self_attn.o_proj.weight": state[block + "attn.c_proj.weight"],
+            layer + "post_attention_layernorm.weight": state[block + "ln_2.weight"],
+            layer + "mlp.gate_proj.weight": gate_up[:c.hidden], layer + "mlp.up_proj.weight": gate_up[c.hidden:],
+            layer + "mlp.down_proj.weight": state[block + "mlp.c_proj.weight"],
+        })
+    return {name: tensor.contiguous() for name, tensor in out.items()}
+
+
+def export_tokenizer(source: Path, target: Path) -> None:
+    """The run's tokenizer, made to put end-of-text before every text it encodes (HF adds
+    special tokens by default; capitu's own encoding asks for none)."""
+    tokenizer = Tokenizer.from_file(str(source))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{EOT} $A", pair=f"{EOT} $A {EOT} $B:1", special_tokens=[(EOT, EOT_ID)])
+    tokenizer.save(str(target))
+
+
+def export_hf(run: Path, out: Path) -> str:
+    """Write a folder that GPT2LMHeadModel or LlamaForCausalLM .from_pretrained (and
+    AutoTokenizer) load; it appears whole or not at all. Returns the architecture."""
     check_output(out, new=True)
     model, _ = load_model(run)
-    check_exportable(model.config)
+    kind = check_exportable(model.config)
     if not (run / TOKENIZER).is_file() or load_tokenizer(run / TOKENIZER).kind != "bpe":
         raise UserError("HF export needs the run's BPE tokenizer.json (a char tokenizer has no HF equivalent)")
+    weights, config = (hf_state_dict(model), hf_config(model.config)) if kind == "gpt2" else (
+        llama_state_dict(model), llama_config(model.config))
     with staged_folder(out) as staging:
-        save_file(hf_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
-        atomic_write_json(staging / "config.json", hf_config(model.config))
-        shutil.copyfile(run / TOKENIZER, staging / TOKENIZER)
+        save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        atomic_write_json(staging / "config.json", config)
+        export_tokenizer(run / TOKENIZER, staging / TOKENIZER)
         special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
         atomic_write_json(staging / "tokenizer_config.json", {
-            "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size, **special,
+            "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size,
+            "clean_up_tokenization_spaces": False, **special,
         })
         atomic_write_json(staging / "special_tokens_map.json", special)
+    return config["architectures"][0]
 
 
 def check_header(path: Path, hf: dict) -> None:
