@@ -361,6 +361,49 @@ def run_study_command(args) -> None:
               progress=not args.quiet, device=args.device)
 
 
+def add_serve(commands) -> None:
+    p = commands.add_parser(
+        "serve", help="a local web page: the models write side by side, and you judge them blind",
+        description="Serve a page (and a JSON API under /api) where every model of a study (its first-seed "
+        "runs) or the given runs continue your prompts side by side, streaming, and where two models drawn at "
+        "random continue the same prompt as A and B for a blind vote; votes go to SQLite and give a "
+        "Bradley-Terry ranking. Binds to loopback unless --host says otherwise.",
+    )
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="a study folder, or run folders")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--votes", type=Path, help="the votes database (default: PATH/votes.sqlite of the first PATH)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(handler=run_serve)
+
+
+def run_serve(args) -> None:
+    from capitu.serve import serve
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, got {args.port}")
+    serve(args.paths, args.host, args.port, args.votes, args.device)
+
+
+def add_votes(commands) -> None:
+    p = commands.add_parser(
+        "votes", help="the ranking of the blind votes cast in capitu serve",
+        description="Bradley-Terry strengths (Elo scale) with 95%% bootstrap intervals and vote counts, from a "
+        "votes file written by capitu serve (a study folder's votes.sqlite by default).",
+    )
+    p.add_argument("votes", type=Path, metavar="VOTES", help="a votes.sqlite file, or the folder that holds it")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run_votes)
+
+
+def run_votes(args) -> None:
+    from capitu.votes import format_ranking, ranking, read_votes
+
+    path = args.votes / "votes.sqlite" if args.votes.is_dir() else args.votes
+    result = ranking(read_votes(path))
+    print(json.dumps(result, indent=1) if args.json else format_ranking(result))
+
+
 class OneLineErrors(argparse.ArgumentParser):
     """Usage errors as one line (`capitu: error: ...`, exit 2), as every other error: the
     usage block is what --help is for."""
@@ -386,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate(commands)
     add_bench(commands)
     add_study(commands)
+    add_serve(commands)
+    add_votes(commands)
     return parser
 
 

@@ -153,6 +153,13 @@ class TextStream:
             self.write(text[self.printed:])
             self.printed = len(text)
 
+    def finish(self) -> None:
+        """Write what is still held back: generation can stop inside a character."""
+        text = self.tokenizer.decode(self.ids)
+        if len(text) > self.printed:
+            self.write(text[self.printed:])
+            self.printed = len(text)
+
 
 def for_generation(model, device: torch.device):
     """The model on `device` in eval mode; on CUDA in bf16, and so its KV cache."""
@@ -194,6 +201,8 @@ def complete(model, tokenizer, prompt: str, new_tokens: int, sampling: Sampling,
                 stream.add(value)
 
     generate(model, ids, new_tokens, sampling, seed, stop_token=tokenizer.eot_id, on_tokens=collect)
+    if stream:
+        stream.finish()
     return tokenizer.decode(ids[0, 1:].tolist() + continuation)
 
 

@@ -199,7 +199,13 @@ HOSTILE = [
     ("export-out-unwritable", ["export", "{w}/bpe_run", "--out", "/proc/capitu"], "cannot write to /proc"),
     ("export-missing-run", ["export", "{t}/missing", "--out", "{t}/out"], "is not a capitu run or model folder"),
     ("export-char-run", ["export", "{w}/run", "--out", "{t}/out"], "HF export needs the run's BPE tokenizer"),
-    ("export-rope-run", ["export", "{w}/rope_run", "--out", "{t}/out"], "only the GPT-2-equivalent configuration"),
+    ("export-rope-run", ["export", "{w}/rope_run", "--out", "{t}/out"], "no HF equivalent: GPT-2 needs model.pos"),
+    # serve and votes
+    ("serve-nothing", ["serve", "{t}/full"], "is not a capitu run or model folder"),
+    ("serve-file", ["serve", "{t}/file.txt"], "is not a capitu run or model folder"),
+    ("serve-port", ["serve", "{w}/run", "--port", "70000"], "--port must be between 1 and 65535"),
+    ("votes-missing", ["votes", "{t}/nowhere/votes.sqlite"], "no votes file"),
+    ("votes-not-sqlite", ["votes", "{t}/file.txt"], "not a capitu votes file"),
     # import
     ("import-out-run", ["import", "{w}/hf", "--out", "{w}/trained"], "is not empty"),
     ("import-out-file", ["import", "{w}/hf", "--out", "{t}/file.txt"], "is a file"),

@@ -106,6 +106,15 @@ def test_stream_holds_back_split_characters(prepared_bpe):
         stream.add(token)
     assert "".join(pieces) == text
     assert all("\ufffd" not in piece for piece in pieces)
+    # stopped inside a character (the first byte of "ç" alone), the rest is written at the end
+    cut = TextStream(tokenizer, pieces.append)
+    pieces.clear()
+    half = tokenizer.hf.token_to_id("Ã")  # byte-level: 0xC3, the lead byte of ç, ã, à, ô
+    for token in tokenizer.encode("Cora") + [half]:
+        cut.add(token)
+    assert "".join(pieces) == "Cora"
+    cut.finish()
+    assert "".join(pieces) == tokenizer.decode(tokenizer.encode("Cora") + [half]) and pieces[-1].endswith("\ufffd")
 
 
 @pytest.fixture

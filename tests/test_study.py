@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -327,3 +328,26 @@ def test_a_ladder_study_reports_each_rung_against_the_one_below(prepared_bpe, tm
     assert "## Ladder" in report and "swiglu (side branch of rope)" in report
     assert any(f.startswith("Ladder: from GPT-2's") for f in results["findings"])
     assert (tmp_path / "out" / "plots" / "ladder.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_shows_writing_numbers_and_the_blind_votes(micro_study, prepared_bpe, tmp_path):
+    from capitu.cli import main
+    from capitu.quality import training_vocabulary, writing_numbers
+    from capitu.votes import connect, record_vote
+
+    out = tmp_path / "again"
+    shutil.copytree(micro_study, out)
+    generations = json.loads((out / "generations.json").read_text())
+    names = {path: name for name, path in generations["settings"]["runs"].items()}
+    rope = [text[len(entry["prompt"]):] for entry in generations["results"]
+            for run, text in entry["outputs"].items() if names[run] == "rope"]
+    distinct = writing_numbers(rope, training_vocabulary(prepared_bpe))["distinct_1"]
+    connection = connect(out / "votes.sqlite")
+    for choice in ("A", "A", "tie"):
+        record_vote(connection, "Era", ("rope", "baseline"), ("x", "y"), {}, choice)
+    connection.close()
+    assert main(["study", "--config", str(micro_study.parent / "study.toml"), "--data", str(prepared_bpe), "--out",
+                 str(out), "--quiet", "--device", "cpu"]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Blind votes" in report and "3 blind votes" in report
+    assert table_rows(report, "variant | known words")["rope"][2] == f"{distinct:.1%}"

@@ -6,10 +6,8 @@ Both documents are rendered from one list of sections, so they cannot disagree."
 
 from __future__ import annotations
 
-import base64
 import copy
 import csv
-import html
 import io
 import json
 import os
@@ -20,15 +18,18 @@ from pathlib import Path
 
 import torch
 
-from capitu.paths import atomic_write_bytes, atomic_write_json
 from capitu.errors import UserError
 from capitu.generate import markdown_grid
 from capitu.models.variants import Variant
+from capitu.pages import render
+from capitu.paths import atomic_write_bytes, atomic_write_json
+from capitu.quality import training_vocabulary, writing_numbers
 from capitu.study import plots
-from capitu.study.ladder import ladder, ladder_blocks, ladder_figure, ladder_findings
 from capitu.study.config import StudyConfig
 from capitu.study.files import BENCH, BUDGETS, EVAL, GENERATIONS, run_folder
+from capitu.study.ladder import ladder, ladder_blocks, ladder_figure, ladder_findings
 from capitu.study.stats import compare_spreads, mean, paired_t_test, spread, std
+from capitu.votes import ranking, read_votes
 
 ALPHA = 0.05
 MIB = 2**20
@@ -289,7 +290,7 @@ def length_table(results: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def generation_blocks(generations: dict) -> list[tuple]:
+def generation_blocks(generations: dict, vocabulary: set[str] | None) -> list[tuple]:
     settings = generations["settings"]
     names = {path: name for name, path in settings["runs"].items()}
     blocks = [("p", f"Each variant's first-seed run continues the same prompts with the same sampling seed "
@@ -298,7 +299,33 @@ def generation_blocks(generations: dict) -> list[tuple]:
     for entry in generations["results"]:
         blocks.append(("p", f"Prompt: «{entry['prompt']}»"))
         blocks.append(("table", ["variant", "text"], [[names.get(run, run), text] for run, text in entry["outputs"].items()]))
+    continuations: dict[str, list[str]] = {}
+    for entry in generations["results"]:
+        for run, text in entry["outputs"].items():
+            continuations.setdefault(names.get(run, run), []).append(text[len(entry["prompt"]):])
+    rows = []
+    for name, texts in continuations.items():
+        numbers = writing_numbers(texts, vocabulary)
+        known = "—" if numbers["known_words"] is None else f"{numbers['known_words']:.1%}"
+        rows.append([name, known, f"{numbers['distinct_1']:.1%}", f"{numbers['distinct_2']:.1%}",
+                     f"{numbers['repeated_4grams']:.1%}", f"{numbers['mean_words']:.1f}"])
+    blocks += [("p", "Writing numbers of these continuations (capitu/quality.py): known words, the share of "
+                     "generated words found in the training split; distinct-1 and distinct-2, distinct words and "
+                     "word pairs over all; repeated 4-grams, the share of word 4-grams that recur in the same text; "
+                     "words per continuation, before end-of-text."),
+               ("table", ["variant", "known words", "distinct-1", "distinct-2", "repeated 4-grams", "words"], rows)]
     return blocks
+
+
+def votes_blocks(path: Path) -> list[tuple]:
+    """The blind votes cast in `capitu serve` on this study, when there are any."""
+    result = ranking(read_votes(path))
+    if not result["models"]:
+        return []
+    rows = [[e["model"], f"{e['score']:.0f}", f"{e['low']:.0f}-{e['high']:.0f}", str(e["votes"]), str(e["wins"]),
+             str(e["losses"]), str(e["ties"]), str(e["both_bad"])] for e in result["models"]]
+    return [("p", f"{result['votes']} blind votes cast in `capitu serve` ({path.name}). {result['method']}."),
+            ("table", ["variant", "score", "95% interval", "votes", "wins", "losses", "ties", "both bad"], rows)]
 
 
 def hardware() -> str:
@@ -327,7 +354,8 @@ def reproducibility(results: dict, variants: list[Variant], data: Path, command:
     return "\n".join(lines)
 
 
-def build_sections(results: dict, generations: dict, figures: dict[str, bytes], repro: str) -> list[Section]:
+def build_sections(results: dict, generations: dict, figures: dict[str, bytes], repro: str,
+                   vocabulary: set[str] | None = None, votes: list[tuple] | None = None) -> list[Section]:
     study = results["study"]
     entries = results["variants"]
     tokens = next(e for e in entries if e["name"] == "baseline")["budget"]["tokens"]
@@ -358,7 +386,8 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
                           ("image", "lengths.png", figures["lengths.png"], "Perplexity vs evaluation length")]
                 + [("image", name, figures[name], caption) for name, caption in
                    (("speed.png", "Throughput"), ("memory.png", "Memory")) if name in figures]),
-        Section("Generations", generation_blocks(generations)),
+        Section("Generations", generation_blocks(generations, vocabulary)),
+        *([Section("Blind votes", votes)] if votes else []),
         Section("Reproducibility", [("pre", repro)]),
     ]
     return sections
@@ -384,33 +413,8 @@ def render_markdown(title: str, sections: list[Section]) -> str:
 
 
 def render_html(title: str, sections: list[Section]) -> str:
-    e = html.escape
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>",
-             "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
-             "line-height:1.45}table{border-collapse:collapse;margin:1em 0;font-size:.9em}"
-             "td,th{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}th{background:#f2f2f2}"
-             "td:not(:first-child){text-align:right}img{max-width:100%}pre{background:#f6f6f6;padding:1em;"
-             "overflow-x:auto;white-space:pre-wrap}</style></head><body>", f"<h1>{e(title)}</h1>"]
-    for section in sections:
-        parts.append(f"<h2>{e(section.title)}</h2>")
-        for block in section.blocks:
-            kind = block[0]
-            if kind == "p":
-                parts.append(f"<p>{e(block[1])}</p>")
-            elif kind == "list":
-                parts.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in block[1]) + "</ul>")
-            elif kind == "table":
-                head = "".join(f"<th>{e(h)}</th>" for h in block[1])
-                body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block[2])
-                parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-            elif kind == "image":
-                data = base64.b64encode(block[2]).decode("ascii")
-                parts.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{e(block[3])}\">"
-                             f"<figcaption>{e(block[3])}</figcaption></figure>")
-            elif kind == "pre":
-                parts.append(f"<pre>{e(block[1])}</pre>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    """One self-contained page (figures embedded), from templates/report.html."""
+    return render("report.html", title=title, sections=sections)
 
 
 def make_figures(results: dict) -> dict[str, bytes]:
@@ -481,7 +485,8 @@ def write_report(out: Path, study: StudyConfig, variants: list[Variant], data: P
         results["ladder"] = view
         figures["ladder.png"] = ladder_figure(view)
     results["findings"] = findings(results) + (ladder_findings(view) if view else [])
-    sections = build_sections(results, generations, figures, repro)
+    votes = votes_blocks(out / "votes.sqlite")
+    sections = build_sections(results, generations, figures, repro, training_vocabulary(data), votes)
     title = f"capitu study: {study.preset}, {len(variants)} variants x {study.seeds} seed(s)"
     (out / "plots").mkdir(exist_ok=True)
     for name, png in figures.items():

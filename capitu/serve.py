@@ -1,0 +1,298 @@
+"""`capitu serve`: a local web page to read the models' writing side by side, and to judge it
+blind.
+
+The app serves one page (templates/index.html, its script and style inline: it works
+offline) and a JSON API under /api. Models are chosen by id from the served list, never by
+path. Generations run one at a time (the CPU's cores are shared); at most `queue_limit`
+requests wait, and one more gets HTTP 429. Every error is a 4xx with a JSON `{"error": ...}`
+(a 500 never shows a traceback). Votes are committed to SQLite one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from capitu.checkpoint import read_config
+from capitu.errors import UserError
+from capitu.generate import Sampling, complete, load_for_generation, prompt_ids
+from capitu.pages import render
+from capitu.quality import training_vocabulary, writing_numbers
+from capitu.votes import connect, ranking, record_vote
+
+QUALITY_PROMPTS = ["Capitu tinha olhos de", "Era uma vez um rapaz que", "A cidade do Rio de Janeiro",
+                   "Naquele tempo, o amor", "— Não sei, respondeu ela,", "Quando cheguei à casa"]
+MAX_PROMPT_CHARS = 2000
+
+
+@dataclass
+class ServedModel:
+    id: str
+    name: str
+    folder: Path
+    block_size: int
+    loaded: tuple | None = None  # (model, tokenizer), on first use
+
+
+def find_models(paths: list[Path]) -> list[ServedModel]:
+    """A study folder gives the first-seed run of each of its variants; a run folder itself."""
+    found = []
+    for path in map(Path, paths):
+        plan = path / "study.json"
+        if plan.is_file():
+            content = json.loads(plan.read_text(encoding="utf-8"))
+            seed = content["study"]["first_seed"]
+            found += [(v["name"], path / "runs" / f"{v['name']}-s{seed}") for v in content["variants"]]
+        else:
+            found.append((path.name, path))
+    models = []
+    for number, (name, folder) in enumerate(found):
+        config = read_config(folder)  # a one-line error for anything that is not a model
+        models.append(ServedModel(f"m{number}", name, folder, config["model"]["block_size"]))
+    if not models:
+        raise UserError("nothing to serve: give a study folder or run folders")
+    return models
+
+
+class GenerateRequest(BaseModel):
+    model: str
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    new_tokens: int = Field(40, ge=1)
+    temperature: float = Field(0.8, ge=0, le=10)
+    top_k: int = Field(40, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 1234
+
+
+class BlindRequest(BaseModel):
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    new_tokens: int = Field(40, ge=1)
+    temperature: float = Field(0.8, ge=0, le=10)
+    top_k: int = Field(40, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+
+
+class VoteRequest(BaseModel):
+    pair: str
+    choice: str = Field(pattern="^(A|B|tie|bad)$")
+
+
+class Busy(Exception):
+    pass
+
+
+@dataclass
+class Server:
+    models: list[ServedModel]
+    votes_path: Path
+    device: torch.device
+    queue_limit: int = 8
+    pairs: dict = field(default_factory=dict)  # pair id -> what was shown, until voted on
+    quality: dict | None = None
+
+    def __post_init__(self):
+        self.lock = threading.Lock()  # one generation at a time
+        self.database = threading.Lock()  # one connection, used by one request at a time
+        self.slots = threading.BoundedSemaphore(self.queue_limit)  # running + waiting
+        self.votes = connect(self.votes_path)
+        self.chooser = random.Random()
+
+    def model(self, model_id: str) -> ServedModel:
+        served = next((m for m in self.models if m.id == model_id), None)
+        if served is None:
+            raise HTTPException(404, f"unknown model {model_id!r}; GET /api/models lists them")
+        return served
+
+    def check_lengths(self, served: ServedModel, prompt: str, new_tokens: int) -> None:
+        _, tokenizer = self.load(served)
+        if new_tokens > served.block_size:
+            raise HTTPException(422, f"new_tokens must be at most {served.block_size} (the context of {served.name})")
+        if len(prompt_ids(tokenizer, prompt)) + 1 > served.block_size:
+            raise HTTPException(422, f"the prompt is longer than the context of {served.name} ({served.block_size} "
+                                     "tokens)")
+
+    def load(self, served: ServedModel):
+        if served.loaded is None:
+            served.loaded = load_for_generation(served.folder, self.device)
+        return served.loaded
+
+    def generate(self, served: ServedModel, prompt: str, new_tokens: int, sampling: Sampling, seed: int,
+                 write=None) -> tuple[str, float]:
+        """The completion and its tokens/s, under the lock (callers hold a slot)."""
+        with self.lock:
+            model, tokenizer = self.load(served)
+            started = time.perf_counter()
+            text = complete(model, tokenizer, prompt, new_tokens, sampling, seed, write=write)
+            seconds = time.perf_counter() - started
+        generated = len(tokenizer.encode(text)) - len(tokenizer.encode(prompt))
+        return text, max(generated, 0) / max(seconds, 1e-9)
+
+    def slot(self):
+        if not self.slots.acquire(blocking=False):
+            raise Busy()
+        return self.slots
+
+
+def sampling_of(request) -> Sampling:
+    sampling = Sampling(request.temperature, request.top_k, request.top_p, 1.0)
+    sampling.validate()
+    return sampling
+
+
+def create_app(paths: list[Path], votes: Path | None = None, device: str = "cpu", queue_limit: int = 8) -> FastAPI:
+    models = find_models(paths)
+    votes = Path(votes) if votes else Path(paths[0]) / "votes.sqlite"
+    server = Server(models, votes, torch.device(device), queue_limit)
+    app = FastAPI(title="capitu serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = server
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError):
+        problems = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in error.errors()]
+        return JSONResponse({"error": "; ".join(problems)}, status_code=422)
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, error: Busy):
+        return JSONResponse({"error": f"busy: {server.queue_limit} generations running or waiting; try again"},
+                            status_code=429)
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, error: UserError):
+        return JSONResponse({"error": str(error)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, error: Exception):
+        return JSONResponse({"error": f"internal error: {type(error).__name__}"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return render("index.html", title="capitu", models=[{"id": m.id, "name": m.name} for m in models])
+
+    @app.get("/api/models")
+    def list_models():
+        return {"models": [{"id": m.id, "name": m.name, "context": m.block_size} for m in models]}
+
+    @app.post("/api/generate")
+    def generate(request: GenerateRequest):
+        served = server.model(request.model)
+        sampling = sampling_of(request)
+        server.check_lengths(served, request.prompt, request.new_tokens)
+        slot = server.slot()
+        pieces: queue.Queue = queue.Queue()
+
+        def work():
+            try:
+                text, rate = server.generate(served, request.prompt, request.new_tokens, sampling, request.seed,
+                                             write=pieces.put)
+                pieces.put({"done": True, "text": text, "tokens_per_s": rate})
+            except Exception as error:  # reported in the stream, which has already begun
+                pieces.put({"done": True, "error": f"generation failed: {type(error).__name__}"})
+            finally:
+                slot.release()
+
+        threading.Thread(target=work, daemon=True).start()
+
+        def events():
+            while True:
+                item = pieces.get()
+                if isinstance(item, dict):
+                    yield f"data: {json.dumps(item, ensure_ascii=False)}\n\n"
+                    return
+                yield f"data: {json.dumps({'text': item}, ensure_ascii=False)}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/api/blind")
+    def blind(request: BlindRequest):
+        if len(models) < 2:
+            raise HTTPException(409, "a blind comparison needs at least two models")
+        sampling = sampling_of(request)
+        pair = server.chooser.sample(models, 2)
+        for served in pair:
+            server.check_lengths(served, request.prompt, request.new_tokens)
+        seed = request.seed if request.seed is not None else server.chooser.randrange(2**31)
+        slot = server.slot()
+        try:
+            texts = [server.generate(m, request.prompt, request.new_tokens, sampling, seed)[0] for m in pair]
+        finally:
+            slot.release()
+        pair_id = uuid.uuid4().hex
+        server.pairs[pair_id] = {"prompt": request.prompt, "models": [m.name for m in pair], "texts": texts,
+                                 "settings": request.model_dump() | {"seed": seed}}
+        while len(server.pairs) > 1000:  # forget the oldest unvoted pairs
+            server.pairs.pop(next(iter(server.pairs)))
+        return {"pair": pair_id, "a": texts[0], "b": texts[1]}
+
+    @app.post("/api/vote")
+    def vote(request: VoteRequest):
+        shown = server.pairs.pop(request.pair, None)
+        if shown is None:
+            raise HTTPException(404, "unknown or already judged pair")
+        with server.database:
+            record_vote(server.votes, shown["prompt"], tuple(shown["models"]), tuple(shown["texts"]),
+                        shown["settings"], request.choice)
+        return {"a": shown["models"][0], "b": shown["models"][1], "choice": request.choice}
+
+    @app.get("/api/ranking")
+    def get_ranking():
+        with server.database:
+            rows = server.votes.execute("SELECT model_a, model_b, choice FROM votes ORDER BY id").fetchall()
+        return ranking(rows)
+
+    @app.get("/api/quality")
+    def quality():
+        if server.quality is None:
+            slot = server.slot()
+            try:
+                server.quality = writing_table(server)
+            finally:
+                slot.release()
+        return server.quality
+
+    return app
+
+
+def writing_table(server: Server) -> dict:
+    """Every model's writing numbers on QUALITY_PROMPTS, sampled with the page's defaults."""
+    sampling = Sampling(0.8, 40, 1.0, 1.0)
+    rows = []
+    vocabularies: dict[str, set | None] = {}
+    for served in server.models:
+        data = read_config(served.folder).get("config", {}).get("data", {}).get("path", "")
+        if data not in vocabularies:
+            vocabularies[data] = training_vocabulary(data) if data else None
+        continuations = []
+        for prompt in QUALITY_PROMPTS:
+            text, _ = server.generate(served, prompt, min(40, served.block_size - 16), sampling, 1234)
+            continuations.append(text[len(prompt):])
+        rows.append({"model": served.name, **writing_numbers(continuations, vocabularies[data])})
+    return {"prompts": QUALITY_PROMPTS, "models": rows}
+
+
+def serve(paths: list[Path], host: str, port: int, votes: Path | None, device: str) -> None:
+    import uvicorn
+
+    app = create_app(paths, votes, device)
+    print(f"capitu serve: {len(app.state.server.models)} models at http://{host}:{port}/ "
+          f"(votes: {app.state.server.votes_path}); Ctrl-C stops", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    app.state.server.votes.close()
+

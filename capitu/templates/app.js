@@ -1,0 +1,101 @@
+// capitu serve's page: plain DOM, no libraries; model text is always set as textContent.
+const $ = (id) => document.getElementById(id);
+const views = ["side", "blind", "ranking", "quality"];
+let pair = null;
+
+function show(view) {
+  for (const v of views) {
+    $(v).classList.toggle("hidden", v !== view);
+    $("tab-" + v).classList.toggle("on", v === view);
+  }
+  if (view === "ranking") loadRanking();
+}
+for (const v of views) $("tab-" + v).onclick = () => show(v);
+
+function settings() {
+  return {prompt: $("prompt").value, temperature: +$("temperature").value, top_k: +$("top_k").value,
+          top_p: +$("top_p").value, new_tokens: +$("new_tokens").value, seed: +$("seed").value};
+}
+
+async function post(url, body) {
+  const response = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"},
+                                     body: JSON.stringify(body)});
+  if (!response.ok) throw new Error((await response.json()).error || response.statusText);
+  return response;
+}
+
+async function stream(column) {
+  const text = column.querySelector(".text"), rate = column.querySelector(".rate");
+  text.textContent = ""; rate.textContent = "…";
+  const response = await post("/api/generate", {model: column.dataset.model, ...settings()});
+  const reader = response.body.getReader(), decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, {stream: true});
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = JSON.parse(buffer.slice(6, end)); buffer = buffer.slice(end + 2);
+      if (event.error) throw new Error(event.error);
+      if (event.done) { text.textContent = event.text; rate.textContent = event.tokens_per_s.toFixed(0) + " tokens/s"; }
+      else text.textContent += event.text;
+    }
+  }
+}
+
+$("generate").onclick = async () => {
+  $("error").textContent = "";
+  try { for (const column of document.querySelectorAll("#side .column")) await stream(column); }
+  catch (error) { $("error").textContent = error.message; }
+};
+
+$("draw").onclick = async () => {
+  $("error").textContent = ""; $("verdict").textContent = "";
+  for (const side of ["a", "b"]) { $("text-" + side).textContent = "…"; $("name-" + side).textContent = ""; }
+  try {
+    const drawn = await (await post("/api/blind", settings())).json();
+    pair = drawn.pair; $("text-a").textContent = drawn.a; $("text-b").textContent = drawn.b;
+    $("choices").classList.remove("hidden");
+  } catch (error) { $("error").textContent = error.message; }
+};
+
+for (const button of document.querySelectorAll("#choices button")) {
+  button.onclick = async () => {
+    try {
+      const result = await (await post("/api/vote", {pair, choice: button.dataset.choice})).json();
+      $("name-a").textContent = "(" + result.a + ")"; $("name-b").textContent = "(" + result.b + ")";
+      $("verdict").textContent = "Vote recorded: " + button.textContent + ".";
+      $("choices").classList.add("hidden"); pair = null;
+    } catch (error) { $("error").textContent = error.message; }
+  };
+}
+
+function table(element, head, rows) {
+  element.replaceChildren();
+  const header = element.insertRow();
+  for (const h of head) { const th = document.createElement("th"); th.textContent = h; header.appendChild(th); }
+  for (const row of rows) { const tr = element.insertRow(); for (const cell of row) tr.insertCell().textContent = cell; }
+}
+
+async function loadRanking() {
+  const result = await (await fetch("/api/ranking")).json();
+  $("ranking-summary").textContent = result.votes + " votes. " + (result.method || "");
+  table($("ranking-table"), ["model", "score", "95% interval", "votes", "wins", "losses", "ties", "both bad"],
+        result.models.map((m) => [m.model, m.score.toFixed(0), m.low.toFixed(0) + "–" + m.high.toFixed(0),
+                                  m.votes, m.wins, m.losses, m.ties, m.both_bad]));
+}
+
+$("measure").onclick = async () => {
+  $("measure").disabled = true;
+  try {
+    const response = await fetch("/api/quality");
+    const result = await response.json();
+    if (!response.ok) throw new Error(result.error);
+    const pct = (x) => x === null ? "—" : (100 * x).toFixed(1) + "%";
+    table($("quality-table"), ["model", "known words", "distinct-1", "distinct-2", "repeated 4-grams", "words per text"],
+          result.models.map((m) => [m.model, pct(m.known_words), pct(m.distinct_1), pct(m.distinct_2),
+                                    pct(m.repeated_4grams), m.mean_words.toFixed(1)]));
+  } catch (error) { $("error").textContent = error.message; }
+  $("measure").disabled = false;
+};

@@ -1,0 +1,175 @@
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from capitu.generate import Sampling, complete, load_for_generation
+from capitu.serve import create_app
+from capitu.votes import read_votes
+
+from conftest import make_run
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def runs(prepared_bpe, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("served")
+    for name, seed in (("baseline", 0), ("rope", 1), ("<em>odd", 2)):
+        torch.manual_seed(seed)
+        make_run(folder / name, prepared_bpe, pos="rope" if name == "rope" else "learned")
+    return folder
+
+
+@pytest.fixture()
+def client(runs, tmp_path):
+    app = create_app([runs / "baseline", runs / "rope", runs / "<em>odd"], votes=tmp_path / "votes.sqlite")
+    with TestClient(app) as client:
+        client.app_state = app.state
+        yield client
+
+
+def events(response) -> list[dict]:
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return [json.loads(line[6:]) for line in response.text.split("\n\n") if line.startswith("data: ")]
+
+
+def test_page_and_models(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "Side by side" in page.text
+    assert "&lt;em&gt;odd" in page.text and "<em>odd" not in page.text  # names are text, not markup
+    models = client.get("/api/models").json()["models"]
+    assert [m["name"] for m in models] == ["baseline", "rope", "<em>odd"] and models[0]["id"] == "m0"
+
+
+def test_generate_streams_what_capitu_generate_writes(client, runs):
+    body = {"model": "m1", "prompt": "Capitu tinha olhos de", "new_tokens": 12, "temperature": 0.8, "top_k": 40,
+            "seed": 7}
+    stream = events(client.post("/api/generate", json=body))
+    last = stream[-1]
+    assert last["done"] and last["tokens_per_s"] > 0
+    assert "".join(e["text"] for e in stream[:-1]) == last["text"][len(body["prompt"]):]
+    model, tokenizer = load_for_generation(runs / "rope", torch.device("cpu"))
+    assert last["text"] == complete(model, tokenizer, body["prompt"], 12, Sampling(0.8, 40, 1.0, 1.0), 7)
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"model": "m9", "prompt": "Era"}, 404, "unknown model 'm9'"),
+    ({"model": "../../etc/passwd", "prompt": "Era"}, 404, "unknown model"),
+    ({"prompt": "Era"}, 422, "model: Field required"),
+    ({"model": "m0"}, 422, "prompt: Field required"),
+    ({"model": "m0", "prompt": "Era", "new_tokens": 0}, 422, "new_tokens"),
+    ({"model": "m0", "prompt": "Era", "new_tokens": 65}, 422, "new_tokens must be at most 64"),
+    ({"model": "m0", "prompt": "palavra " * 100}, 422, "longer than the context"),
+    ({"model": "m0", "prompt": "x" * 5000}, 422, "prompt"),
+    ({"model": "m0", "prompt": "Era", "top_p": 2}, 422, "top_p"),
+    ({"model": "m0", "prompt": "Era", "temperature": -1}, 422, "temperature"),
+])
+def test_bad_generate_requests_get_a_json_error(client, body, status, message):
+    response = client.post("/api/generate", json=body)
+    assert response.status_code == status and message in response.json()["error"], response.text
+
+
+def test_malformed_requests_and_unknown_routes(client):
+    response = client.post("/api/generate", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and "error" in response.json()
+    assert client.get("/api/nothing").status_code == 404 and "error" in client.get("/api/nothing").json()
+    assert client.post("/api/vote", json={"pair": "nope", "choice": "A"}).status_code == 404
+    assert client.post("/api/vote", json={"pair": "nope", "choice": "C"}).status_code == 422
+
+
+def test_blind_votes_are_stored_and_ranked(client, tmp_path):
+    names = set()
+    for choice in ("A", "B", "tie"):
+        drawn = client.post("/api/blind", json={"prompt": "Era uma vez", "new_tokens": 8, "seed": 3}).json()
+        assert {"pair", "a", "b"} <= set(drawn) and drawn["a"].startswith("Era uma vez")
+        revealed = client.post("/api/vote", json={"pair": drawn["pair"], "choice": choice}).json()
+        assert revealed["a"] != revealed["b"] and revealed["choice"] == choice
+        names |= {revealed["a"], revealed["b"]}
+        again = client.post("/api/vote", json={"pair": drawn["pair"], "choice": choice})
+        assert again.status_code == 404  # one vote per pair
+    assert [choice for _, _, choice in read_votes(tmp_path / "votes.sqlite")] == ["A", "B", "tie"]
+    result = client.get("/api/ranking").json()
+    assert result["votes"] == 3 and {m["model"] for m in result["models"]} == names
+    assert sum(m["votes"] for m in result["models"]) == 6
+
+
+def test_a_full_queue_answers_429(client):
+    server = client.app_state.server
+    held = [server.slot() for _ in range(server.queue_limit)]
+    try:
+        response = client.post("/api/generate", json={"model": "m0", "prompt": "Era"})
+        assert response.status_code == 429 and "busy" in response.json()["error"]
+    finally:
+        for slot in held:
+            slot.release()
+    assert client.post("/api/generate", json={"model": "m0", "prompt": "Era", "new_tokens": 2}).status_code == 200
+
+
+def test_writing_numbers_for_every_model(client):
+    result = client.get("/api/quality").json()
+    assert [m["model"] for m in result["models"]] == ["baseline", "rope", "<em>odd"]
+    assert all(0 <= m["known_words"] <= 1 and 0 < m["distinct_1"] <= 1 for m in result["models"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def live_server(runs, tmp_path):
+    import uvicorn
+
+    app = create_app([runs / "baseline", runs / "rope", runs / "<em>odd"], votes=tmp_path / "votes.sqlite")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", tmp_path / "votes.sqlite"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_a_person_generates_votes_three_times_and_sees_the_ranking(live_server):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, votes = live_server
+    shots = Path(os.environ.get("CAPITU_SCREENSHOTS", votes.parent))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(url)
+        page.fill("#prompt", "Capitu tinha olhos de")
+        page.click("#generate")
+        for column in page.locator("#side .column").all():
+            expect(column.locator(".rate")).to_contain_text("tokens/s", timeout=60_000)
+            assert column.locator(".text").inner_text().startswith("Capitu tinha olhos de")
+        page.screenshot(path=str(shots / "serve-side-by-side.png"), full_page=True)
+        page.click("#tab-blind")
+        for number in range(3):
+            page.click("#draw")
+            expect(page.locator("#choices")).to_be_visible(timeout=60_000)
+            page.click("#choices button[data-choice='A']" if number < 2 else "#choices button[data-choice='tie']")
+            expect(page.locator("#verdict")).to_contain_text("Vote recorded")
+            assert page.locator("#name-a").inner_text().startswith("(")
+        page.screenshot(path=str(shots / "serve-blind.png"), full_page=True)
+        page.click("#tab-ranking")
+        expect(page.locator("#ranking-summary")).to_contain_text("3 votes")
+        assert page.locator("#ranking-table tr").count() >= 3  # a header and at least two models
+        page.screenshot(path=str(shots / "serve-ranking.png"), full_page=True)
+        browser.close()
+    assert len(read_votes(votes)) == 3
