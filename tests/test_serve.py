@@ -173,3 +173,34 @@ def test_a_person_generates_votes_three_times_and_sees_the_ranking(live_server):
         page.screenshot(path=str(shots / "serve-ranking.png"), full_page=True)
         browser.close()
     assert len(read_votes(votes)) == 3
+
+
+def test_ctrl_c_stops_the_server_and_keeps_every_vote(runs, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from conftest import REPO
+
+    port, votes = free_port(), tmp_path / "votes.sqlite"
+    server = subprocess.Popen([sys.executable, "-m", "capitu", "serve", str(runs / "baseline"), str(runs / "rope"),
+                               "--port", str(port), "--votes", str(votes)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/api/models", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    for choice in ("A", "B"):
+        pair = httpx.post(url + "/api/blind", json={"prompt": "Era", "new_tokens": 4}, timeout=30).json()["pair"]
+        assert httpx.post(url + "/api/vote", json={"pair": pair, "choice": choice}, timeout=30).status_code == 200
+    server.send_signal(signal.SIGINT)
+    out, err = server.communicate(timeout=30)
+    assert server.returncode == 0 and "Traceback" not in err, err
+    assert "2 models at http://127.0.0.1:" in out
+    assert [choice for _, _, choice in read_votes(votes)] == ["A", "B"]
