@@ -2,8 +2,9 @@
 
 1. the KV cache vs the same model recomputing its whole window every step (nanoGPT's
    sample.py loop), 256 new tokens;
-2. capitu vs HF transformers' `generate` on the equivalent GPT2LMHeadModel (the same
-   weights, through capitu's HF mapping), greedy, batch 1 and 16;
+2. capitu eager, capitu compiled (the static-cache step, `generate(compile=True)`) and HF
+   transformers' `generate` on the equivalent GPT2LMHeadModel (the same weights, through
+   capitu's HF mapping), greedy, batch 1 and 16, with the compile time;
 3. GQA (n_kv_head = n_head / 4) vs multi-head attention: KV bytes per token and decode speed.
 
     python benchmarks/decode.py [--preset tiny] [--new-tokens 256] [--rounds 3]
@@ -18,7 +19,7 @@ import torch
 import transformers
 
 from capitu.config import load_config
-from capitu.generate import Sampling, generate
+from capitu.generate import Sampling, generate, static_decoder
 from capitu.models import GPT
 from capitu.models.hf import hf_config, hf_state_dict
 
@@ -62,8 +63,8 @@ def recompute(model: GPT, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor
     return sequence
 
 
-def ours(model, prompt):
-    return generate(model, prompt, args.new_tokens, GREEDY)
+def ours(model, prompt, compile=False):
+    return generate(model, prompt, args.new_tokens, GREEDY, compile=compile)
 
 
 def best_rate(calls: dict, batch: int) -> dict:
@@ -99,13 +100,19 @@ def hf_generate(prompt):
                        min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
 
 
-print("\n2. capitu vs HF generate (greedy, same weights)")
-print(f"{'batch':>5} {'capitu tok/s':>13} {'HF tok/s':>10} {'ratio':>6} {'same tokens':>12}")
+print("\n2. capitu eager, capitu compiled and HF generate (greedy, same weights)")
+print(f"{'batch':>5} {'eager tok/s':>12} {'compiled':>9} {'compiled/eager':>15} {'HF tok/s':>9} {'eager/HF':>9} "
+      f"{'compile s':>10} {'same tokens (compiled, HF)':>27}")
 for batch in (1, 16):
     prompt = prompt_of(batch)
-    rates = best_rate({"ours": lambda: ours(baseline, prompt), "hf": lambda: hf_generate(prompt)}, batch)
-    agree = (ours(baseline, prompt) == hf_generate(prompt)).float().mean().item()
-    print(f"{batch:>5} {rates['ours']:>13,.0f} {rates['hf']:>10,.0f} {rates['ours'] / rates['hf']:>6.2f} {agree:>11.1%}")
+    compiled = ours(baseline, prompt, compile=True)  # compiles the step for this batch size
+    compile_s = static_decoder(baseline, batch, baseline.config.block_size).compile_s
+    rates = best_rate({"ours": lambda: ours(baseline, prompt), "compiled": lambda: ours(baseline, prompt, True),
+                       "hf": lambda: hf_generate(prompt)}, batch)
+    eager = ours(baseline, prompt)
+    same = (compiled == eager).float().mean().item(), (eager == hf_generate(prompt)).float().mean().item()
+    print(f"{batch:>5} {rates['ours']:>12,.0f} {rates['compiled']:>9,.0f} {rates['compiled'] / rates['ours']:>15.2f} "
+          f"{rates['hf']:>9,.0f} {rates['ours'] / rates['hf']:>9.2f} {compile_s:>10.1f} {same[0]:>13.1%}, {same[1]:.1%}")
 
 gqa = build(f"model.n_kv_head={baseline.config.n_head // 4}")
 print(f"\n3. GQA (n_kv_head {gqa.config.kv_heads}) vs MHA (n_kv_head {baseline.config.n_head})")

@@ -36,6 +36,7 @@ class BenchOptions:
     batch_sizes: tuple[int, ...] = (1, 16)
     repeats: int = 3  # generation runs per batch size; the fastest counts
     device: str = "auto"
+    compile: bool = False  # decode through the compiled static-cache step (generate.StaticDecoder)
 
 
 def synchronize(device: torch.device) -> None:
@@ -113,7 +114,7 @@ def generation_lengths(config: Config, options: BenchOptions) -> tuple[int, int,
 @torch.no_grad()
 def measure_generation(config: Config, weights: str | None, device: torch.device, options: BenchOptions) -> dict:
     from capitu.checkpoint import restore_weights
-    from capitu.generate import Sampling, for_generation, generate
+    from capitu.generate import Sampling, for_generation, generate, static_decoder
     from capitu.models import build_model
 
     model = build_model(config.model)
@@ -122,7 +123,12 @@ def measure_generation(config: Config, weights: str | None, device: torch.device
     model = for_generation(model, device)
     window, prompt_length, new_tokens = generation_lengths(config, options)
     greedy = Sampling(temperature=0)
-    result = {"prompt_length": prompt_length, "new_tokens": new_tokens, "prefill_tok_s": {}, "decode_tok_s": {}}
+    result = {"prompt_length": prompt_length, "new_tokens": new_tokens, "prefill_tok_s": {}, "decode_tok_s": {},
+              "decode_path": "eager", "compile_s": 0.0}
+    if not options.compile:
+        result["decode_path_reason"] = "not asked (--compile)"
+    elif not model.supports_kv_cache:
+        result["decode_path_reason"] = "no KV cache (a window model)"
     generator = torch.Generator().manual_seed(0)
     for batch in options.batch_sizes:
         prompt = torch.randint(0, config.model.vocab_size, (batch, prompt_length), generator=generator).to(device)
@@ -139,9 +145,15 @@ def measure_generation(config: Config, weights: str | None, device: torch.device
                 synchronize(device)
                 stamps.append(time.perf_counter())
 
-            generate(model, prompt, new_tokens, greedy, on_tokens=stamp)
+            generate(model, prompt, new_tokens, greedy, on_tokens=stamp, compile=options.compile)
             # from the first new token (prefill done) to the last: decode steps only
             decode = max(decode, batch * (new_tokens - 1) / (stamps[-1] - stamps[0]))
+        if options.compile and model.supports_kv_cache:  # compiled once per batch size, on first use
+            decoder = static_decoder(model, batch, window)
+            result["decode_path"] = decoder.path
+            result["compile_s"] += decoder.compile_s
+            if decoder.reason:
+                result["decode_path_reason"] = decoder.reason
         result["prefill_tok_s"][str(batch)] = prefill
         result["decode_tok_s"][str(batch)] = decode
     value_bytes = torch.finfo(next(model.parameters()).dtype).bits // 8

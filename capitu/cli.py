@@ -239,6 +239,8 @@ def add_generate(commands) -> None:
     p.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="more runs to put side by side")
     p.add_argument("--markdown", action="store_true", help="with --compare: Markdown tables, a column per run")
     p.add_argument("--device", default="auto", help="cpu, cuda or mps (default: the best available)")
+    p.add_argument("--compile", action="store_true", help="decode through a static cache and a compiled step "
+                   "(gpt-fast's method; the same text, compiled once per run)")
     p.set_defaults(handler=run_generate)
 
 
@@ -273,10 +275,10 @@ def run_generate(args) -> None:
         if args.stream:
             print(prompt, end="", flush=True)
             complete(model, tokenizer, prompt, args.new_tokens, sampling, args.seed,
-                     write=lambda piece: print(piece, end="", flush=True))
+                     write=lambda piece: print(piece, end="", flush=True), compile=args.compile)
             print()
         else:
-            print(complete(model, tokenizer, prompt, args.new_tokens, sampling, args.seed))
+            print(complete(model, tokenizer, prompt, args.new_tokens, sampling, args.seed, compile=args.compile))
 
 
 def add_bench(commands) -> None:
@@ -297,6 +299,8 @@ def add_bench(commands) -> None:
     p.add_argument("--new-tokens", type=int, default=0, help="generated tokens (default: the rest of the context)")
     p.add_argument("--batch-sizes", default="1,16", help="generation batch sizes (default 1,16)")
     p.add_argument("--repeats", type=int, default=3, help="generation runs per batch size, best kept (default 3)")
+    p.add_argument("--compile", action="store_true", help="decode through the compiled static-cache step "
+                   "(reports decode_path and compile_s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(handler=run_bench)
 
@@ -312,7 +316,8 @@ def run_bench(args) -> None:
         batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     except ValueError:
         raise UserError(f"--batch-sizes expects comma-separated integers, got {args.batch_sizes}") from None
-    options = BenchOptions(args.train_steps, args.prompt_length, args.new_tokens, batch_sizes, args.repeats, args.device)
+    options = BenchOptions(args.train_steps, args.prompt_length, args.new_tokens, batch_sizes, args.repeats, args.device,
+                           args.compile)
     if args.run:
         if args.overrides:
             raise UserError("--set applies to --preset only (a run's model is fixed)")

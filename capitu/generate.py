@@ -5,18 +5,25 @@ then costs one position. When the context is full, the oldest half is dropped an
 remaining half prefilled again (positions restart at 0), so a learned-position model never
 sees a position it was not trained on. Models without a cache (Bengio's FFN) recompute
 their window of the last n tokens each step.
+
+With `compile=True` decoding takes gpt-fast's path (`StaticDecoder`): a static cache and a
+one-token step whose shapes never change, compiled once per model, batch size and context
+(inductor on CPU, CUDA graphs on CUDA); the prompt is prefilled eagerly. Where compiling
+fails, one warning line, and the eager loop runs.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from capitu.errors import UserError
+from capitu.errors import UserError, warn
 from capitu.models.gpt import ContextTooLong
+from capitu.models.kv_cache import StaticKVCache
 
 
 @dataclass
@@ -91,12 +98,57 @@ def check_prompt(model, length: int) -> None:
                              f"{config.block_size}")
 
 
+class StaticDecoder:
+    """One decode step of fixed shapes over a StaticKVCache, compiled once: `prefill` (eager)
+    writes a prompt at a position, `step` (compiled) one token at a tensor position. `path`
+    says which ran ("compiled", or "eager" and `reason`), `compile_s` what compiling took."""
+
+    def __init__(self, model, batch: int, window: int):
+        c, weight = model.config, model.transformer.wte.weight
+        self.model = model
+        self.cache = StaticKVCache(c.n_layer, batch, c.kv_heads, window, c.head_dim, weight.dtype, weight.device)
+        self.path, self.reason, self.compile_s = "compiled", "", 0.0
+        mode = "reduce-overhead" if weight.device.type == "cuda" else None  # CUDA graphs on CUDA
+        # every decoder compiles the same code for its own model and batch: a process serving
+        # or benchmarking several needs more than dynamo's default 8 versions of it
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        compiled = torch.compile(self.eager_step, dynamic=False, fullgraph=True, mode=mode)
+        started = time.perf_counter()
+        try:  # trace and compile now, on slot 0 (every prefill overwrites it), as generation runs: no grad
+            with torch.no_grad():
+                compiled(torch.zeros(batch, 1, dtype=torch.long, device=weight.device),
+                         torch.zeros((), dtype=torch.long, device=weight.device))
+            self.step = compiled
+        except Exception as error:  # no compiler, an unsupported op...: decode eagerly
+            self.path, self.step = "eager", self.eager_step
+            self.reason = f"compiling failed ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})"
+            warn(f"{self.reason}; decoding eagerly")
+        self.compile_s = time.perf_counter() - started
+
+    def eager_step(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """tokens (B, 1) at `position` (0-d) -> logits (B, V) of the next token."""
+        return self.model(tokens, cache=self.cache, last_only=True, start=position)[0][:, -1]
+
+    def prefill(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        start = torch.tensor(position, device=tokens.device)
+        return self.model(tokens, cache=self.cache, last_only=True, start=start)[0][:, -1]
+
+
+def static_decoder(model, batch: int, window: int) -> StaticDecoder:
+    """The model's decoder for this batch size and context, made (and compiled) once."""
+    decoders = model.__dict__.setdefault("_static_decoders", {})
+    if (batch, window) not in decoders:
+        decoders[(batch, window)] = StaticDecoder(model, batch, window)
+    return decoders[(batch, window)]
+
+
 @torch.no_grad()
 def generate(model, prompt: torch.Tensor, new_tokens: int, sampling: Sampling, seed: int | None = None,
              use_cache: bool = True, stop_token: int | None = None,
-             on_tokens: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+             on_tokens: Callable[[torch.Tensor], None] | None = None, compile: bool = False) -> torch.Tensor:
     """prompt (B, T) token ids -> (B, T + n) with n <= new_tokens new tokens (fewer only
-    when every row has produced `stop_token`). `on_tokens` gets each step's (B,) tokens.
+    when every row has produced `stop_token`). `on_tokens` gets each step's (B,) tokens;
+    `compile` takes the StaticDecoder path where the model has a KV cache.
 
     Prompts longer than the context: learned positions raise ContextTooLong, the others
     keep the last tokens of the context."""
@@ -111,15 +163,21 @@ def generate(model, prompt: torch.Tensor, new_tokens: int, sampling: Sampling, s
     sliding = not getattr(model, "supports_kv_cache", False)  # a window model: the last n tokens
     sequence = prompt
     start = max(0, prompt.shape[1] - window)  # first token the model sees
-    cache = model.new_cache(prompt.shape[0], window) if cached else None
+    decoder = static_decoder(model, prompt.shape[0], window) if compile and cached else None
+    cache = model.new_cache(prompt.shape[0], window) if cached and decoder is None else None
     pending = sequence[:, start:]  # tokens not yet in the cache
+    filled = 0  # positions in the cache (the static decoder's position)
     done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=device)
     for _ in range(new_tokens):
-        if cached:
-            logits, _ = model(pending, cache=cache, last_only=True)
+        if decoder is not None:
+            last = decoder.prefill(pending, filled) if pending.shape[1] > 1 or filled == 0 else \
+                decoder.step(pending, torch.tensor(filled, device=device))
+            filled += pending.shape[1]
+        elif cached:
+            last = model(pending, cache=cache, last_only=True)[0][:, -1]
         else:
-            logits, _ = model(sequence[:, -window:] if sliding else sequence[:, start:], last_only=True)
-        token = next_tokens(logits[:, -1], sequence, sampling, generator)
+            last = model(sequence[:, -window:] if sliding else sequence[:, start:], last_only=True)[0][:, -1]
+        token = next_tokens(last, sequence, sampling, generator)
         sequence = torch.cat([sequence, token[:, None]], dim=1)
         if on_tokens is not None:
             on_tokens(token)
@@ -131,7 +189,9 @@ def generate(model, prompt: torch.Tensor, new_tokens: int, sampling: Sampling, s
         if not sliding and sequence.shape[1] - start > window:  # context full: keep its newer half
             start = sequence.shape[1] - window // 2
             if cached:
-                cache.reset()
+                filled = 0
+                if cache is not None:
+                    cache.reset()
                 pending = sequence[:, start:]
     return sequence
 
@@ -185,7 +245,7 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 
 def complete(model, tokenizer, prompt: str, new_tokens: int, sampling: Sampling, seed: int | None,
-             write: Callable[[str], None] | None = None) -> str:
+             write: Callable[[str], None] | None = None, compile: bool = False) -> str:
     """The prompt and its continuation up to the first end-of-text, as text; `write` gets the
     continuation piece by piece as it is generated."""
     device = next(model.parameters()).device
@@ -200,7 +260,7 @@ def complete(model, tokenizer, prompt: str, new_tokens: int, sampling: Sampling,
             if stream:
                 stream.add(value)
 
-    generate(model, ids, new_tokens, sampling, seed, stop_token=tokenizer.eot_id, on_tokens=collect)
+    generate(model, ids, new_tokens, sampling, seed, stop_token=tokenizer.eot_id, on_tokens=collect, compile=compile)
     if stream:
         stream.finish()
     return tokenizer.decode(ids[0, 1:].tolist() + continuation)

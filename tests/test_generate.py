@@ -184,3 +184,28 @@ def test_temperature_one_samples_the_softmax():
     drawn = next_tokens(logits, torch.empty(4000, 0, dtype=torch.long), Sampling(temperature=1.0),
                         torch.Generator().manual_seed(0))
     assert (drawn == 0).float().mean().item() == pytest.approx(0.8, abs=0.03)
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope", "alibi", "none"])
+@pytest.mark.parametrize("n_kv_head", [0, 2, 1])  # multi-head, grouped-query, multi-query
+def test_compiled_static_decoding_equals_eager(pos, n_kv_head):
+    from capitu.config import ModelConfig
+    from capitu.generate import static_decoder
+    from capitu.models import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=97, block_size=24, n_layer=2, n_head=4, n_kv_head=n_kv_head, n_embd=32,
+                            pos=pos)).eval()
+    prompt = torch.randint(0, 97, (2, 5))
+    eager = generate(model, prompt, 40, Sampling(temperature=0))  # past the context of 24: the shift runs too
+    assert torch.equal(generate(model, prompt, 40, Sampling(temperature=0), compile=True), eager)
+    decoder = static_decoder(model, 2, 24)
+    assert decoder.path == "compiled" and decoder.compile_s > 0
+    cache = model.new_cache(2, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(decoder.prefill(prompt, 0), model(prompt, cache=cache, last_only=True)[0][:, -1],
+                                   atol=1e-5, rtol=1e-5)
+        for t in range(5, 23):  # one step at a time, compiled against the growing eager cache
+            token = eager[:, t:t + 1]
+            torch.testing.assert_close(decoder.step(token, torch.tensor(t)),
+                                       model(token, cache=cache, last_only=True)[0][:, -1], atol=1e-5, rtol=1e-5)

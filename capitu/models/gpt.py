@@ -52,7 +52,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope=None, bias=None, cache: KVCache | None = None):
+    def forward(self, x, rope=None, bias=None, cache: KVCache | None = None, positions: torch.Tensor | None = None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2
@@ -65,11 +65,15 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
-        if cache is not None:
+        if getattr(cache, "static", False):  # fixed shapes: every slot, masked by position
+            k, v = cache.update_at(self.layer, positions, k, v)
+        elif cache is not None:
             past = cache.length
             k, v = cache.update(self.layer, k, v)
         if bias is not None:  # ALiBi: the bias carries the causal mask too
             mask, causal = bias.to(q.dtype), False
+        elif getattr(cache, "static", False):
+            mask, causal = cache.mask(positions), False
         elif past and T > 1:  # queries past the cache see the cache and their own prefix
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
             causal = False
@@ -132,8 +136,8 @@ class Block(nn.Module):
         self.ln_2 = norm_layer(config)
         self.mlp = SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
 
-    def forward(self, x, rope=None, bias=None, cache=None):
-        x = x + self.attn(self.ln_1(x), rope, bias, cache)
+    def forward(self, x, rope=None, bias=None, cache=None, positions=None):
+        x = x + self.attn(self.ln_1(x), rope, bias, cache, positions)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -187,32 +191,38 @@ class GPT(nn.Module):
         return 2 * c.n_layer * c.kv_heads * c.head_dim * bytes_per_value
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False):
+                last_only: bool = False, start: torch.Tensor | None = None):
         """idx (B, T) token ids -> (logits (B, T, V), None); with targets (B, T), (None, the
         mean loss), the output layer fused with the loss (models/loss.py: the logits are never
         materialised); with `last_only`, logits (B, 1, V) of the last position alone
-        (generation needs no more, and the output layer is the costliest matrix of a small model)."""
+        (generation needs no more, and the output layer is the costliest matrix of a small model).
+        With a StaticKVCache, `start` (a 0-d tensor) is the position of idx's first token."""
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        positions = torch.arange(start, start + T, device=idx.device)
+        if getattr(cache, "static", False):  # the cache holds at most the context: no check needed
+            positions = start + torch.arange(T, device=idx.device)
+            keys = cache.max_length  # attention spans every slot of the cache
+        else:
+            first = cache.length if cache is not None else 0
+            positions = torch.arange(first, first + T, device=idx.device)
+            keys = first + T
+            if self.config.pos == "learned" and keys > self.config.block_size:
+                raise ContextTooLong(
+                    f"learned positions stop at {self.config.block_size} tokens; got {keys} "
+                    "(crop the context, or use a model with sinusoidal, rope, alibi or no positions)"
+                )
         x = self.transformer.wte(idx)
         pos = self.config.pos
         if pos == "learned":
-            if start + T > self.config.block_size:
-                raise ContextTooLong(
-                    f"learned positions stop at {self.config.block_size} tokens; got {start + T} "
-                    "(crop the context, or use a model with sinusoidal, rope, alibi or no positions)"
-                )
             x = x + self.transformer.wpe(positions)
         elif pos == "sinusoidal":
             # as Vaswani et al. (2017, 3.4): embeddings scaled by sqrt(d_model), or the unit-amplitude
             # sinusoids would drown token embeddings initialised at std 0.02
             x = x * math.sqrt(self.config.n_embd) + sinusoidal(positions, self.config.n_embd).to(x.dtype)
         rope = rope_angles(positions, self.config.head_dim, self.config.rope_base) if pos == "rope" else None
-        bias = alibi_bias(self.alibi_slopes, positions, start + T) if pos == "alibi" else None
+        bias = alibi_bias(self.alibi_slopes, positions, keys) if pos == "alibi" else None
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, rope, bias, cache)
+            x = block(x, rope, bias, cache, positions)
         if cache is not None:
             cache.advance(T)
         x = self.transformer.ln_f(x)

@@ -1,4 +1,9 @@
-"""A preallocated key/value cache that stores only the model's `n_kv_head` heads."""
+"""Preallocated key/value caches that store only the model's `n_kv_head` heads.
+
+`KVCache` returns the filled part (its length grows: shapes change every step). `StaticKVCache`
+writes at positions given as a tensor and always returns the whole buffer, with a mask of the
+filled positions, so that a decode step has the same shapes at every step and
+`torch.compile` traces it once."""
 
 from __future__ import annotations
 
@@ -38,3 +43,25 @@ class KVCache:
         """Bytes the cache holds for one position of one sequence."""
         n_layer, batch, heads, length, dim = self.keys.shape
         return self.nbytes // (batch * length)
+
+
+class StaticKVCache(KVCache):
+    """Positions come from the caller as a tensor (`positions`, (T,)); `update` writes there
+    and returns every position; `mask` says which each query may see (itself and before)."""
+
+    static = True
+
+    def update_at(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
+                  values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys[layer].index_copy_(2, positions, keys)  # (B, H_kv, S, d) at positions (T,)
+        self.values[layer].index_copy_(2, positions, values)
+        return self.keys[layer], self.values[layer]
+
+    def mask(self, positions: torch.Tensor) -> torch.Tensor:
+        """(T, S) booleans: query t sees the cached positions up to its own."""
+        slots = torch.arange(self.max_length, device=positions.device)
+        return slots[None, :] <= positions[:, None]
+
+    def advance(self, steps: int) -> None:
+        """Nothing: the caller keeps the position (a Python counter here would change
+        between steps and make a compiled step recompile)."""
