@@ -7,7 +7,8 @@
    compiled against HF transformers' GPT2LMHeadModel eager and compiled, same batches,
    interleaved rounds (median).
 2. Decode tokens/s at batch 1 and 32 (128-token prompt, 256 new tokens, greedy, bf16
-   weights): capitu's KV-cache loop against HF `generate` with its static cache.
+   weights): capitu's KV-cache loop, eager and compiled (the static-cache step, CUDA graphs),
+   against HF `generate` with its static cache; the compiled tokens against the eager ones.
 3. A smoke training of the `small` preset on a prepared data folder (--data) for
    --smoke-seconds with Muon: the run's loss must fall.
 
@@ -16,6 +17,7 @@ Prints a Markdown report (and writes it to --out): the card, versions, every fig
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 import transformers
 
 from capitu.config import load_config
-from capitu.generate import Sampling, generate
+from capitu.generate import Sampling, generate, static_decoder
 from capitu.models import GPT
 from capitu.train.trainer import PEAK_BF16_FLOPS, peak_flops, train
 
@@ -144,21 +146,28 @@ del contenders
 
 # ---- 2. decode -------------------------------------------------------------------------------
 say(f"\n## Decode (128-token prompt, {args.new_tokens} new tokens, greedy, bf16 weights)\n")
-say("| batch | capitu KV cache tok/s | HF generate (static cache) tok/s | ratio |")
-say("|---|---|---|---|")
+say("| batch | capitu eager tok/s | capitu compiled (CUDA graphs) tok/s | compile s | HF generate (static cache) "
+    "tok/s | compiled / HF | same tokens (compiled vs eager) |")
+say("|---|---|---|---|---|---|---|")
 capitu_model = capitu_model.eval().to(torch.bfloat16)
 hf_model = hf_model.eval().to(torch.bfloat16)
 prompt_length, new_tokens = 128, args.new_tokens
 for batch in (1, 32):
     prompt = torch.randint(1, config.vocab_size, (batch, prompt_length), device=device)
-    timings = {"capitu": [], "hf": []}
+    timings = {"eager": [], "compiled": [], "hf": []}
+    outputs = {}
+    compile_s = float("nan")
     for _ in range(2):
-        synchronize()
-        started = time.perf_counter()
-        with torch.no_grad():
-            generate(capitu_model, prompt, new_tokens, Sampling(temperature=0))
-        synchronize()
-        timings["capitu"].append(time.perf_counter() - started)
+        for name in ("eager", "compiled"):
+            synchronize()
+            started = time.perf_counter()
+            with torch.no_grad():
+                outputs[name] = generate(capitu_model, prompt, new_tokens, Sampling(temperature=0),
+                                         compile=name == "compiled")
+            synchronize()
+            timings[name].append(time.perf_counter() - started)
+            if name == "compiled" and math.isnan(compile_s):
+                compile_s = static_decoder(capitu_model, batch, config.block_size).compile_s
         started = time.perf_counter()
         with torch.no_grad():
             hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
@@ -166,8 +175,10 @@ for batch in (1, 32):
                               pad_token_id=0)
         synchronize()
         timings["hf"].append(time.perf_counter() - started)
-    ours, theirs = (batch * new_tokens / min(timings[k]) for k in ("capitu", "hf"))
-    say(f"| {batch} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f}x |")
+    eager, compiled, theirs = (batch * new_tokens / min(timings[k]) for k in ("eager", "compiled", "hf"))
+    same = (outputs["eager"] == outputs["compiled"]).float().mean().item()
+    say(f"| {batch} | {eager:,.0f} | {compiled:,.0f} | {compile_s:.1f} | {theirs:,.0f} | {compiled / theirs:.2f}x | "
+        f"{same:.1%} |")
 del capitu_model, hf_model
 
 # ---- 3. smoke training --------------------------------------------------------------------
