@@ -159,6 +159,8 @@ def test_a_person_generates_votes_three_times_and_sees_the_ranking(live_server):
             expect(column.locator(".rate")).to_contain_text("tokens/s", timeout=60_000)
             assert column.locator(".text").inner_text().startswith("Capitu tinha olhos de")
         page.screenshot(path=str(shots / "serve-side-by-side.png"), full_page=True)
+        page.click("#tab-ranking")
+        expect(page.locator("#ranking-summary")).to_contain_text("0 votes")
         page.click("#tab-blind")
         for number in range(3):
             page.click("#draw")
