@@ -379,6 +379,8 @@ def add_serve(commands) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--votes", type=Path, help="the votes database (default: PATH/votes.sqlite of the first PATH)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--compile", action="store_true", help="decode through a static cache and a compiled step "
+                   "(each model compiles on its first generation)")
     p.set_defaults(handler=run_serve)
 
 
@@ -387,7 +389,7 @@ def run_serve(args) -> None:
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be between 1 and 65535, got {args.port}")
-    serve(args.paths, args.host, args.port, args.votes, args.device)
+    serve(args.paths, args.host, args.port, args.votes, args.device, args.compile)
 
 
 def add_votes(commands) -> None:

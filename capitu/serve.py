@@ -101,6 +101,7 @@ class Server:
     votes_path: Path
     device: torch.device
     queue_limit: int = 8
+    compile: bool = False  # decode through the compiled static-cache step (generate.StaticDecoder)
     pairs: dict = field(default_factory=dict)  # pair id -> what was shown, until voted on
     quality: dict | None = None
 
@@ -136,7 +137,7 @@ class Server:
         with self.lock:
             model, tokenizer = self.load(served)
             started = time.perf_counter()
-            text = complete(model, tokenizer, prompt, new_tokens, sampling, seed, write=write)
+            text = complete(model, tokenizer, prompt, new_tokens, sampling, seed, write=write, compile=self.compile)
             seconds = time.perf_counter() - started
         generated = len(tokenizer.encode(text)) - len(tokenizer.encode(prompt))
         return text, max(generated, 0) / max(seconds, 1e-9)
@@ -153,10 +154,11 @@ def sampling_of(request) -> Sampling:
     return sampling
 
 
-def create_app(paths: list[Path], votes: Path | None = None, device: str = "cpu", queue_limit: int = 8) -> FastAPI:
+def create_app(paths: list[Path], votes: Path | None = None, device: str = "cpu", queue_limit: int = 8,
+               compile: bool = False) -> FastAPI:
     models = find_models(paths)
     votes = Path(votes) if votes else Path(paths[0]) / "votes.sqlite"
-    server = Server(models, votes, torch.device(device), queue_limit)
+    server = Server(models, votes, torch.device(device), queue_limit, compile)
     app = FastAPI(title="capitu serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
 
@@ -287,10 +289,10 @@ def writing_table(server: Server) -> dict:
     return {"prompts": QUALITY_PROMPTS, "models": rows}
 
 
-def serve(paths: list[Path], host: str, port: int, votes: Path | None, device: str) -> None:
+def serve(paths: list[Path], host: str, port: int, votes: Path | None, device: str, compile: bool = False) -> None:
     import uvicorn
 
-    app = create_app(paths, votes, device)
+    app = create_app(paths, votes, device, compile=compile)
     print(f"capitu serve: {len(app.state.server.models)} models at http://{host}:{port}/ "
           f"(votes: {app.state.server.votes_path}); Ctrl-C stops", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

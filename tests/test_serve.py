@@ -76,6 +76,16 @@ def test_bad_generate_requests_get_a_json_error(client, body, status, message):
     assert response.status_code == status and message in response.json()["error"], response.text
 
 
+def test_compiled_serving_writes_the_same_text(runs, tmp_path):
+    app = create_app([runs / "rope"], votes=tmp_path / "votes.sqlite", compile=True)
+    body = {"model": "m0", "prompt": "Era uma vez", "new_tokens": 10, "seed": 5}
+    with TestClient(app) as compiled:
+        text = events(compiled.post("/api/generate", json=body))[-1]["text"]
+    model, tokenizer = load_for_generation(runs / "rope", torch.device("cpu"))
+    assert text == complete(model, tokenizer, body["prompt"], 10, Sampling(0.8, 40, 1.0, 1.0), 5)
+    assert next(iter(app.state.server.models[0].loaded[0]._static_decoders.values())).path == "compiled"
+
+
 def test_malformed_requests_and_unknown_routes(client):
     response = client.post("/api/generate", content=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 422 and "error" in response.json()
