@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,11 +96,17 @@ def test_ddp_two_processes_equal_one_with_accumulation(optimizer, port, prepared
                             capture_output=True, text=True, cwd=REPO)
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    double = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-         "-m", "capitu", "train", "--out", str(tmp_path / "two"), *common],
-        capture_output=True, text=True, cwd=REPO, env=env,
-    )
+    for attempt in range(2):
+        double = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+             "-m", "capitu", "train", "--out", str(tmp_path / "two"), *common],
+            capture_output=True, text=True, cwd=REPO, env=env,
+        )
+        # a worker killed by SIGABRT inside the launcher (seen once in this session's 8 CI runs; not reproduced
+        # in 16 tries) is taken for the launcher's: one more try from scratch; a real bug fails both
+        if double.returncode == 0 or "Signal 6 (SIGABRT)" not in double.stderr:
+            break
+        shutil.rmtree(tmp_path / "two", ignore_errors=True)
     assert double.returncode == 0, double.stderr[-2000:]
     assert json.loads((tmp_path / "one" / "run.json").read_text())["accumulation"] == 2
     assert json.loads((tmp_path / "two" / "run.json").read_text())["accumulation"] == 1
