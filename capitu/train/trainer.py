@@ -28,11 +28,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import capitu
-from capitu.checkpoint import TOKENIZER, WEIGHTS, restore_weights, save_model
-from capitu.paths import atomic_write_json, check_output, check_writable, staged_folder
+from capitu.checkpoint import CONFIG, TOKENIZER, WEIGHTS, restore_weights, save_model
 from capitu.config import Config, from_dict, to_dict
 from capitu.errors import UserError
 from capitu.models import build_model
+from capitu.paths import atomic_write_json, check_output, check_writable, staged_folder
 from capitu.train.checkpoints import checkpoint_folders, load_checkpoint, save_checkpoint
 from capitu.train.optim import make_optimizer, schedule
 from capitu.train.sampler import WindowSampler, evaluation_starts, windows
@@ -193,7 +193,7 @@ def total_steps(config: Config, batch_tokens: int) -> int:
 
 def read_saved_config(folder: Path) -> dict:
     try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8"))["config"]
+        return json.loads((folder / CONFIG).read_text(encoding="utf-8"))["config"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{folder}: no readable config.json of a training run to resume") from None
 
@@ -224,7 +224,7 @@ def train(config: Config | None, out: Path, resume: bool = False, pause_at: int 
             check_writable(out)
         checkpoint = load_checkpoint(out, repair=writer)
         config = from_dict(Config, read_saved_config(checkpoint[0]))
-    elif writer and (checkpoint_folders(out) or (out / "config.json").exists()):
+    elif writer and (checkpoint_folders(out) or (out / CONFIG).exists()):
         raise UserError(f"{out} already holds a run; use --resume to continue it, or another --out")
     elif writer and (out / RUN_INFO).exists():
         raise UserError(f"{out} holds a run stopped before its first checkpoint; remove it or use another --out")
