@@ -19,7 +19,8 @@ import torch
 import transformers
 
 from capitu.config import load_config
-from capitu.generate import Sampling, generate, static_decoder
+from capitu.decode import static_decoder
+from capitu.generate import Sampling, generate
 from capitu.models import GPT
 from capitu.models.hf import hf_config, hf_state_dict
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 import transformers
 
 from capitu.config import load_config
-from capitu.generate import Sampling, generate, static_decoder
+from capitu.decode import static_decoder
+from capitu.generate import Sampling, generate
 from capitu.models import GPT
 from capitu.train.trainer import PEAK_BF16_FLOPS, peak_flops, train
 

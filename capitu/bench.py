@@ -36,7 +36,7 @@ class BenchOptions:
     batch_sizes: tuple[int, ...] = (1, 16)
     repeats: int = 3  # generation runs per batch size; the fastest counts
     device: str = "auto"
-    compile: bool = False  # decode through the compiled static-cache step (generate.StaticDecoder)
+    compile: bool = True  # decode through the compiled static-cache step (decode.StaticDecoder); False: eager
 
 
 def synchronize(device: torch.device) -> None:
@@ -114,7 +114,8 @@ def generation_lengths(config: Config, options: BenchOptions) -> tuple[int, int,
 @torch.no_grad()
 def measure_generation(config: Config, weights: str | None, device: torch.device, options: BenchOptions) -> dict:
     from capitu.checkpoint import restore_weights
-    from capitu.generate import Sampling, for_generation, generate, static_decoder
+    from capitu.decode import static_decoder
+    from capitu.generate import Sampling, for_generation, generate
     from capitu.models import build_model
 
     model = build_model(config.model)
@@ -126,7 +127,7 @@ def measure_generation(config: Config, weights: str | None, device: torch.device
     result = {"prompt_length": prompt_length, "new_tokens": new_tokens, "prefill_tok_s": {}, "decode_tok_s": {},
               "decode_path": "eager", "compile_s": 0.0}
     if not options.compile:
-        result["decode_path_reason"] = "not asked (--compile)"
+        result["decode_path_reason"] = "--no-compile"
     elif not model.supports_kv_cache:
         result["decode_path_reason"] = "no KV cache (a window model)"
     generator = torch.Generator().manual_seed(0)

@@ -239,8 +239,9 @@ def add_generate(commands) -> None:
     p.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="more runs to put side by side")
     p.add_argument("--markdown", action="store_true", help="with --compare: Markdown tables, a column per run")
     p.add_argument("--device", default="auto", help="cpu, cuda or mps (default: the best available)")
-    p.add_argument("--compile", action="store_true", help="decode through a static cache and a compiled step "
-                   "(gpt-fast's method; the same text, compiled once per run)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode through a static cache and a compiled step (gpt-fast's method; the default: "
+                   "the same text, compiled once per model and batch size); --no-compile: the eager loop")
     p.set_defaults(handler=run_generate)
 
 
@@ -259,7 +260,7 @@ def run_generate(args) -> None:
     prompts = prompts or [""]
     device = pick_device(args.device, 0)
     if args.compare:
-        results = compare(runs, prompts, args.new_tokens, sampling, args.seed, device)
+        results = compare(runs, prompts, args.new_tokens, sampling, args.seed, device, args.compile)
         if args.markdown:
             print(markdown_table(results))
             return
@@ -299,8 +300,9 @@ def add_bench(commands) -> None:
     p.add_argument("--new-tokens", type=int, default=0, help="generated tokens (default: the rest of the context)")
     p.add_argument("--batch-sizes", default="1,16", help="generation batch sizes (default 1,16)")
     p.add_argument("--repeats", type=int, default=3, help="generation runs per batch size, best kept (default 3)")
-    p.add_argument("--compile", action="store_true", help="decode through the compiled static-cache step "
-                   "(reports decode_path and compile_s)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode through the compiled static-cache step (the default; reports decode_path and "
+                   "compile_s); --no-compile: the eager loop")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(handler=run_bench)
 
@@ -379,8 +381,9 @@ def add_serve(commands) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--votes", type=Path, help="the votes database (default: PATH/votes.sqlite of the first PATH)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--compile", action="store_true", help="decode through a static cache and a compiled step "
-                   "(each model compiles on its first generation)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode through a static cache and a compiled step (the default: each model compiles on "
+                   "its first generation); --no-compile: the eager loop")
     p.set_defaults(handler=run_serve)
 
 

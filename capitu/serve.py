@@ -101,7 +101,7 @@ class Server:
     votes_path: Path
     device: torch.device
     queue_limit: int = 8
-    compile: bool = False  # decode through the compiled static-cache step (generate.StaticDecoder)
+    compile: bool = False  # decode through the compiled static-cache step (decode.StaticDecoder)
     pairs: dict = field(default_factory=dict)  # pair id -> what was shown, until voted on
     quality: dict | None = None
 

@@ -26,17 +26,18 @@ def check_result(result, kv_heads, n_layer, head_dim):
 def test_bench_preset_json(capsys):
     code, out, err = run_cli(["bench", "--preset", "tiny", "--set", "model.vocab_size=300", "--set", "model.n_layer=1",
                               "--set", "model.n_kv_head=2", "--set", "model.block_size=32", "--set",
-                              "optim.micro_batch=2", "--json", *FAST], capsys)
+                              "optim.micro_batch=2", "--json", "--no-compile", *FAST], capsys)
     assert code == 0, err
     result = json.loads(out)
     check_result(result, kv_heads=2, n_layer=1, head_dim=128 // 8)
     assert result["train_batch"] == [2, 32] and result["prompt_length"] == 16
-    assert result["decode_path"] == "eager" and result["compile_s"] == 0 and "--compile" in result["decode_path_reason"]
+    assert result["decode_path"] == "eager" and result["compile_s"] == 0
+    assert result["decode_path_reason"] == "--no-compile"
 
 
-def test_bench_compiled_decoding_reports_its_path(capsys):
+def test_bench_decodes_compiled_by_default_and_reports_its_path(capsys):
     code, out, err = run_cli(["bench", "--preset", "tiny", "--set", "model.vocab_size=300", "--set", "model.n_layer=1",
-                              "--set", "model.block_size=32", "--json", "--compile", *FAST], capsys)
+                              "--set", "model.block_size=32", "--json", *FAST], capsys)
     assert code == 0, err
     result = json.loads(out)
     assert result["decode_path"] == "compiled" and result["compile_s"] > 0 and "decode_path_reason" not in result

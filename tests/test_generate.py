@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,6 +131,9 @@ def test_cli_prompt_round_trips_accents(run, capsys):
     assert out.startswith(prompt)
     code, streamed, err = run_cli(["generate", run, "--prompt", prompt, "-n", "5", "--seed", "3", "--stream"], capsys)
     assert code == 0 and streamed == out
+    # the default decodes through the compiled static step; the eager loop samples the same text
+    code, eager, err = run_cli(["generate", run, "--prompt", prompt, "-n", "5", "--seed", "3", "--no-compile"], capsys)
+    assert code == 0 and eager == out
 
 
 def test_cli_empty_prompt_starts_from_end_of_text(run, capsys):
@@ -178,6 +182,22 @@ def test_cli_missing_or_corrupt_run_exits_2(run, tmp_path, capsys):
     assert code == 2 and "corrupt" in err
 
 
+def test_draw_follows_the_distribution_and_never_draws_a_zero():
+    """Inverse-CDF sampling against the probabilities themselves: a chi-square test on 20,000
+    draws, and the tokens of probability 0 (what top-k and top-p leave) never come out."""
+    from scipy.stats import chisquare
+
+    from capitu.generate import draw
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(20000, 1)
+    counts = torch.bincount(draw(probs, torch.Generator().manual_seed(0)), minlength=5)
+    assert counts[1] == counts[4] == 0
+    assert chisquare(counts[[0, 2, 3]].numpy(), 20000 * np.array([0.5, 0.3, 0.2])).pvalue > 1e-3
+    one_hot = torch.zeros(3, 7)
+    one_hot[0, 6], one_hot[1, 0], one_hot[2, 3] = 1, 1, 1  # certain tokens, at both ends and inside
+    assert draw(one_hot, None).tolist() == [6, 0, 3]
+
+
 def test_temperature_one_samples_the_softmax():
     """A two-token distribution, probabilities 0.8 / 0.2: the drawn frequencies match."""
     logits = torch.tensor([[math.log(0.8), math.log(0.2)]]).repeat(4000, 1)
@@ -186,22 +206,34 @@ def test_temperature_one_samples_the_softmax():
     assert (drawn == 0).float().mean().item() == pytest.approx(0.8, abs=0.03)
 
 
-@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope", "alibi", "none"])
-@pytest.mark.parametrize("n_kv_head", [0, 2, 1])  # multi-head, grouped-query, multi-query
-def test_compiled_static_decoding_equals_eager(pos, n_kv_head):
+MODERN = dict(norm="rmsnorm", mlp="swiglu", qk_norm=True, logit_softcap=15.0, tie_embeddings=False, bias=False)
+
+
+POSITIONS = ["learned", "sinusoidal", "rope", "alibi", "none"]
+STATIC_CASES = (  # (pos, n_kv_head: 0 multi-head, 2 grouped-query, 1 multi-query, batch, knobs)
+    [(pos, kv, 2, {}) for pos in POSITIONS for kv in (0, 2, 1)]  # every variant, fused CPU loops
+    + [(pos, kv, 2, MODERN) for pos in ("rope", "alibi") for kv in (0, 2, 1)]  # the ladder's knobs
+    + [(pos, 0, 16, {}) for pos in ("learned", "rope", "alibi")]  # batch 16: the library's GEMM
+)
+
+
+@pytest.mark.parametrize("pos, n_kv_head, batch, knobs", STATIC_CASES,
+                         ids=[f"{p}-kv{kv}-b{b}{'-modern' if k else ''}" for p, kv, b, k in STATIC_CASES])
+def test_compiled_static_decoding_equals_eager(pos, n_kv_head, batch, knobs):
     from capitu.config import ModelConfig
-    from capitu.generate import static_decoder
+    from capitu.decode import static_decoder
     from capitu.models import GPT
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=97, block_size=24, n_layer=2, n_head=4, n_kv_head=n_kv_head, n_embd=32,
-                            pos=pos)).eval()
-    prompt = torch.randint(0, 97, (2, 5))
+                            pos=pos, **knobs)).eval()
+    prompt = torch.randint(0, 97, (batch, 5))
     eager = generate(model, prompt, 40, Sampling(temperature=0))  # past the context of 24: the shift runs too
     assert torch.equal(generate(model, prompt, 40, Sampling(temperature=0), compile=True), eager)
-    decoder = static_decoder(model, 2, 24)
+    decoder = static_decoder(model, batch, 24)
+    assert (decoder.step_model is model) == (batch > 8)
     assert decoder.path == "compiled" and decoder.compile_s > 0
-    cache = model.new_cache(2, 24)
+    cache = model.new_cache(batch, 24)
     with torch.no_grad():
         torch.testing.assert_close(decoder.prefill(prompt, 0), model(prompt, cache=cache, last_only=True)[0][:, -1],
                                    atol=1e-5, rtol=1e-5)

@@ -1,0 +1,98 @@
+"""The fast decode path (gpt-fast's method): a static KV cache and a one-token step whose
+shapes never change, compiled once per model, batch size and context.
+
+On CUDA the step runs as a CUDA graph (`mode="reduce-overhead"`). On CPU, at batch sizes up
+to `REDUCTION_BATCH`, the step is compiled from a view of the model whose linear layers are
+written as multiply-and-sum (`ReductionLinear`): inductor turns each into one fused loop over
+both cores, where the library's matrix-vector product runs on one core and pays a call per
+layer. On the tiny preset that is the larger half of the gain (benchmarks/decode.py). The
+prompt is prefilled eagerly by the model itself; where compiling fails, one warning line, and
+the step runs eagerly.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.nn as nn
+
+from capitu.errors import warn
+from capitu.models.kv_cache import StaticKVCache
+
+REDUCTION_BATCH = 8  # on 2 CPU cores the fused loops win up to batch 8 (x1.3), the library from 16 (x1.5)
+
+
+class ReductionLinear(nn.Module):
+    """An nn.Linear's own weight and bias (shared, not copied), applied as a product and a sum
+    over the input features, for inductor to fuse; eagerly it would be slow: compiled use only."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = (x[..., None, :] * self.weight).sum(-1)  # (..., 1, in) * (out, in) -> (..., out)
+        return y if self.bias is None else y + self.bias
+
+
+def with_reduction_linears(module: nn.Module) -> nn.Module:
+    """A copy of the module tree sharing every parameter and buffer, its nn.Linear layers
+    replaced by ReductionLinear; the module itself is untouched."""
+    clone = copy.copy(module)  # a new module object over the same tensors
+    clone._modules = type(module._modules)(
+        (name, ReductionLinear(child) if isinstance(child, nn.Linear) else with_reduction_linears(child))
+        for name, child in module._modules.items()
+    )
+    return clone
+
+
+class StaticDecoder:
+    """`prefill` (eager) writes a prompt at a position, `step` (compiled) one token at a tensor
+    position, into one StaticKVCache. `path` says which ran ("compiled", or "eager" and
+    `reason`), `compile_s` what compiling took."""
+
+    def __init__(self, model, batch: int, window: int):
+        c, weight = model.config, model.transformer.wte.weight
+        self.model = model
+        self.cache = StaticKVCache(c.n_layer, batch, c.kv_heads, window, c.head_dim, weight.dtype, weight.device)
+        self.path, self.reason, self.compile_s = "compiled", "", 0.0
+        on_cuda = weight.device.type == "cuda"
+        self.step_model = with_reduction_linears(model) if not on_cuda and batch <= REDUCTION_BATCH else model
+        # every decoder compiles the same code for its own model and batch: a process serving
+        # or benchmarking several needs more than dynamo's default 8 versions of it
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        compiled = torch.compile(self.compiled_step, dynamic=False, fullgraph=True,
+                                 mode="reduce-overhead" if on_cuda else None)
+        started = time.perf_counter()
+        try:  # trace and compile now, on slot 0 (every prefill overwrites it), as generation runs: no grad
+            with torch.no_grad():
+                compiled(torch.zeros(batch, 1, dtype=torch.long, device=weight.device),
+                         torch.zeros((), dtype=torch.long, device=weight.device))
+            self.step = compiled
+        except Exception as error:  # no compiler, an unsupported op...: decode eagerly
+            self.path, self.step = "eager", self.eager_step
+            self.reason = f"compiling failed ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})"
+            warn(f"{self.reason}; decoding eagerly")
+        self.compile_s = time.perf_counter() - started
+
+    def compiled_step(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """tokens (B, 1) at `position` (0-d) -> logits (B, V) of the next token."""
+        return self.step_model(tokens, cache=self.cache, last_only=True, start=position)[0][:, -1]
+
+    def eager_step(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        return self.prefill(tokens, position)
+
+    def prefill(self, tokens: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+        """tokens (B, T) from `position` -> logits (B, V) after the last of them."""
+        start = torch.as_tensor(position, device=tokens.device)
+        return self.model(tokens, cache=self.cache, last_only=True, start=start)[0][:, -1]
+
+
+def static_decoder(model, batch: int, window: int) -> StaticDecoder:
+    """The model's decoder for this batch size and context, made (and compiled) once."""
+    decoders = model.__dict__.setdefault("_static_decoders", {})
+    if (batch, window) not in decoders:
+        decoders[(batch, window)] = StaticDecoder(model, batch, window)
+    return decoders[(batch, window)]
