@@ -5,7 +5,9 @@
 2. capitu eager, capitu compiled (the static-cache step, `generate(compile=True)`) and HF
    transformers' `generate` on the equivalent GPT2LMHeadModel (the same weights, through
    capitu's HF mapping), greedy, batch 1 and 16, with the compile time;
-3. GQA (n_kv_head = n_head / 4) vs multi-head attention: KV bytes per token and decode speed.
+3. GQA (n_kv_head = n_head / 4) vs multi-head attention: KV bytes per token and decode speed;
+4. drawing one token from the model's vocabulary, `torch.multinomial` vs `generate.draw`
+   (inverse CDF), and sampled generation (temperature 0.8), eager vs compiled.
 
     python benchmarks/decode.py [--preset tiny] [--new-tokens 256] [--rounds 3]
 
@@ -20,7 +22,7 @@ import transformers
 
 from capitu.config import load_config
 from capitu.decode import static_decoder
-from capitu.generate import Sampling, generate
+from capitu.generate import Sampling, draw, generate
 from capitu.models import GPT
 from capitu.models.hf import hf_config, hf_state_dict
 
@@ -124,3 +126,22 @@ for batch in (1, 16):
     prompt = prompt_of(batch)
     rates = best_rate({"mha": lambda: ours(baseline, prompt), "gqa": lambda: ours(gqa, prompt)}, batch)
     print(f"{batch:>5} {rates['mha']:>10,.0f} {rates['gqa']:>10,.0f} {rates['gqa'] / rates['mha']:>8.2f}")
+
+print(f"\n4. Sampling: one token from {args.vocab_size:,} probabilities, batch 1 (microseconds, best of 5 x 300)")
+probs = torch.randn(1, args.vocab_size, device=device).softmax(-1)
+sampler = torch.Generator(device=device).manual_seed(0)
+
+
+def per_call_us(call, calls=300):
+    return min(timed(lambda: [call() for _ in range(calls)]) for _ in range(5)) / calls * 1e6
+
+
+print(f"torch.multinomial {per_call_us(lambda: torch.multinomial(probs, 1, generator=sampler)):.0f} us, "
+      f"draw {per_call_us(lambda: draw(probs, sampler)):.0f} us")
+prompt, sampled = prompt_of(1), Sampling(temperature=0.8)
+rates = best_rate({"eager": lambda: generate(baseline, prompt, args.new_tokens, sampled, seed=1),
+                   "compiled": lambda: generate(baseline, prompt, args.new_tokens, sampled, seed=1, compile=True)}, 1)
+same = torch.equal(generate(baseline, prompt, args.new_tokens, sampled, seed=1),
+                   generate(baseline, prompt, args.new_tokens, sampled, seed=1, compile=True))
+print(f"sampled generation (temperature 0.8, seed 1), batch 1: eager {rates['eager']:,.0f}, compiled "
+      f"{rates['compiled']:,.0f} tok/s, ratio {rates['compiled'] / rates['eager']:.2f} (same tokens: {same})")

@@ -247,6 +247,9 @@ def format_table(result: dict) -> str:
     for batch in result["prefill_tok_s"]:
         lines.append(f"{'prefill, batch ' + batch:<22} {result['prefill_tok_s'][batch]:>12,.0f} tok/s")
         lines.append(f"{'decode, batch ' + batch:<22} {result['decode_tok_s'][batch]:>12,.0f} tok/s")
+    path = result["decode_path"]
+    lines.append(f"{'decode path':<22} {path:>12}   " + (f"compiling took {result['compile_s']:.1f} s, not counted above"
+                                                          if path == "compiled" else result["decode_path_reason"]))
     lines.append(f"{'generation peak':<22} {size(result['peak_generate_bytes']):>18}"
                  f" (at start {size(result['generate_start_bytes'])})   SDPA {result['sdpa_kernel_decode']}")
     lines.append(f"{'KV cache per token':<22} {kv['shapes']:>12,} B from shapes, {kv['allocated']:,} B allocated "

@@ -13,6 +13,7 @@ the step runs eagerly.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 
 import torch
@@ -66,6 +67,9 @@ class StaticDecoder:
         compiled = torch.compile(self.compiled_step, dynamic=False, fullgraph=True,
                                  mode="reduce-overhead" if on_cuda else None)
         started = time.perf_counter()
+        if sys.stderr.isatty():  # a person waits: say why (seconds; a log or a pipe gets nothing)
+            print(f"capitu: compiling the decode step for batch {batch} (once per model and batch size; "
+                  "--no-compile skips it)", file=sys.stderr, flush=True)
         try:  # trace and compile now, on slot 0 (every prefill overwrites it), as generation runs: no grad
             with torch.no_grad():
                 compiled(torch.zeros(batch, 1, dtype=torch.long, device=weight.device),

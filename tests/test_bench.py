@@ -48,7 +48,7 @@ def test_bench_run_table(tmp_path, prepared_char, capsys):
     make_run(tmp_path / "run", prepared_char, pos="alibi")
     code, out, err = run_cli(["bench", tmp_path / "run", *FAST], capsys)
     assert code == 0, err
-    assert "decode, batch 3" in out and "KV cache per token" in out
+    assert "decode, batch 3" in out and "KV cache per token" in out and "decode path" in out
     assert any(f"SDPA {kernel}" in out for kernel in SDPA_KERNELS.values())
 
 

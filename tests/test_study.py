@@ -90,6 +90,7 @@ def test_micro_study_writes_every_file_and_section(micro_study):
         assert f"\n## {section}\n" in report
     assert "«Capitu tinha olhos de»" in report and "| rope | Era uma vez" in report
     assert "paired t-test" in report and "Extrapolation" in report
+    assert "Decoding ran through the compiled static-cache step for baseline, rope (compiling took" in report
 
 
 def test_report_numbers_equal_the_runs_eval_json(micro_study):
@@ -119,6 +120,7 @@ def test_report_numbers_equal_the_runs_eval_json(micro_study):
         assert entry["bench"]["spread"]["train_tok_s"]["values"] == [r["train_tok_s"] for r in rounds]
         assert rows[variant][8] == f"{median:,.0f} ({rates[0]:,.0f}-{rates[1]:,.0f})"
         assert rows[variant][12] == f"{rounds[0]['kv_bytes_per_token']['shapes']:,}"
+        assert all(r["decode_path"] == "compiled" and r["compile_s"] > 0 for r in rounds)  # the default path
     # the p-value, independently: 2 seeds, t with 1 degree of freedom (Cauchy tail)
     d = [a - b for a, b in zip(losses["rope"], losses["baseline"])]
     t = (sum(d) / 2) / (abs(d[0] - d[1]) / math.sqrt(2) / math.sqrt(2))

@@ -58,6 +58,10 @@ class StaticKVCache(KVCache):
         shape = (batch, n_kv_head, max_length, head_dim)
         self.layer_keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.layer_values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        for tensor in self.layer_keys + self.layer_values:
+            # CUDA graphs replay fixed addresses: without this mark, a graph input written in
+            # place makes them skip the step (as HF's StaticCache marks its tensors)
+            torch._dynamo.mark_static_address(tensor)
         self.max_length = max_length
         self.length = 0
 

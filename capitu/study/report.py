@@ -51,6 +51,22 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def decode_path_words(entries: list[dict]) -> str:
+    """Which decode path the benches ran, compiling time apart: a sentence for the setup."""
+    benched = [e for e in entries if e.get("bench")]
+    compiled = [e["name"] for e in benched if e["bench"].get("decode_path") == "compiled"]
+    eager = [f"{e['name']} ({e['bench'].get('decode_path_reason', 'eager')})" for e in benched
+             if e["bench"].get("decode_path") != "compiled"]
+    words = []
+    if compiled:
+        seconds = [e["bench"]["compile_s"] for e in benched if e["name"] in compiled]
+        words.append(f"Decoding ran through the compiled static-cache step for {', '.join(compiled)} (compiling took "
+                     f"{min(seconds):.1f}-{max(seconds):.1f} s in the first round, not counted in tokens/s)")
+    if eager:
+        words.append(f"eagerly for {', '.join(eager)}")
+    return ("; ".join(words) + ".") if words else ""
+
+
 def bench_summary(rounds: list[dict]) -> dict:
     """One bench result of the rounds: the first round's memory and shapes, the timings'
     medians in place of its timings, and under "spread" each timing's median and range."""
@@ -369,7 +385,8 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
                                     f"the baseline by a paired t-test over seeds on test loss. Speed and memory "
                                     f"come from `capitu bench` on the first seed's model, {study['bench_rounds']} "
                                     f"rounds interleaved across variants: timings are the median (range) of the "
-                                    f"rounds (CPU memory: peak resident memory of the measuring process).")])
+                                    f"rounds (CPU memory: peak resident memory of the measuring process). "
+                                    f"{decode_path_words(entries)}")])
     head, rows = main_table(results)
     length_head, length_rows = length_table(results)
     sections = [
