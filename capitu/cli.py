@@ -218,6 +218,13 @@ def run_eval(args) -> None:
         raise UserError(f"could not save {path}: {error.strerror or error} (the result is printed above)") from None
 
 
+def add_compile_option(p, note: str) -> None:
+    """--compile / --no-compile, on by default: decoding through decode.py's compiled step."""
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"decode through a static cache and a compiled step (gpt-fast's method; the default: {note}); "
+                   "--no-compile: the eager loop")
+
+
 def add_generate(commands) -> None:
     p = commands.add_parser(
         "generate", help="continue Portuguese prompts with a run's model (KV cache, streaming, comparisons)",
@@ -239,9 +246,7 @@ def add_generate(commands) -> None:
     p.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="more runs to put side by side")
     p.add_argument("--markdown", action="store_true", help="with --compare: Markdown tables, a column per run")
     p.add_argument("--device", default="auto", help="cpu, cuda or mps (default: the best available)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="decode through a static cache and a compiled step (gpt-fast's method; the default: "
-                   "the same text, compiled once per model and batch size); --no-compile: the eager loop")
+    add_compile_option(p, "the same text, compiled once per model and batch size")
     p.set_defaults(handler=run_generate)
 
 
@@ -300,9 +305,7 @@ def add_bench(commands) -> None:
     p.add_argument("--new-tokens", type=int, default=0, help="generated tokens (default: the rest of the context)")
     p.add_argument("--batch-sizes", default="1,16", help="generation batch sizes (default 1,16)")
     p.add_argument("--repeats", type=int, default=3, help="generation runs per batch size, best kept (default 3)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="decode through the compiled static-cache step (the default; reports decode_path and "
-                   "compile_s); --no-compile: the eager loop")
+    add_compile_option(p, "reports decode_path and compile_s")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(handler=run_bench)
 
@@ -381,9 +384,7 @@ def add_serve(commands) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--votes", type=Path, help="the votes database (default: PATH/votes.sqlite of the first PATH)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="decode through a static cache and a compiled step (the default: each model compiles on "
-                   "its first generation); --no-compile: the eager loop")
+    add_compile_option(p, "each model compiles on its first generation")
     p.set_defaults(handler=run_serve)
 
 

@@ -76,7 +76,7 @@ class StaticDecoder:
                          torch.zeros((), dtype=torch.long, device=weight.device))
             self.step = compiled
         except Exception as error:  # no compiler, an unsupported op...: decode eagerly
-            self.path, self.step = "eager", self.eager_step
+            self.path, self.step = "eager", self.prefill  # the same step, uncompiled
             self.reason = f"compiling failed ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})"
             warn(f"{self.reason}; decoding eagerly")
         self.compile_s = time.perf_counter() - started
@@ -84,9 +84,6 @@ class StaticDecoder:
     def compiled_step(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """tokens (B, 1) at `position` (0-d) -> logits (B, V) of the next token."""
         return self.step_model(tokens, cache=self.cache, last_only=True, start=position)[0][:, -1]
-
-    def eager_step(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        return self.prefill(tokens, position)
 
     def prefill(self, tokens: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         """tokens (B, T) from `position` -> logits (B, V) after the last of them."""

@@ -67,23 +67,22 @@ def find_models(paths: list[Path]) -> list[ServedModel]:
     return models
 
 
-class GenerateRequest(BaseModel):
-    model: str
+class SamplingRequest(BaseModel):
+    """A prompt and how to continue it: what a generation and a blind pair both ask."""
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
     new_tokens: int = Field(40, ge=1)
     temperature: float = Field(0.8, ge=0, le=10)
     top_k: int = Field(40, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
+
+
+class GenerateRequest(SamplingRequest):
+    model: str
     seed: int = 1234
 
 
-class BlindRequest(BaseModel):
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
-    new_tokens: int = Field(40, ge=1)
-    temperature: float = Field(0.8, ge=0, le=10)
-    top_k: int = Field(40, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
+class BlindRequest(SamplingRequest):
+    seed: int | None = None  # None: drawn by the server
 
 
 class VoteRequest(BaseModel):

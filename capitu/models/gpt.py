@@ -76,16 +76,15 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        past = 0
         if getattr(cache, "static", False):  # fixed shapes: every slot, masked by position
             k, v = cache.update_at(self.layer, positions, k, v)
-        elif cache is not None:
-            past = cache.length
-            k, v = cache.update(self.layer, k, v)
-        if getattr(cache, "static", False):
             mask = bias.to(q.dtype) if bias is not None else cache.mask(positions)
             y = static_attention(q, k, v, mask)  # (B, H, T, d)
             return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(self.layer, k, v)
         if bias is not None:  # ALiBi: the bias carries the causal mask too
             mask, causal = bias.to(q.dtype), False
         elif past and T > 1:  # queries past the cache see the cache and their own prefix
