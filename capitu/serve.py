@@ -31,7 +31,7 @@ from capitu.errors import UserError
 from capitu.generate import Sampling, complete, load_for_generation, prompt_ids
 from capitu.pages import render
 from capitu.quality import training_vocabulary, writing_numbers
-from capitu.votes import connect, ranking, record_vote
+from capitu.votes import connect, ranking, record_vote, vote_rows
 
 QUALITY_PROMPTS = ["Capitu tinha olhos de", "Era uma vez um rapaz que", "A cidade do Rio de Janeiro",
                    "Naquele tempo, o amor", "— Não sei, respondeu ela,", "Quando cheguei à casa"]
@@ -255,7 +255,7 @@ def create_app(paths: list[Path], votes: Path | None = None, device: str = "cpu"
     @app.get("/api/ranking")
     def get_ranking():
         with server.database:
-            rows = server.votes.execute("SELECT model_a, model_b, choice FROM votes ORDER BY id").fetchall()
+            rows = vote_rows(server.votes)
         return ranking(rows)
 
     @app.get("/api/quality")

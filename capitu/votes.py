@@ -45,6 +45,11 @@ def record_vote(connection: sqlite3.Connection, prompt: str, models: tuple[str, 
             (time.strftime("%Y-%m-%dT%H:%M:%S"), prompt, *models, *texts, json.dumps(settings), choice))
 
 
+def vote_rows(connection: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """(model_a, model_b, choice) of every vote, in the order cast: what `ranking` reads."""
+    return connection.execute("SELECT model_a, model_b, choice FROM votes ORDER BY id").fetchall()
+
+
 def read_votes(path: Path) -> list[tuple[str, str, str]]:
     """(model_a, model_b, choice) of every vote in the file at `path`; none when the file is
     not there yet (its folder is)."""
@@ -54,7 +59,7 @@ def read_votes(path: Path) -> list[tuple[str, str, str]]:
         raise UserError(f"no votes file at {path}")
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        rows = connection.execute("SELECT model_a, model_b, choice FROM votes ORDER BY id").fetchall()
+        rows = vote_rows(connection)
         connection.close()
     except sqlite3.DatabaseError as error:
         raise UserError(f"{path}: not a capitu votes file ({error})") from None

@@ -54,16 +54,17 @@ def metrics(run: Path) -> list[dict]:
 def decode_path_words(entries: list[dict]) -> str:
     """Which decode path the benches ran, compiling time apart: a sentence for the setup."""
     benched = [e for e in entries if e.get("bench")]
-    compiled = [e["name"] for e in benched if e["bench"].get("decode_path") == "compiled"]
-    eager = [f"{e['name']} ({e['bench'].get('decode_path_reason', 'eager')})" for e in benched
-             if e["bench"].get("decode_path") != "compiled"]
+    compiled = [e for e in benched if e["bench"].get("decode_path") == "compiled"]
+    eager = [e for e in benched if e not in compiled]
     words = []
     if compiled:
-        seconds = [e["bench"]["compile_s"] for e in benched if e["name"] in compiled]
-        words.append(f"Decoding ran through the compiled static-cache step for {', '.join(compiled)} (compiling took "
-                     f"{min(seconds):.1f}-{max(seconds):.1f} s in the first round, not counted in tokens/s)")
+        seconds = [e["bench"]["compile_s"] for e in compiled]
+        words.append(f"Decoding ran through the compiled static-cache step for {', '.join(e['name'] for e in compiled)} "
+                     f"(compiling took {min(seconds):.1f}-{max(seconds):.1f} s in the first round, not counted in "
+                     "tokens/s)")
     if eager:
-        words.append(f"eagerly for {', '.join(eager)}")
+        words.append("eagerly for " + ", ".join(f"{e['name']} ({e['bench'].get('decode_path_reason', 'eager')})"
+                                                for e in eager))
     return ("; ".join(words) + ".") if words else ""
 
 
