@@ -1,26 +1,37 @@
 """capitu's CUDA paths, measured in one run on one GPU.
 
-    python benchmarks/gpu.py [--data DIR] [--smoke-seconds 120] [--steps 20] [--out FILE]
+    python benchmarks/gpu.py [--data DIR] [--smoke-seconds 75] [--only 1,2,3,4] [--out FILE]
 
-1. Training tokens/s and MFU at the `gpt2` preset's shape (GPT-2 small: 12 layers, 768 wide,
-   batch 16 x 1024, vocabulary 50,257), bf16 autocast, AdamW fused: capitu eager and
-   compiled against HF transformers' GPT2LMHeadModel eager and compiled, same batches,
-   interleaved rounds (median).
-2. Decode tokens/s at batch 1 and 32 (128-token prompt, 256 new tokens, greedy, bf16
-   weights): capitu's KV-cache loop, eager and compiled (the static-cache step, CUDA graphs),
-   against HF `generate` with its static cache; the compiled tokens against the eager ones.
-3. A smoke training of the `small` preset on a prepared data folder (--data) for
-   --smoke-seconds with Muon: the run's loss must fall.
+Sections, most needed first (each one that fails is reported and the run goes on; the report
+is rewritten after every line, so a run cut short keeps what it measured):
 
-Prints a Markdown report (and writes it to --out): the card, versions, every figure.
+1. Parity on CUDA, fp32 (TF32 off): greedy tokens of the compiled decode step (CUDA graphs)
+   against the eager loop, for every position encoding and MHA/GQA/MQA at the `tiny` shape,
+   with a prompt that fills the context, so the context-full shift runs too.
+2. Decode tokens/s at the `gpt2` shape (GPT-2 small, vocabulary 50,257, bf16 weights), batch
+   1 and 32, 128-token prompt, greedy: capitu eager and compiled against HF `generate` with
+   its static cache, best of two interleaved rounds; compile time apart.
+3. Training tokens/s and MFU at the `gpt2` shape (batch 16 x 1024, bf16 autocast, fused
+   AdamW): capitu eager and compiled against HF GPT2LMHeadModel eager and compiled, the same
+   batches, interleaved rounds (median); then where a compiled step's GPU time goes.
+4. A smoke training through the command line under torchrun (NCCL, world 1) with
+   run.compile on: `small` preset, Muon, --smoke-seconds on a prepared folder (--data);
+   the loss must fall.
+
+MFU is given against the datasheet's dense bf16 rate and against a bf16 matrix product
+measured at the start of the run.
 """
 
 import argparse
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -28,34 +39,112 @@ import torch.nn.functional as F
 import transformers
 
 from capitu.config import load_config
-from capitu.decode import static_decoder
+from capitu.decode import StaticDecoder, reduction_linears_pay, static_decoder
 from capitu.generate import Sampling, generate
 from capitu.models import GPT
-from capitu.train.trainer import PEAK_BF16_FLOPS, peak_flops, train
+from capitu.train.trainer import peak_flops
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--data", type=Path, help="a prepared data folder for the smoke training (skipped without)")
-parser.add_argument("--smoke-seconds", type=float, default=120.0)
+parser.add_argument("--smoke-seconds", type=float, default=75.0)
 parser.add_argument("--steps", type=int, default=10, help="timed training steps per round")
 parser.add_argument("--rounds", type=int, default=3)
-parser.add_argument("--out", type=Path, help="also write the report here")
-parser.add_argument("--preset", default="gpt2", help="the training shape (a dry run elsewhere: tiny)")
+parser.add_argument("--out", type=Path, help="also write the report here (rewritten after every line)")
+parser.add_argument("--preset", default="gpt2", help="the training and decode shape (a dry run elsewhere: tiny)")
+parser.add_argument("--parity-preset", default="tiny")
 parser.add_argument("--smoke-preset", default="small")
 parser.add_argument("--new-tokens", type=int, default=128)
 parser.add_argument("--no-compile", action="store_true", help="skip the compiled contenders (a quick dry run)")
+parser.add_argument("--only", default="1,2,3,4", help="the sections to run, e.g. 2,3 (default all)")
 args = parser.parse_args()
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-torch.backends.cuda.matmul.allow_tf32 = True
-torch.backends.cudnn.allow_tf32 = True
 card = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (a dry run)"
-lines = [f"# capitu on {card}", "",
-         f"torch {torch.__version__}, transformers {transformers.__version__}, CUDA {torch.version.cuda}; "
-         f"peak bf16 taken as {(peak_flops(device) or 0) / 1e12:.0f} TFLOP/s ({PEAK_BF16_FLOPS})", ""]
+began = time.perf_counter()
+lines = []
 
 
 def say(text=""):
     print(text, flush=True)
     lines.append(text)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def synchronize():
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def section(title, body):
+    """Run one section; a failure is reported (its traceback to stderr) and the run goes on."""
+    say(f"\n## {title}\n")
+    started = time.perf_counter()
+    try:
+        body()
+    except Exception as error:  # noqa: BLE001 (a benchmark reports every failure and goes on)
+        traceback.print_exc()
+        say(f"FAILED: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    say(f"\n({time.perf_counter() - started:.0f} s; {time.perf_counter() - began:.0f} s since the start)")
+
+
+def matmul_rate() -> float:
+    """bf16 FLOP/s of a large matrix product on random data, the mean of 10 after 3 warm-ups."""
+    n = 8192 if device.type == "cuda" else 512
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    synchronize()
+    started = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    synchronize()
+    return 10 * 2 * n**3 / (time.perf_counter() - started)
+
+
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+datasheet, measured = peak_flops(device), matmul_rate()
+say(f"# capitu on {card}")
+say("")
+say(f"torch {torch.__version__}, transformers {transformers.__version__}, CUDA {torch.version.cuda}, "
+    f"Python {sys.version.split()[0]}. Dense bf16 rate: datasheet {(datasheet or 0) / 1e12:.0f} TFLOP/s, "
+    f"measured here {measured / 1e12:.0f} TFLOP/s (8192^3 product, random data).")
+
+
+def variant_config(preset, overrides):
+    return load_config(preset, overrides=overrides).model
+
+
+# ---- 1. parity -----------------------------------------------------------------------------
+VARIANTS = [("learned, MHA", []), ("sinusoidal, MHA", ["model.pos=sinusoidal"]),
+            ("rope, GQA 2 groups", ["model.pos=rope", "model.n_kv_head=2"]),
+            ("alibi, MQA", ["model.pos=alibi", "model.n_kv_head=1"]), ("none, MHA", ["model.pos=none"])]
+
+
+def parity():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    say("fp32, TF32 off; batch 2; a prompt 8 tokens short of the context and 24 new tokens, so the "
+        "context-full shift runs; greedy.\n")
+    say("| variant | same tokens (compiled vs eager) | decode path | compile s |")
+    say("|---|---|---|---|")
+    for name, overrides in VARIANTS:
+        config = variant_config(args.parity_preset, ["model.vocab_size=4096", *overrides])
+        torch.manual_seed(0)
+        model = GPT(config).to(device).eval()
+        prompt = torch.randint(0, config.vocab_size, (2, config.block_size - 8), device=device)
+        eager = generate(model, prompt, 24, Sampling(temperature=0))
+        compiled = generate(model, prompt, 24, Sampling(temperature=0), compile=not args.no_compile)
+        decoder = static_decoder(model, 2, config.block_size) if not args.no_compile else None
+        same = (eager == compiled).all(dim=0)[prompt.shape[1]:].float().mean().item()
+        say(f"| {name} | {same:.1%} | {decoder.path if decoder else 'eager (--no-compile)'} | "
+            f"{decoder.compile_s if decoder else 0:.1f} |")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+# ---- 2. decode -----------------------------------------------------------------------------
+config = variant_config(args.preset, ["model.vocab_size=50257"])
 
 
 def hf_twin(config):
@@ -65,41 +154,76 @@ def hf_twin(config):
         bos_token_id=0, eos_token_id=0))
 
 
-# ---- 1. training throughput ---------------------------------------------------------------
-config = load_config(args.preset, overrides=["model.vocab_size=50257"]).model
-micro, block = 16, config.block_size
-batches = [torch.randint(0, config.vocab_size, (micro, block + 1), device=device) for _ in range(args.steps)]
+def decode():
+    torch.manual_seed(0)
+    capitu_model = GPT(config).to(device).eval().to(torch.bfloat16)
+    hf_model = hf_twin(config).to(device).eval().to(torch.bfloat16)
+    prompt_length, new_tokens = 128, args.new_tokens
+    say(f"{prompt_length}-token prompt, {new_tokens} new tokens, greedy, bf16 weights; tokens/s over the whole "
+        "call (prefill included), best of 2 rounds; compile time apart.\n")
+    say("| batch | capitu eager | capitu compiled | decode path | compile s | HF generate, static cache | "
+        "compiled / HF | compiled / eager | same tokens |")
+    say("|---|---|---|---|---|---|---|---|---|")
+    for batch in (1, 32):
+        prompt = torch.randint(1, config.vocab_size, (batch, prompt_length), device=device)
+        timings = {"eager": [], "compiled": [], "hf": []}
+        outputs = {}
+        decoder = static_decoder(capitu_model, batch, config.block_size) if not args.no_compile else None
+        for _ in range(2):
+            for name in ("eager", "compiled", "hf"):
+                synchronize()
+                started = time.perf_counter()
+                with torch.no_grad():
+                    if name == "hf":
+                        try:
+                            hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                                              min_new_tokens=new_tokens, do_sample=False,
+                                              cache_implementation="static", pad_token_id=0)
+                        except Exception as error:  # noqa: BLE001 (capitu's figures still count)
+                            say(f"HF generate FAILED: {type(error).__name__}: {str(error).splitlines()[0][:200]}\n")
+                            started = -math.inf
+                    else:
+                        outputs[name] = generate(capitu_model, prompt, new_tokens, Sampling(temperature=0),
+                                                 compile=name == "compiled" and decoder is not None)
+                synchronize()
+                timings[name].append(time.perf_counter() - started)
+        eager, compiled, theirs = (batch * new_tokens / min(timings[k]) for k in ("eager", "compiled", "hf"))
+        same = (outputs["eager"] == outputs["compiled"]).float().mean().item()
+        say(f"| {batch} | {eager:,.0f} | {compiled:,.0f} | {decoder.path if decoder else 'eager'} | "
+            f"{decoder.compile_s if decoder else 0:.1f} | {theirs:,.0f} | {compiled / theirs if theirs else math.nan:.2f}x | "
+            f"{compiled / eager:.2f}x | {same:.1%} |")
+    if not args.no_compile:
+        step_table(capitu_model, prompt_length)
 
 
-def synchronize():
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def step_table(model, start):
+    """The compiled step alone, with the library's linear layers and with ReductionLinear: 256
+    steps queued then one sync (the GPU's time a step), and the host's time to queue one."""
+    say("\nThe compiled step alone (256 steps, one sync at the end):\n")
+    say("| linear layers | batch | compile s | ms a step | ms to queue a step | default here |")
+    say("|---|---|---|---|---|---|")
+    for batch in (1, 4):
+        tokens = torch.randint(1, config.vocab_size, (batch, 1), device=device)
+        position = torch.zeros((), dtype=torch.long, device=device)
+        for reduction in (False, True):
+            decoder = StaticDecoder(model, batch, config.block_size, reduction=reduction)
+            with torch.no_grad():
+                for i in range(8):  # CUDA graphs: warm-up, then recording
+                    decoder.step(tokens, position.fill_(start + i))
+                synchronize()
+                started = time.perf_counter()
+                for i in range(256):
+                    decoder.step(tokens, position.fill_((start + i) % config.block_size))
+                queued = time.perf_counter() - started
+                synchronize()
+                total = time.perf_counter() - started
+            default = reduction == reduction_linears_pay(device, batch)
+            say(f"| {'ReductionLinear' if reduction else 'the library (nn.Linear)'} | {batch} | "
+                f"{decoder.compile_s:.1f} | {total / 256 * 1e3:.3f} | {queued / 256 * 1e3:.3f} | "
+                f"{'yes' if default else ''} |")
 
 
-def contender(name, model, loss_fn, compiled):
-    model = model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
-    forward = torch.compile(model) if compiled else model
-
-    def steps(run_batches):
-        synchronize()
-        started = time.perf_counter()
-        for batch in run_batches:
-            with autocast:
-                loss = loss_fn(forward, batch[:, :-1], batch[:, 1:])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        synchronize()
-        return time.perf_counter() - started
-
-    started = time.perf_counter()
-    steps(batches[:3])
-    return {"name": name, "steps": steps, "setup_s": time.perf_counter() - started, "rates": [], "model": model}
-
-
+# ---- 3. training ---------------------------------------------------------------------------
 def capitu_loss(model, x, y):
     return model(x, y)[1]
 
@@ -109,96 +233,135 @@ def hf_loss(model, x, y):
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
 
 
-def attempt(name, build, loss_fn, compiled):
-    """A contender, or None (said in the report) when it fails: one failure must not cost the run."""
-    try:
-        return contender(name, build(), loss_fn, compiled)
-    except Exception as error:  # noqa: BLE001 (a benchmark reports every failure and goes on)
-        say(f"{name}: FAILED: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-        return None
+def contender(name, model, loss_fn, compiled, batches):
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    forward = torch.compile(model) if compiled else model
 
+    def step(batch):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = loss_fn(forward, batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
-torch.manual_seed(0)
-plan = [("HF eager", lambda: hf_twin(config), hf_loss, False), ("capitu eager", lambda: GPT(config), capitu_loss, False)]
-if not args.no_compile:
-    plan += [("HF compiled", lambda: hf_twin(config), hf_loss, True),
-             ("capitu compiled", lambda: GPT(config), capitu_loss, True)]
-contenders = [c for c in (attempt(*entry) for entry in plan) if c is not None]
-for _ in range(args.rounds):
-    for c in contenders:
-        c["rates"].append(args.steps * micro * block / c["steps"](batches))
-flops_per_token = GPT(config).flops_per_token()
-peak = peak_flops(device)
-reference = statistics.median(contenders[-2]["rates"])  # HF compiled (HF eager in a dry run)
-say(f"## Training, gpt2 shape ({micro} x {block}, vocabulary {config.vocab_size:,}, bf16 autocast, fused AdamW)")
-say("")
-say(f"| contender | tokens/s (median of rounds) | range | MFU | vs {contenders[-2]['name']} | warm-up + compile s |")
-say("|---|---|---|---|---|---|")
-for c in contenders:
-    median = statistics.median(c["rates"])
-    mfu = f"{flops_per_token * median / peak:.1%}" if peak else "—"
-    say(f"| {c['name']} | {median:,.0f} | {min(c['rates']):,.0f}-{max(c['rates']):,.0f} | {mfu} | "
-        f"{median / reference:.2f}x | {c['setup_s']:.1f} |")
-if device.type == "cuda":
-    say(f"\npeak memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
-capitu_model = next(c["model"] for c in contenders if c["name"] == "capitu eager")
-hf_model = next(c["model"] for c in contenders if c["name"] == "HF eager")
-del contenders
-
-# ---- 2. decode -------------------------------------------------------------------------------
-say(f"\n## Decode (128-token prompt, {args.new_tokens} new tokens, greedy, bf16 weights)\n")
-say("| batch | capitu eager tok/s | capitu compiled (CUDA graphs) tok/s | compile s | HF generate (static cache) "
-    "tok/s | compiled / HF | same tokens (compiled vs eager) |")
-say("|---|---|---|---|---|---|---|")
-capitu_model = capitu_model.eval().to(torch.bfloat16)
-hf_model = hf_model.eval().to(torch.bfloat16)
-prompt_length, new_tokens = 128, args.new_tokens
-for batch in (1, 32):
-    prompt = torch.randint(1, config.vocab_size, (batch, prompt_length), device=device)
-    timings = {"eager": [], "compiled": [], "hf": []}
-    outputs = {}
-    compile_s = float("nan")
-    for _ in range(2):
-        for name in ("eager", "compiled"):
-            synchronize()
-            started = time.perf_counter()
-            with torch.no_grad():
-                outputs[name] = generate(capitu_model, prompt, new_tokens, Sampling(temperature=0),
-                                         compile=name == "compiled")
-            synchronize()
-            timings[name].append(time.perf_counter() - started)
-            if name == "compiled" and math.isnan(compile_s):
-                compile_s = static_decoder(capitu_model, batch, config.block_size).compile_s
-        started = time.perf_counter()
-        with torch.no_grad():
-            hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                              min_new_tokens=new_tokens, do_sample=False, cache_implementation="static",
-                              pad_token_id=0)
+    def steps(run_batches):
         synchronize()
-        timings["hf"].append(time.perf_counter() - started)
-    eager, compiled, theirs = (batch * new_tokens / min(timings[k]) for k in ("eager", "compiled", "hf"))
-    same = (outputs["eager"] == outputs["compiled"]).float().mean().item()
-    say(f"| {batch} | {eager:,.0f} | {compiled:,.0f} | {compile_s:.1f} | {theirs:,.0f} | {compiled / theirs:.2f}x | "
-        f"{same:.1%} |")
-del capitu_model, hf_model
+        started = time.perf_counter()
+        for batch in run_batches:
+            step(batch)
+        synchronize()
+        return time.perf_counter() - started
 
-# ---- 3. smoke training --------------------------------------------------------------------
-if args.data:
-    say(f"\n## Smoke training: `{args.smoke_preset}` preset, Muon, {args.smoke_seconds:.0f} s on {args.data}\n")
-    config = load_config(args.smoke_preset, overrides=[f"data.path={json.dumps(str(args.data.resolve()))}", "optim.name=muon",
-                                             "optim.muon_lr=0.01", "run.eval_every=50", "run.log_every=10",
-                                             "run.checkpoint_every=100000", "run.tokens=1000000000"])
-    config.run.time = args.smoke_seconds
+    started = time.perf_counter()
+    steps(batches[:3])
+    return {"name": name, "steps": steps, "step": step, "setup_s": time.perf_counter() - started, "rates": []}
+
+
+def kernel_profile(c, batches, step_s):
+    """Where three steps' GPU time goes: the kernels by self time, grouped, against the time of
+    an unprofiled step (`step_s`; the profiler slows the host, not the kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as trace:
+        for batch in batches[:3]:
+            c["step"](batch)
+        synchronize()
+    def self_us(event):
+        return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+
+    events = trace.key_averages()
+    kernels = [e for e in events if e.device_type.name == "CUDA"] or \
+        [e for e in events if self_us(e) > 0 and e.cpu_time_total == 0]  # kernels have no CPU time
+    groups = {"attention": ("flash", "fmha", "attention", "sdpa"),  # before matrix products: names share sm90_
+              "matrix products": ("gemm", "nvjet", "cutlass", "sm90_", "xmma", "cublas"),
+              "fused by inductor (triton)": ("triton",), "optimizer": ("adam", "multi_tensor", "foreach")}
+    totals = dict.fromkeys([*groups, "other"], 0.0)
+    for event in kernels:
+        group = next((g for g, keys in groups.items() if any(k in event.key.lower() for k in keys)), "other")
+        totals[group] += self_us(event)
+    busy = sum(totals.values()) / 1e6 / 3
+    say(f"\n{c['name']}, 3 steps profiled: {busy * 1e3:.1f} ms of kernels a step, against {step_s * 1e3:.1f} ms "
+        f"a step unprofiled (the median round): the GPU is busy {busy / step_s:.0%} of a step.\n")
+    say("| kernels | ms a step | share of kernel time |")
+    say("|---|---|---|")
+    for group, us in totals.items():
+        say(f"| {group} | {us / 1e3 / 3:.2f} | {us / 1e6 / 3 / max(busy, 1e-9):.0%} |")
+    say("\n| top kernels | ms | calls |")
+    say("|---|---|---|")
+    for event in sorted(kernels, key=self_us, reverse=True)[:10]:
+        say(f"| `{event.key[:90]}` | {self_us(event) / 1e3:.1f} | {event.count} |")
+
+
+def training():
+    micro, block = 16, config.block_size
+    batches = [torch.randint(0, config.vocab_size, (micro, block + 1), device=device) for _ in range(args.steps)]
+    torch.manual_seed(0)
+    plan = [("HF eager", lambda: hf_twin(config), hf_loss, False),
+            ("capitu eager", lambda: GPT(config), capitu_loss, False)]
+    if not args.no_compile:
+        plan += [("HF compiled", lambda: hf_twin(config), hf_loss, True),
+                 ("capitu compiled", lambda: GPT(config), capitu_loss, True)]
+    contenders = []
+    for name, build, loss_fn, compiled in plan:
+        try:
+            contenders.append(contender(name, build(), loss_fn, compiled, batches))
+        except Exception as error:  # noqa: BLE001 (one contender failing must not cost the others)
+            traceback.print_exc()
+            say(f"{name}: FAILED: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n")
+    for _ in range(args.rounds):
+        for c in contenders:
+            c["rates"].append(args.steps * micro * block / c["steps"](batches))
+    flops_per_token = GPT(config).flops_per_token()
+    reference = next(c for c in reversed(contenders) if c["name"].startswith("HF"))
+    say(f"{micro} x {block} tokens a step, vocabulary {config.vocab_size:,}, bf16 autocast, fused AdamW, "
+        f"gradient clipping; {args.rounds} rounds of {args.steps} steps, interleaved; "
+        f"{flops_per_token / 1e9:.3f} GFLOP a token (capitu's count, as nanoGPT's).\n")
+    say(f"| contender | tokens/s (median) | range | MFU (datasheet) | MFU (measured peak) | "
+        f"vs {reference['name']} | warm-up + compile s |")
+    say("|---|---|---|---|---|---|---|")
+    reference_rate = statistics.median(reference["rates"])
+    for c in contenders:
+        median = statistics.median(c["rates"])
+        mfu = f"{flops_per_token * median / datasheet:.1%}" if datasheet else "—"
+        say(f"| {c['name']} | {median:,.0f} | {min(c['rates']):,.0f}-{max(c['rates']):,.0f} | {mfu} | "
+            f"{flops_per_token * median / measured:.1%} | {median / reference_rate:.2f}x | {c['setup_s']:.1f} |")
+    if device.type == "cuda":
+        say(f"\npeak memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    kernel_profile(contenders[-1], batches, micro * block / statistics.median(contenders[-1]["rates"]))
+
+
+# ---- 4. smoke training ---------------------------------------------------------------------
+def smoke():
     with tempfile.TemporaryDirectory() as folder:
-        last = train(config, Path(folder) / "run", progress=False)
-        records = [json.loads(line) for line in (Path(folder) / "run" / "metrics.jsonl").read_text().splitlines()]
+        out = Path(folder) / "run"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                   "-m", "capitu", "train", "--data", str(args.data), "--preset", args.smoke_preset, "--out", str(out),
+                   "--time", str(args.smoke_seconds), "--quiet", "--set", "optim.name=muon",
+                   "--set", "optim.muon_lr=0.01", "--set", "run.eval_every=50", "--set", "run.log_every=10",
+                   "--set", "run.checkpoint_every=100000", "--set", "run.tokens=1000000000",
+                   "--set", f"run.compile={'false' if args.no_compile else 'true'}"]
+        say(f"`{' '.join(command[2:])}` (run.compile on, NCCL world 1; the DDP wrapper itself needs 2 GPUs)\n")
+        started = time.perf_counter()
+        finished = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if finished.returncode != 0:
+            raise RuntimeError(f"exit {finished.returncode}: {finished.stderr.strip().splitlines()[-1:]}")
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     first, final = records[0], records[-1]
     validations = [f"{r['val_loss']:.3f} (step {r['step']})" for r in records if "val_loss" in r]
     timed = [r for r in records if "tokens_per_s" in r][-1]
-    say(f"steps {final['step']}, tokens {final['tokens']:,}, stopped: {last.get('stopped')}; train loss "
+    say(f"{time.perf_counter() - started:.0f} s in all; steps {final['step']}, tokens {final['tokens']:,}; train loss "
         f"{first['train_loss']:.3f} -> {final['train_loss']:.3f}; validation {', '.join(validations) or 'none'}; "
         f"{timed['tokens_per_s']:,.0f} tokens/s, MFU {timed.get('mfu', 0):.1%}, peak "
         f"{timed['peak_memory_bytes'] / 2**30:.1f} GiB")
-    say(f"loss falls by more than 1 nat: {final['train_loss'] < first['train_loss'] - 1.0}")
-if args.out:
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    say(f"\nloss falls by more than 1 nat: {final['train_loss'] < first['train_loss'] - 1.0}")
+
+
+sections = [(f"1. Parity of the compiled decode step ({args.parity_preset} shape)", parity),
+            (f"2. Decode ({args.preset} shape)", decode), (f"3. Training ({args.preset} shape)", training),
+            (f"4. Smoke training: `{args.smoke_preset}`, torchrun, compiled, Muon, {args.smoke_seconds:.0f} s", smoke)]
+for number, (title, body) in enumerate(sections, 1):
+    if str(number) in args.only.split(",") and (body is not smoke or args.data):
+        section(title, body)

@@ -1,13 +1,14 @@
 """The fast decode path (gpt-fast's method): a static KV cache and a one-token step whose
 shapes never change, compiled once per model, batch size and context.
 
-On CUDA the step runs as a CUDA graph (`mode="reduce-overhead"`). On CPU, at batch sizes up
-to `REDUCTION_BATCH`, the step is compiled from a view of the model whose linear layers are
-written as multiply-and-sum (`ReductionLinear`): inductor turns each into one fused loop over
-both cores, where the library's matrix-vector product runs on one core and pays a call per
-layer. On the tiny preset that is the larger half of the gain (benchmarks/decode.py). The
-prompt is prefilled eagerly by the model itself; where compiling fails, one warning line, and
-the step runs eagerly.
+On CUDA the step runs as a CUDA graph (`mode="reduce-overhead"`). At small batches (see
+`reduction_linears_pay`) the step is compiled from a view of the model whose linear layers
+are written as multiply-and-sum (`ReductionLinear`), which inductor fuses with the work
+around them. On CPU each becomes one loop over both cores, where the library's
+matrix-vector product runs on one core and pays a call per layer: on the tiny preset that is
+the larger half of the gain (benchmarks/decode.py). On a GPU at batch 1 it means fewer,
+fused kernels in the graph (benchmarks/gpu.py). The prompt is prefilled eagerly by the model
+itself; where compiling fails, one warning line, and the step runs eagerly.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn as nn
 from capitu.errors import warn
 from capitu.models.kv_cache import StaticKVCache
 
-REDUCTION_BATCH = 8  # on 2 CPU cores the fused loops win up to batch 8 (x1.3), the library from 16 (x1.5)
+REDUCTION_BATCH = {"cpu": 8, "cuda": 1}  # the largest batch at which the fused loops won (measured)
 
 
 class ReductionLinear(nn.Module):
@@ -49,18 +50,28 @@ def with_reduction_linears(module: nn.Module) -> nn.Module:
     return clone
 
 
+def reduction_linears_pay(device: torch.device, batch: int) -> bool:
+    """Whether the step should run ReductionLinear layers. Measured: on 2 CPU cores they win
+    up to batch 8 (x1.3), the library from 16 (x1.5); on an H200 at the gpt2 shape a step took
+    0.455 ms against 0.528 at batch 1, 0.913 against 0.619 at batch 4 (docs/gpu.md)."""
+    return batch <= REDUCTION_BATCH.get(device.type, 0)
+
+
 class StaticDecoder:
     """`prefill` (eager) writes a prompt at a position, `step` (compiled) one token at a tensor
     position, into one StaticKVCache. `path` says which ran ("compiled", or "eager" and
     `reason`), `compile_s` what compiling took."""
 
-    def __init__(self, model, batch: int, window: int):
+    def __init__(self, model, batch: int, window: int, reduction: bool | None = None):
+        """`reduction`: whether the step runs ReductionLinear layers (None: where they pay)."""
         c, weight = model.config, model.transformer.wte.weight
         self.model = model
         self.cache = StaticKVCache(c.n_layer, batch, c.kv_heads, window, c.head_dim, weight.dtype, weight.device)
         self.path, self.reason, self.compile_s = "compiled", "", 0.0
         on_cuda = weight.device.type == "cuda"
-        self.step_model = with_reduction_linears(model) if not on_cuda and batch <= REDUCTION_BATCH else model
+        if reduction is None:
+            reduction = reduction_linears_pay(weight.device, batch)
+        self.step_model = with_reduction_linears(model) if reduction else model
         # every decoder compiles the same code for its own model and batch: a process serving
         # or benchmarking several needs more than dynamo's default 8 versions of it
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)

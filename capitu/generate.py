@@ -132,11 +132,14 @@ def generate(model, prompt: torch.Tensor, new_tokens: int, sampling: Sampling, s
     cache = model.new_cache(prompt.shape[0], window) if cached and decoder is None else None
     pending = sequence[:, start:]  # tokens not yet in the cache
     filled = 0  # positions in the cache (the static decoder's position)
+    position = torch.zeros((), dtype=torch.long, device=device)  # the step's input, set on the device
     done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=device)
     for _ in range(new_tokens):
         if decoder is not None:
-            last = decoder.prefill(pending, filled) if pending.shape[1] > 1 or filled == 0 else \
-                decoder.step(pending, torch.tensor(filled, device=device))
+            if pending.shape[1] > 1 or filled == 0:
+                last = decoder.prefill(pending, filled)
+            else:  # fill_ queues a write; torch.tensor(filled, device=...) would wait for the GPU each token
+                last = decoder.step(pending, position.fill_(filled))
             filled += pending.shape[1]
         elif cached:
             last = model(pending, cache=cache, last_only=True)[0][:, -1]
