@@ -1,6 +1,6 @@
 """capitu's CUDA paths, measured in one run on one GPU.
 
-    python benchmarks/gpu.py [--data DIR] [--smoke-seconds 75] [--only 1,2,3,4] [--out FILE]
+    python benchmarks/gpu.py [--data DIR] [--smoke-seconds 75] [--only 1,2,3,4,5] [--out FILE]
 
 Sections, most needed first (each one that fails is reported and the run goes on; the report
 is rewritten after every line, so a run cut short keeps what it measured):
@@ -18,6 +18,7 @@ is rewritten after every line, so a run cut short keeps what it measured):
 4. A smoke training through the command line under torchrun (NCCL, world 1) with
    run.compile on: `small` preset, Muon, --smoke-seconds on a prepared folder (--data);
    the loss must fall.
+5. `capitu bench` at the same shape, compiled and `--no-compile`: the JSON fields a user sees.
 
 MFU is given against the datasheet's dense bf16 rate and against a bf16 matrix product
 measured at the start of the run.
@@ -56,7 +57,7 @@ parser.add_argument("--parity-preset", default="tiny")
 parser.add_argument("--smoke-preset", default="small")
 parser.add_argument("--new-tokens", type=int, default=128)
 parser.add_argument("--no-compile", action="store_true", help="skip the compiled contenders (a quick dry run)")
-parser.add_argument("--only", default="1,2,3,4", help="the sections to run, e.g. 2,3 (default all)")
+parser.add_argument("--only", default="1,2,3,4,5", help="the sections to run, e.g. 2,3 (default all)")
 args = parser.parse_args()
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 card = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (a dry run)"
@@ -368,9 +369,29 @@ def smoke():
     say(f"\nloss falls by more than 1 nat: {final['train_loss'] < first['train_loss'] - 1.0}")
 
 
+# ---- 5. the command line's bench -----------------------------------------------------------
+def cli_bench():
+    """`capitu bench` at the gpt2 shape, compiled and --no-compile: the contract's fields on CUDA."""
+    say("| command | decode path | compile s | prefill tok/s (batch 1, 16) | decode tok/s (batch 1, 16) | "
+        "train tok/s |")
+    say("|---|---|---|---|---|---|")
+    for flag in ("--compile", "--no-compile"):
+        command = [sys.executable, "-m", "capitu", "bench", "--preset", args.preset, "--set", "model.vocab_size=50257",
+                   "--device", device.type, "--prompt-length", "128", "--new-tokens", str(args.new_tokens), flag, "--json"]
+        finished = subprocess.run(command, capture_output=True, text=True)
+        if finished.returncode != 0:
+            raise RuntimeError(f"exit {finished.returncode}: {finished.stderr.strip().splitlines()[-1:]}")
+        result = json.loads(finished.stdout)
+        rates = {key: ", ".join(f"{v:,.0f}" for v in result[key].values()) for key in ("prefill_tok_s", "decode_tok_s")}
+        say(f"| `capitu bench --preset {args.preset} {flag}` | {result['decode_path']} "
+            f"{result.get('decode_path_reason', '')} | {result['compile_s']:.1f} | {rates['prefill_tok_s']} | "
+            f"{rates['decode_tok_s']} | {result.get('train_tok_s', 0):,.0f} |")
+
+
 sections = [(f"1. Parity of the compiled decode step ({args.parity_preset} shape)", parity),
             (f"2. Decode ({args.preset} shape)", decode), (f"3. Training ({args.preset} shape)", training),
-            (f"4. Smoke training: `{args.smoke_preset}`, torchrun, compiled, Muon, {args.smoke_seconds:.0f} s", smoke)]
+            (f"4. Smoke training: `{args.smoke_preset}`, torchrun, compiled, Muon, {args.smoke_seconds:.0f} s", smoke),
+            (f"5. `capitu bench` ({args.preset} shape), compiled and not", cli_bench)]
 for number, (title, body) in enumerate(sections, 1):
     if str(number) in args.only.split(",") and (body is not smoke or args.data):
         section(title, body)

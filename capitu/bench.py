@@ -44,6 +44,30 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class TokenClock:
+    """Marks the time of each new token (`generate`'s on_tokens) without stopping a GPU: CUDA
+    events there, so the host queues the next step while the GPU runs this one (a sync per token
+    would add the host's time to every step); the host's clock elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def __call__(self, token: torch.Tensor) -> None:
+        if self.cuda:
+            self.marks.append(torch.cuda.Event(enable_timing=True))
+            self.marks[-1].record()
+        else:
+            self.marks.append(time.perf_counter())
+
+    def span(self) -> float:
+        """Seconds from the first mark to the last."""
+        if self.cuda:
+            self.marks[-1].synchronize()
+            return self.marks[0].elapsed_time(self.marks[-1]) / 1e3
+        return self.marks[-1] - self.marks[0]
+
+
 def sdpa_kernel(call) -> str:
     """Which SDPA implementation `call()` ran, read from the profiler's op names."""
     from torch.profiler import ProfilerActivity, profile
@@ -140,15 +164,10 @@ def measure_generation(config: Config, weights: str | None, device: torch.device
             model(prompt, cache=model.new_cache(batch, window) if model.supports_kv_cache else None, last_only=True)
             synchronize(device)
             prefill = max(prefill, batch * prompt_length / (time.perf_counter() - started))
-            stamps = []
-
-            def stamp(token):
-                synchronize(device)
-                stamps.append(time.perf_counter())
-
-            generate(model, prompt, new_tokens, greedy, on_tokens=stamp, compile=options.compile)
+            clock = TokenClock(device)
+            generate(model, prompt, new_tokens, greedy, on_tokens=clock, compile=options.compile)
             # from the first new token (prefill done) to the last: decode steps only
-            decode = max(decode, batch * (new_tokens - 1) / (stamps[-1] - stamps[0]))
+            decode = max(decode, batch * (new_tokens - 1) / clock.span())
         if options.compile and model.supports_kv_cache:  # compiled once per batch size, on first use
             decoder = static_decoder(model, batch, window)
             result["decode_path"] = decoder.path
