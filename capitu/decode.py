@@ -52,8 +52,9 @@ def with_reduction_linears(module: nn.Module) -> nn.Module:
 
 def reduction_linears_pay(device: torch.device, batch: int) -> bool:
     """Whether the step should run ReductionLinear layers. Measured: on 2 CPU cores they win
-    up to batch 8 (x1.3), the library from 16 (x1.5); on an H200 at the gpt2 shape a step took
-    0.455 ms against 0.528 at batch 1, 0.913 against 0.619 at batch 4 (docs/gpu.md)."""
+    up to batch 8 (x1.3), the library from 16 (x1.5); on an H200 at the gpt2 shape, at batch 1
+    a step took 0.451 ms against the library's 0.465 (0.455 against 0.528 in a first probe), at
+    batch 4 0.910 against 0.548 (docs/gpu.md)."""
     return batch <= REDUCTION_BATCH.get(device.type, 0)
 
 
