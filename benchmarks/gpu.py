@@ -28,7 +28,6 @@ measured at the start of the run.
 import argparse
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -41,10 +40,12 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from capitu.bench import synchronize
 from capitu.config import load_config
 from capitu.decode import StaticDecoder, reduction_linears_pay, static_decoder
 from capitu.generate import Sampling, generate
 from capitu.models import GPT
+from capitu.models.hf import hf_config
 from capitu.train.trainer import peak_flops
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,9 +74,22 @@ def say(text=""):
         args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def synchronize():
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def failure(error: Exception) -> str:
+    """An exception as one line of the report."""
+    return f"FAILED: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+
+
+def run_command(command: list[str]) -> str:
+    """A capitu command's standard output; its last error line in the report if it fails."""
+    finished = subprocess.run(command, capture_output=True, text=True)
+    if finished.returncode != 0:
+        raise RuntimeError(f"exit {finished.returncode}: {finished.stderr.strip().splitlines()[-1:]}")
+    return finished.stdout
+
+
+def set_tf32(on: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
 
 
 def section(title, body):
@@ -86,7 +100,7 @@ def section(title, body):
         body()
     except Exception as error:  # noqa: BLE001 (a benchmark reports every failure and goes on)
         traceback.print_exc()
-        say(f"FAILED: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        say(failure(error))
     say(f"\n({time.perf_counter() - started:.0f} s; {time.perf_counter() - began:.0f} s since the start)")
 
 
@@ -96,16 +110,15 @@ def matmul_rate() -> float:
     a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
     for _ in range(3):
         a @ b
-    synchronize()
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(10):
         a @ b
-    synchronize()
+    synchronize(device)
     return 10 * 2 * n**3 / (time.perf_counter() - started)
 
 
-torch.backends.cuda.matmul.allow_tf32 = True
-torch.backends.cudnn.allow_tf32 = True
+set_tf32(True)
 datasheet, measured = peak_flops(device), matmul_rate()
 say(f"# capitu on {card}")
 say("")
@@ -125,8 +138,7 @@ VARIANTS = [("learned, MHA", []), ("sinusoidal, MHA", ["model.pos=sinusoidal"]),
 
 
 def parity():
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    set_tf32(False)
     say("fp32, TF32 off; batch 2; a prompt 8 tokens short of the context and 24 new tokens, so the "
         "context-full shift runs; greedy.\n")
     say("| variant | same tokens (compiled vs eager) | decode path | compile s |")
@@ -142,8 +154,7 @@ def parity():
         same = (eager == compiled).all(dim=0)[prompt.shape[1]:].float().mean().item()
         say(f"| {name} | {same:.1%} | {decoder.path if decoder else 'eager (--no-compile)'} | "
             f"{decoder.compile_s if decoder else 0:.1f} |")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    set_tf32(True)
 
 
 # ---- 2. decode -----------------------------------------------------------------------------
@@ -151,10 +162,8 @@ config = variant_config(args.preset, ["model.vocab_size=50257"])
 
 
 def hf_twin(config):
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
-        n_head=config.n_head, n_inner=config.hidden, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=0, eos_token_id=0))
+    """GPT2LMHeadModel of the same shape (capitu's export mapping), its own random weights."""
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(config)))
 
 
 def decode():
@@ -184,7 +193,7 @@ def decode():
         for _ in range(2):
             for name, run in contenders.items():
                 for n in (1, new_tokens):
-                    synchronize()
+                    synchronize(device)
                     started = time.perf_counter()
                     try:
                         with torch.no_grad():
@@ -192,9 +201,9 @@ def decode():
                     except Exception as error:  # noqa: BLE001 (HF failing must not cost capitu's figures)
                         if name != "hf":
                             raise
-                        say(f"HF generate FAILED: {type(error).__name__}: {str(error).splitlines()[0][:200]}\n")
+                        say(f"HF generate {failure(error)}\n")
                         started = -math.inf
-                    synchronize()
+                    synchronize(device)
                     best[name, n] = min(best[name, n], time.perf_counter() - started)
         whole = {name: batch * new_tokens / best[name, new_tokens] for name in contenders}
         steps = {name: batch * (new_tokens - 1) / (best[name, new_tokens] - best[name, 1]) for name in contenders}
@@ -221,12 +230,12 @@ def step_table(model, start):
             with torch.no_grad():
                 for i in range(8):  # CUDA graphs: warm-up, then recording
                     decoder.step(tokens, position.fill_(start + i))
-                synchronize()
+                synchronize(device)
                 started = time.perf_counter()
                 for i in range(256):
                     decoder.step(tokens, position.fill_((start + i) % config.block_size))
                 queued = time.perf_counter() - started
-                synchronize()
+                synchronize(device)
                 total = time.perf_counter() - started
             default = reduction == reduction_linears_pay(device, batch)
             say(f"| {'ReductionLinear' if reduction else 'the library (nn.Linear)'} | {batch} | "
@@ -258,11 +267,11 @@ def contender(name, model, loss_fn, compiled, batches):
         optimizer.zero_grad(set_to_none=True)
 
     def steps(run_batches):
-        synchronize()
+        synchronize(device)
         started = time.perf_counter()
         for batch in run_batches:
             step(batch)
-        synchronize()
+        synchronize(device)
         return time.perf_counter() - started
 
     started = time.perf_counter()
@@ -279,7 +288,8 @@ def kernel_profile(c, batches, step_s):
     with profile(activities=activities) as trace:
         for batch in batches[:3]:
             c["step"](batch)
-        synchronize()
+        synchronize(device)
+
     def self_us(event):
         return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
 
@@ -326,7 +336,7 @@ def training():
             contenders[-1]["flops"] = GPT(shape).flops_per_token()  # HF's model: the same shape as capitu's
         except Exception as error:  # noqa: BLE001 (one contender failing must not cost the others)
             traceback.print_exc()
-            say(f"{name}: FAILED: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n")
+            say(f"{name}: {failure(error)}\n")
     for _ in range(args.rounds):
         for c in contenders:
             c["rates"].append(args.steps * micro * block / c["steps"](batches))
@@ -362,9 +372,7 @@ def smoke():
                    "--set", f"run.compile={'false' if args.no_compile else 'true'}"]
         say(f"`{' '.join(command[2:])}` (run.compile on, NCCL world 1; the DDP wrapper itself needs 2 GPUs)\n")
         started = time.perf_counter()
-        finished = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if finished.returncode != 0:
-            raise RuntimeError(f"exit {finished.returncode}: {finished.stderr.strip().splitlines()[-1:]}")
+        run_command(command)
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     first, final = records[0], records[-1]
     validations = [f"{r['val_loss']:.3f} (step {r['step']})" for r in records if "val_loss" in r]
@@ -385,10 +393,7 @@ def cli_bench():
     for flag in ("--compile", "--no-compile"):
         command = [sys.executable, "-m", "capitu", "bench", "--preset", args.preset, "--set", "model.vocab_size=50257",
                    "--device", device.type, "--prompt-length", "128", "--new-tokens", str(args.new_tokens), flag, "--json"]
-        finished = subprocess.run(command, capture_output=True, text=True)
-        if finished.returncode != 0:
-            raise RuntimeError(f"exit {finished.returncode}: {finished.stderr.strip().splitlines()[-1:]}")
-        result = json.loads(finished.stdout)
+        result = json.loads(run_command(command))
         rates = {key: ", ".join(f"{v:,.0f}" for v in result[key].values()) for key in ("prefill_tok_s", "decode_tok_s")}
         say(f"| `capitu bench --preset {args.preset} {flag}` | {result['decode_path']} "
             f"{result.get('decode_path_reason', '')} | {result['compile_s']:.1f} | {rates['prefill_tok_s']} | "
