@@ -17,9 +17,10 @@ from pathlib import Path
 
 from capitu.config import load_config
 from capitu.evaluate import evaluate_run
+from capitu.folders import RunFolder
 from capitu.study.config import load_study
 from capitu.study.stats import paired_t_test
-from capitu.train.trainer import METRICS, train
+from capitu.train.trainer import train
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--data", required=True, type=Path)
@@ -36,7 +37,7 @@ for seed in range(1337, 1337 + args.seeds):
         with tempfile.TemporaryDirectory() as folder:
             run = Path(folder) / "run"
             train(config, run, progress=False)
-            curve = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
+            curve = RunFolder(run).metrics()
             test = evaluate_run(run, "test", device="cpu", progress=False)["loss"]
         validation = [r["val_loss"] for r in curve if "val_loss" in r]
         results[dtype].append({"seed": seed, "val": validation[-1], "test": test})

@@ -2,7 +2,7 @@
 
 1. the KV cache vs the same model recomputing its whole window every step (nanoGPT's
    sample.py loop), 256 new tokens;
-2. capitu eager, capitu compiled (the static-cache step, `generate(compile=True)`) and HF
+2. capitu eager, capitu compiled (decode.Decoder's compiled step) and HF
    transformers' `generate` on the equivalent GPT2LMHeadModel (the same weights, through
    capitu's HF mapping), greedy, batch 1 and 16, with the compile time;
 3. GQA (n_kv_head = n_head / 4) vs multi-head attention: KV bytes per token and decode speed;
@@ -21,10 +21,10 @@ import torch
 import transformers
 
 from capitu.config import load_config
-from capitu.decode import static_decoder
+from capitu.decode import make_decoder
 from capitu.generate import Sampling, draw, generate
+from capitu.hf import hf_config, hf_state_dict
 from capitu.models import GPT
-from capitu.models.hf import hf_config, hf_state_dict
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--preset", default="tiny")
@@ -66,8 +66,18 @@ def recompute(model: GPT, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor
     return sequence
 
 
+decoders = {}  # (model, batch, compiled) -> its decoder, made (and compiled) once
+
+
+def decoder_for(model, batch, compile=False):
+    key = (id(model), batch, compile)
+    if key not in decoders:
+        decoders[key] = make_decoder(model, batch, compile)
+    return decoders[key]
+
+
 def ours(model, prompt, compile=False):
-    return generate(model, prompt, args.new_tokens, GREEDY, compile=compile)
+    return generate(decoder_for(model, prompt.shape[0], compile), prompt, args.new_tokens, GREEDY)
 
 
 def best_rate(calls: dict, batch: int) -> dict:
@@ -80,15 +90,18 @@ def best_rate(calls: dict, batch: int) -> dict:
 
 
 def prompt_of(batch: int) -> torch.Tensor:
-    return torch.randint(1, args.vocab_size, (batch, args.prompt_length), generator=torch.Generator().manual_seed(1)).to(device)
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(1, args.vocab_size, (batch, args.prompt_length), generator=generator).to(device)
 
 
 print(f"device {device}, torch {torch.__version__}, transformers {transformers.__version__}, "
-      f"threads {torch.get_num_threads()}, preset {args.preset}, prompt {args.prompt_length}, new tokens {args.new_tokens}")
+      f"threads {torch.get_num_threads()}, preset {args.preset}, prompt {args.prompt_length}, "
+      f"new tokens {args.new_tokens}")
 
 baseline = build()
 prompt = prompt_of(1)
-rates = best_rate({"cache": lambda: ours(baseline, prompt), "recompute": lambda: recompute(baseline, prompt, args.new_tokens)}, 1)
+rates = best_rate({"cache": lambda: ours(baseline, prompt),
+                   "recompute": lambda: recompute(baseline, prompt, args.new_tokens)}, 1)
 same = torch.equal(ours(baseline, prompt), recompute(baseline, prompt, args.new_tokens))
 print(f"\n1. KV cache vs recompute, batch 1: {rates['cache']:,.0f} vs {rates['recompute']:,.0f} tok/s, "
       f"ratio {rates['cache'] / rates['recompute']:.2f} (same tokens: {same})")
@@ -109,13 +122,14 @@ print(f"{'batch':>5} {'eager tok/s':>12} {'compiled':>9} {'compiled/eager':>15} 
 for batch in (1, 16):
     prompt = prompt_of(batch)
     compiled = ours(baseline, prompt, compile=True)  # compiles the step for this batch size
-    compile_s = static_decoder(baseline, batch, baseline.config.block_size).compile_s
+    compile_s = decoder_for(baseline, batch, compile=True).compile_s
     rates = best_rate({"ours": lambda: ours(baseline, prompt), "compiled": lambda: ours(baseline, prompt, True),
                        "hf": lambda: hf_generate(prompt)}, batch)
     eager = ours(baseline, prompt)
     same = (compiled == eager).float().mean().item(), (eager == hf_generate(prompt)).float().mean().item()
     print(f"{batch:>5} {rates['ours']:>12,.0f} {rates['compiled']:>9,.0f} {rates['compiled'] / rates['ours']:>15.2f} "
-          f"{rates['hf']:>9,.0f} {rates['ours'] / rates['hf']:>9.2f} {compile_s:>10.1f} {same[0]:>13.1%}, {same[1]:.1%}")
+          f"{rates['hf']:>9,.0f} {rates['ours'] / rates['hf']:>9.2f} {compile_s:>10.1f} {same[0]:>13.1%}, "
+          f"{same[1]:.1%}")
 
 gqa = build(f"model.n_kv_head={baseline.config.n_head // 4}")
 print(f"\n3. GQA (n_kv_head {gqa.config.kv_heads}) vs MHA (n_kv_head {baseline.config.n_head})")
@@ -139,9 +153,10 @@ def per_call_us(call, calls=300):
 print(f"torch.multinomial {per_call_us(lambda: torch.multinomial(probs, 1, generator=sampler)):.0f} us, "
       f"draw {per_call_us(lambda: draw(probs, sampler)):.0f} us")
 prompt, sampled = prompt_of(1), Sampling(temperature=0.8)
-rates = best_rate({"eager": lambda: generate(baseline, prompt, args.new_tokens, sampled, seed=1),
-                   "compiled": lambda: generate(baseline, prompt, args.new_tokens, sampled, seed=1, compile=True)}, 1)
-same = torch.equal(generate(baseline, prompt, args.new_tokens, sampled, seed=1),
-                   generate(baseline, prompt, args.new_tokens, sampled, seed=1, compile=True))
+eager, compiled = decoder_for(baseline, 1), decoder_for(baseline, 1, compile=True)
+rates = best_rate({"eager": lambda: generate(eager, prompt, args.new_tokens, sampled, seed=1),
+                   "compiled": lambda: generate(compiled, prompt, args.new_tokens, sampled, seed=1)}, 1)
+same = torch.equal(generate(eager, prompt, args.new_tokens, sampled, seed=1),
+                   generate(compiled, prompt, args.new_tokens, sampled, seed=1))
 print(f"sampled generation (temperature 0.8, seed 1), batch 1: eager {rates['eager']:,.0f}, compiled "
       f"{rates['compiled']:,.0f} tok/s, ratio {rates['compiled'] / rates['eager']:.2f} (same tokens: {same})")

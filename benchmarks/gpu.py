@@ -37,16 +37,15 @@ import traceback
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import transformers
+from twins import LogitsThenLoss, hf_twin
 
-from capitu.bench import synchronize
 from capitu.config import load_config
-from capitu.decode import StaticDecoder, reduction_linears_pay, static_decoder
+from capitu.decode import Decoder, make_decoder, reduction_linears_pay
+from capitu.device import peak_flops, synchronize, use_tf32
 from capitu.generate import Sampling, generate
 from capitu.models import GPT
-from capitu.models.hf import hf_config
-from capitu.train.trainer import peak_flops
+from capitu.train.trainer import optimizer_step
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--data", type=Path, help="a prepared data folder for the smoke training (skipped without)")
@@ -87,11 +86,6 @@ def run_command(command: list[str]) -> str:
     return finished.stdout
 
 
-def set_tf32(on: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
-
-
 def section(title, body):
     """Run one section; a failure is reported (its traceback to stderr) and the run goes on."""
     say(f"\n## {title}\n")
@@ -118,7 +112,7 @@ def matmul_rate() -> float:
     return 10 * 2 * n**3 / (time.perf_counter() - started)
 
 
-set_tf32(True)
+use_tf32(device)
 datasheet, measured = peak_flops(device), matmul_rate()
 say(f"# capitu on {card}")
 say("")
@@ -138,7 +132,7 @@ VARIANTS = [("learned, MHA", []), ("sinusoidal, MHA", ["model.pos=sinusoidal"]),
 
 
 def parity():
-    set_tf32(False)
+    use_tf32(device, on=False)
     say("fp32, TF32 off; batch 2; a prompt 8 tokens short of the context and 24 new tokens, so the "
         "context-full shift runs; greedy.\n")
     say("| variant | same tokens (compiled vs eager) | decode path | compile s |")
@@ -148,22 +142,16 @@ def parity():
         torch.manual_seed(0)
         model = GPT(config).to(device).eval()
         prompt = torch.randint(0, config.vocab_size, (2, config.block_size - 8), device=device)
-        eager = generate(model, prompt, 24, Sampling(temperature=0))
-        compiled = generate(model, prompt, 24, Sampling(temperature=0), compile=not args.no_compile)
-        decoder = static_decoder(model, 2, config.block_size) if not args.no_compile else None
+        eager = generate(make_decoder(model, 2, compile=False), prompt, 24, Sampling(temperature=0))
+        decoder = make_decoder(model, 2, compile=not args.no_compile)
+        compiled = generate(decoder, prompt, 24, Sampling(temperature=0))
         same = (eager == compiled).all(dim=0)[prompt.shape[1]:].float().mean().item()
-        say(f"| {name} | {same:.1%} | {decoder.path if decoder else 'eager (--no-compile)'} | "
-            f"{decoder.compile_s if decoder else 0:.1f} |")
-    set_tf32(True)
+        say(f"| {name} | {same:.1%} | {decoder.path} | {decoder.compile_s:.1f} |")
+    use_tf32(device)
 
 
 # ---- 2. decode -----------------------------------------------------------------------------
 config = variant_config(args.preset, ["model.vocab_size=50257"])
-
-
-def hf_twin(config):
-    """GPT2LMHeadModel of the same shape (capitu's export mapping), its own random weights."""
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(config)))
 
 
 def decode():
@@ -180,10 +168,10 @@ def decode():
     say("|---|---|---|---|---|---|---|---|---|---|---|")
     for batch in (1, 32):
         prompt = torch.randint(1, config.vocab_size, (batch, prompt_length), device=device)
-        decoder = static_decoder(capitu_model, batch, config.block_size) if not args.no_compile else None
+        eager, decoder = make_decoder(capitu_model, batch, compile=False), make_decoder(capitu_model, batch)
         contenders = {
-            "eager": lambda n: generate(capitu_model, prompt, n, Sampling(temperature=0)),
-            "compiled": lambda n: generate(capitu_model, prompt, n, Sampling(temperature=0), compile=decoder is not None),
+            "eager": lambda n: generate(eager, prompt, n, Sampling(temperature=0)),
+            "compiled": lambda n: generate(decoder, prompt, n, Sampling(temperature=0)),
             "hf": lambda n: hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
                                               min_new_tokens=n, do_sample=False, cache_implementation="static",
                                               pad_token_id=0),
@@ -211,7 +199,7 @@ def decode():
         say(f"| {batch} | {whole['eager']:,.0f} | {whole['compiled']:,.0f} | {whole['hf']:,.0f} | "
             f"{whole['compiled'] / whole['hf'] if whole['hf'] else math.nan:.2f}x | "
             f"{whole['compiled'] / whole['eager']:.2f}x | {steps['compiled']:,.0f} | {steps['hf']:,.0f} | "
-            f"{decoder.path if decoder else 'eager'} | {decoder.compile_s if decoder else 0:.1f} | {same:.1%} |")
+            f"{decoder.path} | {decoder.compile_s:.1f} | {same:.1%} |")
     if not args.no_compile:
         step_table(capitu_model, prompt_length)
 
@@ -224,16 +212,15 @@ def step_table(model, start):
     say("|---|---|---|---|---|---|")
     for batch in (1, 4):
         tokens = torch.randint(1, config.vocab_size, (batch, 1), device=device)
-        position = torch.zeros((), dtype=torch.long, device=device)
         for reduction in (False, True):
-            decoder = StaticDecoder(model, batch, config.block_size, reduction=reduction)
+            decoder = Decoder(model, batch, reduction=reduction)
             with torch.no_grad():
                 for i in range(8):  # CUDA graphs: warm-up, then recording
-                    decoder.step(tokens, position.fill_(start + i))
+                    decoder.step(tokens, start + i)
                 synchronize(device)
                 started = time.perf_counter()
                 for i in range(256):
-                    decoder.step(tokens, position.fill_((start + i) % config.block_size))
+                    decoder.step(tokens, (start + i) % config.block_size)
                 queued = time.perf_counter() - started
                 synchronize(device)
                 total = time.perf_counter() - started
@@ -244,27 +231,15 @@ def step_table(model, start):
 
 
 # ---- 3. training ---------------------------------------------------------------------------
-def capitu_loss(model, x, y):
-    return model(x, y)[1]
-
-
-def hf_loss(model, x, y):
-    logits = model(input_ids=x).logits
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
-
-
-def contender(name, model, loss_fn, compiled, batches):
+def contender(name, model, compiled, batches):
+    """`model` answers (x, y) with (None, loss); each step is the trainer's own."""
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     forward = torch.compile(model) if compiled else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
 
     def step(batch):
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = loss_fn(forward, batch[:, :-1], batch[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, [(batch[:, :-1], batch[:, 1:])], autocast, 1.0, trained=forward)
 
     def steps(run_batches):
         synchronize(device)
@@ -323,16 +298,16 @@ def training():
     # not 16-byte aligned in bf16, which keeps cuBLAS off its Hopper kernels for the output layer
     padded = variant_config(args.preset, ["model.vocab_size=50304"])
     torch.manual_seed(0)
-    plan = [("HF eager", lambda: hf_twin(config), hf_loss, False, config),
-            ("capitu eager", lambda: GPT(config), capitu_loss, False, config)]
+    plan = [("HF eager", lambda: LogitsThenLoss(hf_twin(config), hf=True), False, config),
+            ("capitu eager", lambda: GPT(config), False, config)]
     if not args.no_compile:
-        plan += [("HF compiled", lambda: hf_twin(config), hf_loss, True, config),
-                 ("capitu compiled", lambda: GPT(config), capitu_loss, True, config),
-                 ("capitu compiled, vocabulary padded to 50,304", lambda: GPT(padded), capitu_loss, True, padded)]
+        plan += [("HF compiled", lambda: LogitsThenLoss(hf_twin(config), hf=True), True, config),
+                 ("capitu compiled", lambda: GPT(config), True, config),
+                 ("capitu compiled, vocabulary padded to 50,304", lambda: GPT(padded), True, padded)]
     contenders = []
-    for name, build, loss_fn, compiled, shape in plan:
+    for name, build, compiled, shape in plan:
         try:
-            contenders.append(contender(name, build(), loss_fn, compiled, batches))
+            contenders.append(contender(name, build(), compiled, batches))
             contenders[-1]["flops"] = GPT(shape).flops_per_token()  # HF's model: the same shape as capitu's
         except Exception as error:  # noqa: BLE001 (one contender failing must not cost the others)
             traceback.print_exc()
@@ -392,7 +367,8 @@ def cli_bench():
     say("|---|---|---|---|---|---|")
     for flag in ("--compile", "--no-compile"):
         command = [sys.executable, "-m", "capitu", "bench", "--preset", args.preset, "--set", "model.vocab_size=50257",
-                   "--device", device.type, "--prompt-length", "128", "--new-tokens", str(args.new_tokens), flag, "--json"]
+                   "--device", device.type, "--prompt-length", "128", "--new-tokens", str(args.new_tokens), flag,
+                   "--json"]
         result = json.loads(run_command(command))
         rates = {key: ", ".join(f"{v:,.0f}" for v in result[key].values()) for key in ("prefill_tok_s", "decode_tok_s")}
         say(f"| `capitu bench --preset {args.preset} {flag}` | {result['decode_path']} "

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 from capitu.config import load_config
+from capitu.folders import RunFolder
 from capitu.study.config import load_study
-from capitu.train.trainer import METRICS, train
+from capitu.train.trainer import train
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--data", required=True, type=Path, help="a prepared data folder (e.g. studies/tiny/data)")
@@ -47,8 +48,8 @@ def run(overrides: list[str]) -> list[tuple[int, float]]:
     config.run.tokens, config.run.steps, config.run.checkpoint_every = tokens, 0, 10**9
     with tempfile.TemporaryDirectory() as folder:
         train(config, Path(folder) / "run", progress=False)
-        lines = (Path(folder) / "run" / METRICS).read_text().splitlines()
-    return [(r["tokens"], r["val_loss"]) for r in map(json.loads, lines) if "val_loss" in r]
+        records = RunFolder(Path(folder) / "run").metrics()
+    return [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
 
 
 def reached(curve: list[tuple[int, float]], target: float) -> int | None:

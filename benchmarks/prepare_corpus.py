@@ -21,7 +21,8 @@ args = parser.parse_args()
 
 with tempfile.TemporaryDirectory() as folder:
     start = time.perf_counter()
-    meta = prepare(PrepareOptions(source=args.source, out=Path(folder) / "data", vocab_size=args.vocab_size, progress=False))
+    meta = prepare(PrepareOptions(source=args.source, out=Path(folder) / "data", vocab_size=args.vocab_size,
+                                  progress=False))
     wall = time.perf_counter() - start
 print(format_summary(meta))
 print(f"wall time: {wall:.1f}s")

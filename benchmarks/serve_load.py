@@ -69,7 +69,8 @@ def client(url: str, requests: int, seed: int, results: dict, lock: threading.Lo
                 response = http.post("/api/blind", json={"prompt": "Capitu tinha olhos de", "new_tokens": 16})
                 kind, first = response.status_code, None
                 if response.status_code == 200:
-                    vote = http.post("/api/vote", json={"pair": response.json()["pair"], "choice": chooser.choice("AB")})
+                    choice = {"pair": response.json()["pair"], "choice": chooser.choice("AB")}
+                    vote = http.post("/api/vote", json=choice)
                     kind = "vote" if vote.status_code == 200 else vote.status_code
             total = time.perf_counter() - started
             with lock:
@@ -103,7 +104,8 @@ def main() -> None:
                 time.sleep(0.2)
         results, lock = {"outcomes": [], "total": [], "first": []}, threading.Lock()
         started = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(url, args.requests, n, results, lock)) for n in range(args.clients)]
+        threads = [threading.Thread(target=client, args=(url, args.requests, n, results, lock))
+                   for n in range(args.clients)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -2,7 +2,8 @@
 learn the most Portuguese in a fixed number of CPU seconds per run.
 
     python benchmarks/study_sweep.py --seconds 45 --data 4096=DIR4K 8192=DIR8K \\
-        --candidate "2L ctx128 b1024" "model.n_layer=2 model.block_size=128 optim.batch_tokens=1024 optim.micro_batch=8" \\
+        --candidate "2L ctx128 b1024" \\
+            "model.n_layer=2 model.block_size=128 optim.batch_tokens=1024 optim.micro_batch=8" \\
         --candidate ...
 
 Every candidate is a name and overrides on top of the tiny preset and `--set` (which
@@ -21,8 +22,9 @@ from pathlib import Path
 
 from capitu.bench import BenchOptions, measure_training
 from capitu.config import load_config
+from capitu.device import pick_device
 from capitu.evaluate import evaluate_run
-from capitu.train.trainer import pick_device, train
+from capitu.train.trainer import train
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--data", nargs="+", required=True, metavar="VOCAB=DIR", help="prepared folders by vocabulary")
@@ -35,7 +37,7 @@ parser.add_argument("--seed", type=int, default=1337)
 parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for every candidate")
 args = parser.parse_args()
 folders = dict(item.split("=", 1) for item in args.data)
-device = pick_device("cpu", 0)
+device = pick_device("cpu")
 
 
 def config_of(overrides: str):
@@ -68,5 +70,6 @@ for name, config in configs.items():
         train(config, Path(folder) / "run", progress=False)
         seconds = time.perf_counter() - started
         result = evaluate_run(Path(folder) / "run", "test", device=device, progress=False)
-    print(f"{name:<28} {rate or config.run.tokens / seconds:>8,.0f} {config.run.tokens:>10,} {seconds:>8.1f} {result['loss']:>9.4f} "
+    print(f"{name:<28} {rate or config.run.tokens / seconds:>8,.0f} {config.run.tokens:>10,} {seconds:>8.1f} "
+          f"{result['loss']:>9.4f} "
           f"{result['bpb']:>9.4f}", flush=True)

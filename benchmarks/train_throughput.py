@@ -26,12 +26,13 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 import transformers
+from twins import LogitsThenLoss, hf_twin
 
 from capitu.config import load_config
+from capitu.device import bf16_supported, synchronize
 from capitu.models import GPT
-from capitu.train.trainer import bf16_supported
+from capitu.train.trainer import optimizer_step
 
 SHAPES = {
     "study": (["model.vocab_size=4096", "model.n_layer=2", "model.block_size=128"], 8),
@@ -49,50 +50,21 @@ bf16 = torch.autocast(device.type, dtype=torch.bfloat16)
 fp32 = contextlib.nullcontext()
 
 
-def hf_twin(config):
-    hf_config = transformers.GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
-        n_head=config.n_head, n_inner=config.hidden, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=0, eos_token_id=0,
-    )
-    return transformers.GPT2LMHeadModel(hf_config)
-
-
-def hf_loss(model, x, y):
-    logits = model(input_ids=x).logits
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
-
-
-def unfused_loss(model, x, y):
-    logits = model(x)[0]
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
-
-
-def fused_loss(model, x, y):
-    return model(x, y)[1]
-
-
 class Contender:
-    def __init__(self, name, model, loss_fn, autocast, fused_adamw=False, compiled=False):
-        self.name, self.loss_fn, self.autocast = name, loss_fn, autocast
+    def __init__(self, name, model, autocast, fused_adamw=False, compiled=False):
+        """`model` answers (x, y) with (None, loss), as capitu's models do."""
+        self.name, self.autocast = name, autocast
         self.model = model.to(device).train()
-        self.parameters = list(self.model.parameters())
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=1e-4, fused=fused_adamw or None)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=fused_adamw or None)
         self.forward = torch.compile(self.model) if compiled else self.model
         self.rates, self.setup_s = [], 0.0
 
     def steps(self, batches) -> float:
-        """Seconds to train on `batches`, one optimizer step each, as the trainer does."""
+        """Seconds to train on `batches`, one optimizer step each, through the trainer's step."""
         start = time.perf_counter()
         for x, y in batches:
-            with self.autocast:
-                loss = self.loss_fn(self.forward, x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+            optimizer_step(self.model, self.optimizer, [(x, y)], self.autocast, 1.0, trained=self.forward)
+        synchronize(device)
         return time.perf_counter() - start
 
     def warm_up(self, batches):
@@ -113,16 +85,16 @@ for shape in args.shapes:
         return model
 
     contenders = [
-        Contender("HF GPT2LMHeadModel", hf_twin(config), hf_loss, fp32),
-        Contender("unfused", ours(), unfused_loss, fp32),
-        Contender("fused-ce", ours(), fused_loss, fp32),
+        Contender("HF GPT2LMHeadModel", LogitsThenLoss(hf_twin(config), hf=True), fp32),
+        Contender("unfused", LogitsThenLoss(ours()), fp32),
+        Contender("fused-ce", ours(), fp32),
     ]
     if bf16_supported(device):
-        contenders.append(Contender("+ bf16", ours(), fused_loss, bf16))
+        contenders.append(Contender("+ bf16", ours(), bf16))
     last_autocast = contenders[-1].autocast
-    contenders.append(Contender("+ fused-adamw", ours(), fused_loss, last_autocast, fused_adamw=True))
+    contenders.append(Contender("+ fused-adamw", ours(), last_autocast, fused_adamw=True))
     if args.compile:
-        contenders.append(Contender("+ compile", ours(), fused_loss, last_autocast, fused_adamw=True, compiled=True))
+        contenders.append(Contender("+ compile", ours(), last_autocast, fused_adamw=True, compiled=True))
     batches = [
         (torch.randint(0, config.vocab_size, (micro, config.block_size), device=device),
          torch.randint(0, config.vocab_size, (micro, config.block_size), device=device))
@@ -137,7 +109,8 @@ for shape in args.shapes:
     reference = contenders[0].rates
     print(f"\nshape {shape}: {config.n_layer} layers, {config.n_embd} wide, context {config.block_size}, vocabulary "
           f"{config.vocab_size:,}, micro-batch {micro}; {args.rounds} rounds x {args.steps} steps")
-    print(f"{'contender':<20} {'tok/s median':>13} {'range':>17} {'vs HF':>6} {'ratio range':>12} {'first 2 steps':>14}")
+    print(f"{'contender':<20} {'tok/s median':>13} {'range':>17} {'vs HF':>6} {'ratio range':>12} "
+          f"{'first 2 steps':>14}")
     for contender in contenders:
         rates = contender.rates
         # the machine's speed drifts between rounds: compare within each round, then take the median

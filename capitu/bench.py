@@ -2,8 +2,7 @@
 
 Each measurement runs in a fresh subprocess, so that on CPU its peak resident memory (the
 only peak the OS keeps) belongs to that task alone; on CUDA the peak is
-`torch.cuda.max_memory_allocated`. Tokens are random: speed does not depend on them.
-"""
+`torch.cuda.max_memory_allocated`. Tokens are random: speed does not depend on them."""
 
 from __future__ import annotations
 
@@ -16,16 +15,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from capitu.config import Config, from_dict, to_dict
+from capitu.device import autocast_context, peak_memory_bytes, pick_device, synchronize, use_tf32
 from capitu.errors import UserError
-from capitu.train.trainer import peak_memory_bytes
 
 SDPA_KERNELS = {  # the aten op scaled_dot_product_attention dispatched to -> its name
-    "_scaled_dot_product_flash_attention_for_cpu": "flash (cpu)",
-    "_scaled_dot_product_flash_attention": "flash",
-    "_scaled_dot_product_efficient_attention": "memory-efficient",
-    "_scaled_dot_product_cudnn_attention": "cudnn",
-    "_scaled_dot_product_attention_math": "math",
-}
+    "_scaled_dot_product_flash_attention_for_cpu": "flash (cpu)", "_scaled_dot_product_flash_attention": "flash",
+    "_scaled_dot_product_efficient_attention": "memory-efficient", "_scaled_dot_product_cudnn_attention": "cudnn",
+    "_scaled_dot_product_attention_math": "math"}
 
 
 @dataclass
@@ -36,12 +32,7 @@ class BenchOptions:
     batch_sizes: tuple[int, ...] = (1, 16)
     repeats: int = 3  # generation runs per batch size; the fastest counts
     device: str = "auto"
-    compile: bool = True  # decode through the compiled static-cache step (decode.StaticDecoder); False: eager
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    compile: bool = True  # decode through the compiled step (decode.Decoder); False: eager
 
 
 class TokenClock:
@@ -81,11 +72,11 @@ def sdpa_kernel(call) -> str:
 
 
 def measure_training(config: Config, device: torch.device, options: BenchOptions, kernel: bool = True) -> dict:
-    """Training tokens/s over `options.train_steps` steps after warm-up steps, the peak
-    memory, and (with `kernel`) the SDPA kernel the model's attention runs."""
+    """Training tokens/s over `options.train_steps` steps of the trainer's own step (one micro-batch each) after
+    warm-up steps, the peak memory, and (with `kernel`) the SDPA kernel the model's attention runs."""
     from capitu.models import build_model
     from capitu.train.optim import make_optimizer
-    from capitu.train.trainer import autocast_context
+    from capitu.train.trainer import optimizer_step
 
     model = build_model(config.model).to(device).train()
     optimizer = make_optimizer(model, config.optim, device.type)
@@ -95,12 +86,7 @@ def measure_training(config: Config, device: torch.device, options: BenchOptions
 
     def step():
         x = torch.randint(0, config.model.vocab_size, (batch, block + 1), generator=generator).to(device)
-        with autocast:
-            _, loss = model(x[:, :-1], x[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, [(x[:, :-1], x[:, 1:])], autocast, config.optim.grad_clip)
 
     for _ in range(3):  # warm-up: allocations, kernel selection, oneDNN's bf16 kernels built on first use
         step()
@@ -138,7 +124,7 @@ def generation_lengths(config: Config, options: BenchOptions) -> tuple[int, int,
 @torch.no_grad()
 def measure_generation(config: Config, weights: str | None, device: torch.device, options: BenchOptions) -> dict:
     from capitu.checkpoint import restore_weights
-    from capitu.decode import static_decoder
+    from capitu.decode import make_decoder
     from capitu.generate import Sampling, for_generation, generate
     from capitu.models import build_model
 
@@ -147,42 +133,35 @@ def measure_generation(config: Config, weights: str | None, device: torch.device
         restore_weights(model, weights)
     model = for_generation(model, device)
     window, prompt_length, new_tokens = generation_lengths(config, options)
-    greedy = Sampling(temperature=0)
     result = {"prompt_length": prompt_length, "new_tokens": new_tokens, "prefill_tok_s": {}, "decode_tok_s": {},
-              "decode_path": "eager", "compile_s": 0.0}
-    if not options.compile:
-        result["decode_path_reason"] = "--no-compile"
-    elif not model.supports_kv_cache:
-        result["decode_path_reason"] = "no KV cache (a window model)"
+              "compile_s": 0.0}
     generator = torch.Generator().manual_seed(0)
     for batch in options.batch_sizes:
+        decoder = make_decoder(model, batch, options.compile)  # compiled once per batch size, not timed
+        result.update(decode_path=decoder.path, decode_path_reason=decoder.reason)
+        result["compile_s"] += decoder.compile_s
         prompt = torch.randint(0, config.model.vocab_size, (batch, prompt_length), generator=generator).to(device)
         prefill, decode = 0.0, 0.0
         for _ in range(options.repeats):
             synchronize(device)
             started = time.perf_counter()
-            model(prompt, cache=model.new_cache(batch, window) if model.supports_kv_cache else None, last_only=True)
+            decoder.prefill(prompt, 0)
             synchronize(device)
             prefill = max(prefill, batch * prompt_length / (time.perf_counter() - started))
             clock = TokenClock(device)
-            generate(model, prompt, new_tokens, greedy, on_tokens=clock, compile=options.compile)
+            generate(decoder, prompt, new_tokens, Sampling(temperature=0), on_tokens=clock)
             # from the first new token (prefill done) to the last: decode steps only
             decode = max(decode, batch * (new_tokens - 1) / clock.span())
-        if options.compile and model.supports_kv_cache:  # compiled once per batch size, on first use
-            decoder = static_decoder(model, batch, window)
-            result["decode_path"] = decoder.path
-            result["compile_s"] += decoder.compile_s
-            if decoder.reason:
-                result["decode_path_reason"] = decoder.reason
         result["prefill_tok_s"][str(batch)] = prefill
         result["decode_tok_s"][str(batch)] = decode
+    if not result["decode_path_reason"]:
+        del result["decode_path_reason"]
     value_bytes = torch.finfo(next(model.parameters()).dtype).bits // 8
-    if model.supports_kv_cache:
-        cache = model.new_cache(1, window)
-        allocated = cache.bytes_per_token()
+    if config.model.kind == "gpt":
+        decoder = make_decoder(model, 1, compile=False)
         prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
-        model(prompt, cache=cache)
-        kernel = sdpa_kernel(lambda: model(prompt, cache=cache))
+        # attention over the cache is written out (models/gpt.py: masked_attention): "none" here
+        allocated, kernel = decoder.cache.bytes_per_token(), sdpa_kernel(lambda: decoder.prefill(prompt, 0))
     else:
         allocated, kernel = 0, "none (no attention)"
     result.update(peak_generate_bytes=peak_memory_bytes(device), sdpa_kernel_decode=kernel,
@@ -193,14 +172,12 @@ def measure_generation(config: Config, weights: str | None, device: torch.device
 
 def worker() -> None:
     """Entry of the measuring subprocess: a JSON job on stdin, a JSON result on stdout."""
-    from capitu.train.trainer import pick_device
-
     job = json.loads(sys.stdin.read())
     config, options = from_dict(Config, job["config"]), BenchOptions(**job["options"])
     options.batch_sizes = tuple(options.batch_sizes)
-    device = pick_device(options.device, 0)
+    device = pick_device(options.device)
+    use_tf32(device)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats(device)
     start_bytes = peak_memory_bytes(device)
     try:
@@ -267,8 +244,8 @@ def format_table(result: dict) -> str:
         lines.append(f"{'prefill, batch ' + batch:<22} {result['prefill_tok_s'][batch]:>12,.0f} tok/s")
         lines.append(f"{'decode, batch ' + batch:<22} {result['decode_tok_s'][batch]:>12,.0f} tok/s")
     path = result["decode_path"]
-    lines.append(f"{'decode path':<22} {path:>12}   " + (f"compiling took {result['compile_s']:.1f} s, not counted above"
-                                                          if path == "compiled" else result["decode_path_reason"]))
+    why = f"compiling took {result['compile_s']:.1f} s, not counted above" if path == "compiled" else None
+    lines.append(f"{'decode path':<22} {path:>12}   " + (why or result["decode_path_reason"]))
     lines.append(f"{'generation peak':<22} {size(result['peak_generate_bytes']):>18}"
                  f" (at start {size(result['generate_start_bytes'])})   SDPA {result['sdpa_kernel_decode']}")
     lines.append(f"{'KV cache per token':<22} {kv['shapes']:>12,} B from shapes, {kv['allocated']:,} B allocated "

@@ -1,8 +1,7 @@
 """Model checkpoints: `model.safetensors` + `config.json` (+ the data's `tokenizer.json`).
 
 Enough to rebuild, evaluate and generate with no training state. Loading never runs code
-from a file: weights come from safetensors, everything else from JSON.
-"""
+from a file: weights come from safetensors, everything else from JSON."""
 
 from __future__ import annotations
 
@@ -15,13 +14,12 @@ from safetensors.torch import load_file, save_file
 
 from capitu.config import ModelConfig, from_dict, to_dict
 from capitu.errors import UserError
+from capitu.folders import RunFolder
 from capitu.models import build_model
 from capitu.paths import atomic_write_json, fsync_file, temporary_name
 
 MODEL_FORMAT = "capitu-model/1"
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-TOKENIZER = "tokenizer.json"
+WEIGHTS, CONFIG = RunFolder.WEIGHTS, RunFolder.CONFIG
 
 
 def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -77,10 +75,10 @@ def state_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> st
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     missing = [name for name in expected if state.get(name) is None]
     unexpected = [name for name in state if name not in expected]
-    misshaped = [f"{name} {tuple(t.shape)} where the config needs {expected[name]}"
-                 for name, t in state.items() if name in expected and t is not None and tuple(t.shape) != expected[name]]
-    problems = [f"{label} {', '.join(names[:3])}{' and more' if len(names) > 3 else ''}"
-                for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if names]
+    misshaped = [f"{name} {tuple(t.shape)} where the config needs {expected[name]}" for name, t in state.items()
+                 if name in expected and t is not None and tuple(t.shape) != expected[name]]
+    problems = [f"{label} {', '.join(names[:3])}{' and more' if len(names) > 3 else ''}" for label, names
+                in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if names]
     return "; ".join(problems) or None
 
 

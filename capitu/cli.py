@@ -1,12 +1,13 @@
 """The `capitu` command: one subcommand per stage of the pipeline.
 
-Every subcommand turns a `UserError` into a one-line message and exit code 2.
-"""
+Every subcommand turns a `UserError` into a one-line message and exit code 2."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -14,29 +15,48 @@ from capitu import __version__
 from capitu.errors import UserError
 
 
+def int_list(flag: str):
+    """An argparse type: comma-separated integers, as a tuple."""
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(n) for n in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects comma-separated integers, got {text}") from None
+    return parse
+
+
+def options_of(kind, args, **given):
+    """A dataclass of options from the parsed arguments of the same names (and `given`)."""
+    fields = {f.name for f in dataclasses.fields(kind)}
+    return kind(**{name: value for name, value in vars(args).items() if name in fields}, **given)
+
+
 def add_prepare(commands) -> None:
+    from capitu.data.prepare import PrepareOptions as defaults
+
     p = commands.add_parser(
-        "prepare",
-        help="clean, deduplicate and split a corpus; train a tokenizer; write token files",
+        "prepare", help="clean, deduplicate and split a corpus; train a tokenizer; write token files",
         description="Turn a folder, file, archive or named source of Portuguese texts into a clean, "
-        "deduplicated, leak-free train/val/test split, a tokenizer and token files.",
-    )
+        "deduplicated, leak-free train/val/test split, a tokenizer and token files.")
     p.add_argument("--source", required=True, help="a folder, a .txt(.gz/.xz/.bz2) file, a .zip/.tar.* archive, "
                    "or a named source (machado)")
     p.add_argument("--out", required=True, type=Path, help="output folder (train.bin, val.bin, test.bin, "
                    "tokenizer.json, meta.json)")
-    p.add_argument("--tokenizer", choices=["bpe", "char"], default="bpe", help="byte-level BPE (default) or characters")
-    p.add_argument("--vocab-size", type=int, default=16384, help="BPE vocabulary size (default 16384)")
-    p.add_argument("--seed", type=int, default=1337, help="seed of the document split (default 1337)")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="share of bytes for validation (default 0.05)")
-    p.add_argument("--test-fraction", type=float, default=0.05, help="share of bytes for test (default 0.05)")
-    p.add_argument("--min-paragraph-chars", type=int, default=64,
-                   help="paragraphs shorter than this (normalised) are never deduplicated (default 64)")
-    p.add_argument("--min-document-chars", type=int, default=200,
-                   help="documents left shorter than this after deduplication are dropped (default 200)")
+    p.add_argument("--tokenizer", choices=["bpe", "char"], default=defaults.tokenizer,
+                   help="byte-level BPE (default) or characters")
+    for flag, kind, words in (("--vocab-size", int, "BPE vocabulary size"),
+                              ("--seed", int, "seed of the document split"),
+                              ("--val-fraction", float, "share of bytes for validation"),
+                              ("--test-fraction", float, "share of bytes for test"),
+                              ("--min-paragraph-chars", int, "paragraphs shorter than this (normalised) are never "
+                               "deduplicated"),
+                              ("--min-document-chars", int, "documents left shorter than this after deduplication "
+                               "are dropped")):
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        p.add_argument(flag, type=kind, default=default, help=f"{words} (default {default})")
     p.add_argument("--strict", action="store_true", help="treat undecodable, binary or non-UTF-8 files as errors")
     p.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
-    p.add_argument("--cache", type=Path, default=None, help="download cache for named sources "
+    p.add_argument("--cache", dest="cache_dir", type=Path, default=None, help="download cache for named sources "
                    "(default $CAPITU_CACHE or ~/.cache/capitu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run_prepare)
@@ -45,23 +65,16 @@ def add_prepare(commands) -> None:
 def run_prepare(args) -> None:
     from capitu.data.prepare import PrepareOptions, format_summary, prepare
 
-    options = PrepareOptions(
-        source=args.source, out=args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size, seed=args.seed,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        min_paragraph_chars=args.min_paragraph_chars, min_document_chars=args.min_document_chars,
-        strict=args.strict, force=args.force, progress=not args.quiet,
-    )
-    if args.cache is not None:
-        options.cache_dir = args.cache
-    print(format_summary(prepare(options)))
+    if args.cache_dir is None:
+        del args.cache_dir  # the dataclass's default
+    print(format_summary(prepare(options_of(PrepareOptions, args, progress=not args.quiet))))
 
 
 def add_models(commands) -> None:
     p = commands.add_parser(
         "models", help="table of the model variants of a preset: parameters, KV-cache bytes per token",
         description="Build every variant of the grid on a preset and print its parameter counts, "
-        "training FLOPs per token and KV-cache bytes per token (fp32 and bf16).",
-    )
+        "training FLOPs per token and KV-cache bytes per token (fp32 and bf16).")
     p.add_argument("--preset", default="tiny", help="tiny, small or gpt2 (default tiny)")
     p.add_argument("--vocab-size", type=int, default=16384, help="vocabulary size (default 16384)")
     p.add_argument("--grid", default="full", help="a shipped grid (full: all eleven variants, the default; core: "
@@ -72,7 +85,7 @@ def add_models(commands) -> None:
 def run_models(args) -> None:
     from capitu.config import load_config
     from capitu.models import build_model
-    from capitu.models.variants import load_grid, variant_config
+    from capitu.study.variants import load_grid, variant_config
     from capitu.tokenizer import check_vocab_size
 
     check_vocab_size(args.vocab_size, 1)  # before building anything of that size
@@ -81,8 +94,9 @@ def run_models(args) -> None:
     print(f"{'variant':<11} {'params':>12} {'non-emb':>12} {'GFLOP/tok':>10} {'KV B/tok fp32':>14} {'bf16':>8}")
     for variant in load_grid(args.grid):
         model = build_model(variant_config(base, variant).model)
+        kv = f"{model.kv_bytes_per_token(4):>14,} {model.kv_bytes_per_token(2):>8,}"
         print(f"{variant.name:<11} {model.num_params():>12,} {model.num_params(False):>12,} "
-              f"{model.flops_per_token() / 1e9:>10.3f} {model.kv_bytes_per_token(4):>14,} {model.kv_bytes_per_token(2):>8,}")
+              f"{model.flops_per_token() / 1e9:>10.3f} {kv}")
 
 
 def add_export(commands) -> None:
@@ -91,8 +105,7 @@ def add_export(commands) -> None:
         description="Write the model of RUN as a folder that transformers loads, tokenizer included: a "
         "GPT-2-shaped model (learned positions, LayerNorm, GELU, biases, tied) as GPT2LMHeadModel, a "
         "Llama-shaped one (RoPE, RMSNorm, SwiGLU, no biases; tied or not; MHA, GQA or MQA) as "
-        "LlamaForCausalLM. The tokenizer puts end-of-text before a prompt, as capitu generate does.",
-    )
+        "LlamaForCausalLM. The tokenizer puts end-of-text before a prompt, as capitu generate does.")
     p.add_argument("run", type=Path, help="a run or model folder (model.safetensors, config.json)")
     p.add_argument("--format", choices=["hf"], default="hf", help="output format (hf)")
     p.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")
@@ -100,7 +113,7 @@ def add_export(commands) -> None:
 
 
 def _export(args) -> None:
-    from capitu.models.hf import export_hf
+    from capitu.hf import export_hf
 
     architecture = export_hf(args.run, args.out)
     print(f"exported {args.run} to {args.out} (HF {architecture})")
@@ -110,15 +123,14 @@ def add_import(commands) -> None:
     p = commands.add_parser(
         "import", help="bring an HF GPT-2 checkpoint in as a capitu model folder",
         description="Convert an HF GPT-2 folder (config.json, model.safetensors, tokenizer.json) into a "
-        "capitu model folder that eval and generate use.",
-    )
+        "capitu model folder that eval and generate use.")
     p.add_argument("folder", type=Path, help="an HF GPT-2 folder")
     p.add_argument("--out", type=Path, required=True, help="the capitu model folder to write (must be new or empty)")
     p.set_defaults(handler=_import)
 
 
 def _import(args) -> None:
-    from capitu.models.hf import import_hf
+    from capitu.hf import import_hf
 
     import_hf(args.folder, args.out)
     print(f"imported {args.folder} into {args.out}")
@@ -129,8 +141,7 @@ def add_train(commands) -> None:
         "train", help="train a model from scratch (or resume a run)",
         description="Train a model on a folder made by `capitu prepare`. The config starts from a preset, "
         "then --config FILE.toml, then --set overrides (e.g. --set model.pos=rope). "
-        "Under torchrun it trains with DDP: torchrun --nproc_per_node=N -m capitu train ...",
-    )
+        "Under torchrun it trains with DDP: torchrun --nproc_per_node=N -m capitu train ...")
     p.add_argument("--data", help="a prepared data folder (train.bin, val.bin, meta.json)")
     p.add_argument("--preset", default="tiny", help="tiny, small or gpt2 (default tiny)")
     p.add_argument("--config", type=Path, help="a TOML file with [model], [optim], [data], [run] sections")
@@ -155,24 +166,20 @@ def run_train(args) -> None:
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.path={json.dumps(str(args.data))}")
-    settings = {}  # what the user asked for; on --resume it replaces the saved values
     for flag in ("tokens", "steps", "time"):
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:
             raise UserError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    if args.tokens is not None:
-        settings.update(tokens=args.tokens, steps=0)
-    if args.steps is not None:
-        settings["steps"] = args.steps
-    if args.time is not None:
-        settings["time"] = args.time
-    if args.device:
-        settings["device"] = args.device
+    # what the user asked for; on --resume it replaces the saved values (a token budget clears the steps)
+    settings = {key: getattr(args, key) for key in ("tokens", "steps", "time", "device") if getattr(args, key)}
+    if args.tokens is not None and args.steps is None:
+        settings["steps"] = 0
     if not args.resume and not args.data and not any(o.startswith("data.path=") for o in overrides):
         raise UserError("--data is required (a folder made by capitu prepare)")
     config = None if args.resume else load_config(args.preset, args.config, overrides)
     last = train(config, args.out, resume=args.resume, pause_at=args.pause_at, progress=not args.quiet,
                  run_settings=settings)
-    summary = f"step {last.get('step')}, {last.get('tokens', 0):,} tokens, train loss {last.get('train_loss', float('nan')):.4f}"
+    summary = f"step {last.get('step')}, {last.get('tokens', 0):,} tokens, "
+    summary += f"train loss {last.get('train_loss', float('nan')):.4f}"
     if "val_loss" in last:
         summary += f", val loss {last['val_loss']:.4f}"
     if last.get("stopped") in ("SIGINT", "SIGTERM"):
@@ -186,12 +193,11 @@ def add_eval(commands) -> None:
     p = commands.add_parser(
         "eval", help="perplexity, bits per byte and word perplexity of a run on a split or a text",
         description="Score RUN over a whole split (non-overlapping windows of its training context, or "
-        "sliding windows with --stride) or over any text (--text), optionally at other context lengths.",
-    )
+        "sliding windows with --stride) or over any text (--text), optionally at other context lengths.")
     p.add_argument("run", type=Path, help="a run folder (or its best/ folder)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="default test")
     p.add_argument("--text", type=Path, help="a text file or folder, cleaned and tokenized as prepare does")
-    p.add_argument("--lengths", help="other context lengths, e.g. 128,256,512,1024,2048")
+    p.add_argument("--lengths", type=int_list("--lengths"), help="other context lengths, e.g. 128,256,512,1024,2048")
     p.add_argument("--stride", type=int, default=0, help="sliding-window step (default: the context, no overlap)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
@@ -200,18 +206,16 @@ def add_eval(commands) -> None:
 
 
 def run_eval(args) -> None:
-    from capitu.paths import atomic_write_json
     from capitu.evaluate import evaluate_run, format_table
+    from capitu.folders import RunFolder
+    from capitu.paths import atomic_write_json
 
-    try:
-        lengths = [int(n) for n in args.lengths.split(",")] if args.lengths else None
-    except ValueError:
-        raise UserError(f"--lengths expects comma-separated integers, got {args.lengths}") from None
+    lengths = list(args.lengths) if args.lengths else None
     if lengths and min(lengths) < 1:
         raise UserError("--lengths must be positive")
     result = evaluate_run(args.run, args.split, args.text, lengths, args.stride, args.device, not args.quiet)
     print(json.dumps(result, indent=1) if args.json else format_table(result), flush=True)
-    path = args.run / ("eval_text.json" if args.text else f"eval_{args.split}.json")
+    path = RunFolder(args.run).evaluation_path(None if args.text else args.split)
     try:
         atomic_write_json(path, result)
     except OSError as error:  # a read-only run: the result above is all there is
@@ -221,7 +225,7 @@ def run_eval(args) -> None:
 def add_compile_option(p, note: str) -> None:
     """--compile / --no-compile, on by default: decoding through decode.py's compiled step."""
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help=f"decode through a static cache and a compiled step (gpt-fast's method; the default: {note}); "
+                   help=f"decode through the KV cache and a compiled step (gpt-fast's method; the default: {note}); "
                    "--no-compile: the eager loop")
 
 
@@ -230,8 +234,7 @@ def add_generate(commands) -> None:
         "generate", help="continue Portuguese prompts with a run's model (KV cache, streaming, comparisons)",
         description="Sample a continuation of each prompt from RUN. A prompt is read as the start of a "
         "document (after end-of-text, as in training); an empty prompt starts from end-of-text. "
-        "--compare prints every run's continuation of the same prompts with the same seed.",
-    )
+        "--compare prints every run's continuation of the same prompts with the same seed.")
     p.add_argument("run", type=Path, nargs="?", help="a run or model folder")
     p.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: empty)")
     p.add_argument("--prompts", type=Path, help="a UTF-8 file with one prompt per line")
@@ -251,15 +254,16 @@ def add_generate(commands) -> None:
 
 
 def run_generate(args) -> None:
-    from capitu.generate import Sampling, compare, complete, load_for_generation, markdown_table, read_prompts
-    from capitu.train.trainer import pick_device
+    from capitu.device import pick_device
+    from capitu.generate import Sampling, compare, complete, load_for_generation, read_prompts
+    from capitu.pages import markdown_comparison
 
     runs = ([args.run] if args.run else []) + (args.compare or [])
     if not runs:
         raise UserError("give a run folder (capitu generate RUN --prompt ...)")
     if args.new_tokens < 1:
         raise UserError(f"-n/--new-tokens must be at least 1, got {args.new_tokens}")
-    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    sampling = options_of(Sampling, args)
     sampling.validate()
     prompts = (args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
     prompts = prompts or [""]
@@ -267,24 +271,24 @@ def run_generate(args) -> None:
     if args.compare:
         results = compare(runs, prompts, args.new_tokens, sampling, args.seed, device, args.compile)
         if args.markdown:
-            print(markdown_table(results))
+            print(markdown_comparison(results))
             return
         for entry in results:
             print(f"=== prompt: {entry['prompt']!r}")
             for run, text in entry["outputs"].items():
                 print(f"--- {run}\n{text}\n")
         return
-    model, tokenizer = load_for_generation(runs[0], device)
+    decoder, tokenizer = load_for_generation(runs[0], device, args.compile)
     for number, prompt in enumerate(prompts):
         if number:
             print("\n" + "-" * 40)
         if args.stream:
             print(prompt, end="", flush=True)
-            complete(model, tokenizer, prompt, args.new_tokens, sampling, args.seed,
-                     write=lambda piece: print(piece, end="", flush=True), compile=args.compile)
+            complete(decoder, tokenizer, prompt, args.new_tokens, sampling, args.seed,
+                     write=lambda piece: print(piece, end="", flush=True))
             print()
         else:
-            print(complete(model, tokenizer, prompt, args.new_tokens, sampling, args.seed, compile=args.compile))
+            print(complete(decoder, tokenizer, prompt, args.new_tokens, sampling, args.seed))
 
 
 def add_bench(commands) -> None:
@@ -293,8 +297,7 @@ def add_bench(commands) -> None:
         description="Measure a run's model (RUN) or a preset's (--preset, with --set overrides): training "
         "tokens/s, prefill and decode tokens/s at batch 1 and 16, peak memory of training and of "
         "generation (CUDA: max allocated; CPU: peak RSS of a measuring subprocess), KV-cache bytes per "
-        "token and the SDPA kernel that ran.",
-    )
+        "token and the SDPA kernel that ran.")
     p.add_argument("run", type=Path, nargs="?", help="a run or model folder")
     p.add_argument("--preset", help="bench a fresh model of this preset instead of a run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -303,7 +306,8 @@ def add_bench(commands) -> None:
     p.add_argument("--train-steps", type=int, default=5, help="timed training steps (default 5)")
     p.add_argument("--prompt-length", type=int, default=0, help="prompt tokens (default: half the context)")
     p.add_argument("--new-tokens", type=int, default=0, help="generated tokens (default: the rest of the context)")
-    p.add_argument("--batch-sizes", default="1,16", help="generation batch sizes (default 1,16)")
+    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(1, 16),
+                   help="generation batch sizes (default 1,16)")
     p.add_argument("--repeats", type=int, default=3, help="generation runs per batch size, best kept (default 3)")
     add_compile_option(p, "reports decode_path and compile_s")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -312,21 +316,17 @@ def add_bench(commands) -> None:
 
 def run_bench(args) -> None:
     from capitu.bench import BenchOptions, bench, config_of_run, format_table
-    from capitu.checkpoint import WEIGHTS, read_config
+    from capitu.checkpoint import read_config
     from capitu.config import load_config
+    from capitu.folders import RunFolder
 
     if bool(args.run) == bool(args.preset):
         raise UserError("give either a run folder or --preset")
-    try:
-        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    except ValueError:
-        raise UserError(f"--batch-sizes expects comma-separated integers, got {args.batch_sizes}") from None
-    options = BenchOptions(args.train_steps, args.prompt_length, args.new_tokens, batch_sizes, args.repeats, args.device,
-                           args.compile)
+    options = options_of(BenchOptions, args)
     if args.run:
         if args.overrides:
             raise UserError("--set applies to --preset only (a run's model is fixed)")
-        config, weights = config_of_run(read_config(args.run)), str(args.run / WEIGHTS)
+        config, weights = config_of_run(read_config(args.run)), str(RunFolder(args.run).weights)
     else:
         config, weights = load_config(args.preset, overrides=args.overrides), None
         if not config.model.vocab_size:
@@ -342,8 +342,7 @@ def add_study(commands) -> None:
         "--config) x seeds on the same data and a fair budget (equal tokens, FLOPs or seconds); evaluate each "
         "on the test split at several context "
         "lengths, bench it, sample the same prompts, and write report.md, report.html, results.json and "
-        "results.csv into --out. Stopped, it continues where it stopped when run again.",
-    )
+        "results.csv into --out. Stopped, it continues where it stopped when run again.")
     p.add_argument("--preset", default="tiny", help="tiny, small or gpt2 (default tiny); also picks the study "
                    "defaults in capitu/presets/study/")
     p.add_argument("--config", type=Path, help="a study TOML: a [study] table and, optionally, [[variant]]s")
@@ -377,8 +376,7 @@ def add_serve(commands) -> None:
         description="Serve a page (and a JSON API under /api) where every model of a study (its first-seed "
         "runs) or the given runs continue your prompts side by side, streaming, and where two models drawn at "
         "random continue the same prompt as A and B for a blind vote; votes go to SQLite and give a "
-        "Bradley-Terry ranking. Binds to loopback unless --host says otherwise.",
-    )
+        "Bradley-Terry ranking. Binds to loopback unless --host says otherwise.")
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="a study folder, or run folders")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -400,17 +398,17 @@ def add_votes(commands) -> None:
     p = commands.add_parser(
         "votes", help="the ranking of the blind votes cast in capitu serve",
         description="Bradley-Terry strengths (Elo scale) with 95%% bootstrap intervals and vote counts, from a "
-        "votes file written by capitu serve (a study folder's votes.sqlite by default).",
-    )
+        "votes file written by capitu serve (a study folder's votes.sqlite by default).")
     p.add_argument("votes", type=Path, metavar="VOTES", help="a votes.sqlite file, or the folder that holds it")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=run_votes)
 
 
 def run_votes(args) -> None:
+    from capitu.folders import StudyFolder
     from capitu.votes import format_ranking, ranking, read_votes
 
-    path = args.votes / "votes.sqlite" if args.votes.is_dir() else args.votes
+    path = StudyFolder(args.votes).votes if args.votes.is_dir() else args.votes
     result = ranking(read_votes(path))
     print(json.dumps(result, indent=1) if args.json else format_ranking(result))
 
@@ -426,8 +424,7 @@ class OneLineErrors(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrors(
         prog="capitu",
-        description="Build, train, compare and understand small GPT-2-style language models for Portuguese.",
-    )
+        description="Build, train, compare and understand small GPT-2-style language models for Portuguese.")
     parser.add_argument("--version", action="version", version=f"capitu {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True,
                                      parser_class=OneLineErrors)
@@ -445,8 +442,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class OneLineNotes(logging.Handler):
+    """The library's warnings as `capitu: warning: ...` on stderr (the one of the moment: tests swap it), and its
+    notes (what a wait is for) where a person watches a terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        kind = "warning: " if record.levelno >= logging.WARNING else ""
+        print(f"capitu: {kind}{record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def show_notes() -> None:
+    logger = logging.getLogger("capitu")
+    if not any(isinstance(handler, OneLineNotes) for handler in logger.handlers):
+        logger.addHandler(OneLineNotes())
+    logger.setLevel(logging.INFO if sys.stderr.isatty() else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_notes()
     try:
         args.handler(args)
     except UserError as error:

@@ -2,8 +2,7 @@
 
 `load_config("tiny", file, ["model.pos=rope"])` starts from the dataclass defaults, applies
 the preset `capitu/presets/tiny.toml`, then a user TOML file, then `--set` overrides. Every
-key is checked against the dataclass fields and every value against the field's type.
-"""
+key is checked against the dataclass fields and every value against the field's type."""
 
 from __future__ import annotations
 
@@ -12,8 +11,8 @@ import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 from capitu.errors import UserError
 
@@ -102,9 +101,7 @@ class ModelConfig:
         if self.n_embd % self.n_head:
             raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if self.n_head % self.kv_heads:
-            raise UserError(
-                f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head})"
-            )
+            raise UserError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head})")
         if self.pos == "rope" and self.head_dim % 2:
             raise UserError(f"rope needs an even head size, got {self.head_dim}")
 
@@ -238,7 +235,7 @@ class RunConfig:
     time: float = 0.0  # budget in seconds of training (0: none)
     seed: int = 1337
     device: str = "auto"  # auto (cuda, mps, cpu), or a torch device name
-    dtype: str = "auto"  # auto: bfloat16 autocast where bf16 matmuls are native (CUDA, AVX-512 BF16/AMX CPUs), else float32
+    dtype: str = "auto"  # auto: bf16 autocast where bf16 matmuls are native (CUDA, AVX-512 BF16/AMX CPUs), else fp32
     compile: bool = False
     eval_every: int = 100  # steps between validations
     eval_windows: int = 32  # validation windows, the same ones every time

@@ -1,29 +1,27 @@
-"""The fast decode path (gpt-fast's method): a static KV cache and a one-token step whose
-shapes never change, compiled once per model, batch size and context.
+"""Decoders: a model's state for generating at one batch size, owned by the caller (`make_decoder`).
+`prefill` (eager) writes a prompt at a position and `step` one token; generate.py drives both kinds.
 
-On CUDA the step runs as a CUDA graph (`mode="reduce-overhead"`). At small batches (see
-`reduction_linears_pay`) the step is compiled from a view of the model whose linear layers
-are written as multiply-and-sum (`ReductionLinear`), which inductor fuses with the work
-around them. On CPU each becomes one loop over both cores, where the library's
-matrix-vector product runs on one core and pays a call per layer: on the tiny preset that is
-the larger half of the gain (benchmarks/decode.py). On a GPU at batch 1 it means fewer,
-fused kernels in the graph (benchmarks/gpu.py). The prompt is prefilled eagerly by the model
-itself; where compiling fails, one warning line, and the step runs eagerly.
-"""
+`Decoder` (GPT) holds a KV cache of the model's context; its step is compiled once (gpt-fast's
+method): shapes never change, so on CUDA it runs as a CUDA graph. At small batches the step is
+compiled from a view of the model whose linears are multiply-and-sum (`ReductionLinear`), which
+inductor fuses with the work around them (docs/measurements.md). Where compiling fails: one warning
+line, and an eager step. `WindowDecoder` (Bengio's FFN) has no cache: each step reads the last n tokens."""
 
 from __future__ import annotations
 
 import copy
-import sys
+import logging
 import time
 
 import torch
 import torch.nn as nn
 
+from capitu.device import compile_step
 from capitu.errors import warn
-from capitu.models.kv_cache import StaticKVCache
 
-REDUCTION_BATCH = {"cpu": 8, "cuda": 1}  # the largest batch at which the fused loops won (measured)
+LOG = logging.getLogger(__name__)
+# the largest batch at which the fused loops won on 2 CPU cores and an H200 (docs/measurements.md)
+REDUCTION_BATCH = {"cpu": 8, "cuda": 1}
 
 
 class ReductionLinear(nn.Module):
@@ -51,61 +49,76 @@ def with_reduction_linears(module: nn.Module) -> nn.Module:
 
 
 def reduction_linears_pay(device: torch.device, batch: int) -> bool:
-    """Whether the step should run ReductionLinear layers. Measured: on 2 CPU cores they win
-    up to batch 8 (x1.3), the library from 16 (x1.5); on an H200 at the gpt2 shape, at batch 1
-    a step took 0.451 ms against the library's 0.465 (0.455 against 0.528 in a first probe), at
-    batch 4 0.910 against 0.548 (docs/gpu.md)."""
+    """Whether the step should run ReductionLinear layers (measured per device type)."""
     return batch <= REDUCTION_BATCH.get(device.type, 0)
 
 
-class StaticDecoder:
-    """`prefill` (eager) writes a prompt at a position, `step` (compiled) one token at a tensor
-    position, into one StaticKVCache. `path` says which ran ("compiled", or "eager" and
-    `reason`), `compile_s` what compiling took."""
+class Decoder:
+    """A GPT's KV cache for `batch` sequences of its context, and its steps. `path` says
+    which step runs ("compiled", or "eager" and `reason`), `compile_s` what compiling took."""
 
-    def __init__(self, model, batch: int, window: int, reduction: bool | None = None):
-        """`reduction`: whether the step runs ReductionLinear layers (None: where they pay)."""
-        c, weight = model.config, model.transformer.wte.weight
-        self.model = model
-        self.cache = StaticKVCache(c.n_layer, batch, c.kv_heads, window, c.head_dim, weight.dtype, weight.device)
-        self.path, self.reason, self.compile_s = "compiled", "", 0.0
-        on_cuda = weight.device.type == "cuda"
-        if reduction is None:
-            reduction = reduction_linears_pay(weight.device, batch)
-        self.step_model = with_reduction_linears(model) if reduction else model
-        # every decoder compiles the same code for its own model and batch: a process serving
-        # or benchmarking several needs more than dynamo's default 8 versions of it
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        compiled = torch.compile(self.compiled_step, dynamic=False, fullgraph=True,
-                                 mode="reduce-overhead" if on_cuda else None)
+    def __init__(self, model, batch: int, compile: bool = True, reduction: bool | None = None):
+        """`reduction`: whether the compiled step runs ReductionLinear layers (None: where they pay)."""
+        self.model, self.window = model, model.config.block_size
+        device = model.transformer.wte.weight.device
+        self.cache = model.new_cache(batch, self.window)
+        self.position = torch.zeros(1, dtype=torch.long, device=device)  # the step's input, written in place
+        self.path, self.reason, self.compile_s, self.reduction = "eager", "--no-compile", 0.0, False
+        self.eager = self.run_step = self.forward_with(model)
+        if compile:
+            if reduction is None:
+                reduction = reduction_linears_pay(device, batch)
+            self.compile(batch, reduction)
+
+    def forward_with(self, model):
+        """The step through `model`: tokens (B, T) at positions (T,) -> logits (B, V) after the last."""
+        return lambda tokens, positions: model(tokens, last_only=True, cache=self.cache, positions=positions)[0][:, -1]
+
+    def compile(self, batch: int, reduction: bool) -> None:
+        compiled = compile_step(self.forward_with(with_reduction_linears(self.model) if reduction else self.model),
+                                self.position.device)
+        LOG.info("compiling the decode step for batch %d (once per model and batch size; --no-compile skips it)",
+                 batch)
         started = time.perf_counter()
-        if sys.stderr.isatty():  # a person waits: say why (seconds; a log or a pipe gets nothing)
-            print(f"capitu: compiling the decode step for batch {batch} (once per model and batch size; "
-                  "--no-compile skips it)", file=sys.stderr, flush=True)
         try:  # trace and compile now, on slot 0 (every prefill overwrites it), as generation runs: no grad
             with torch.no_grad():
-                compiled(torch.zeros(batch, 1, dtype=torch.long, device=weight.device),
-                         torch.zeros((), dtype=torch.long, device=weight.device))
-            self.step = compiled
+                compiled(torch.zeros(batch, 1, dtype=torch.long, device=self.position.device), self.position)
+            self.run_step, self.path, self.reason, self.reduction = compiled, "compiled", "", reduction
         except Exception as error:  # no compiler, an unsupported op...: decode eagerly
-            self.path, self.step = "eager", self.prefill  # the same step, uncompiled
-            self.reason = f"compiling failed ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})"
+            message = str(error).splitlines()[0][:200] if str(error) else ""
+            self.reason = f"compiling failed ({type(error).__name__}: {message})"
             warn(f"{self.reason}; decoding eagerly")
         self.compile_s = time.perf_counter() - started
 
-    def compiled_step(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """tokens (B, 1) at `position` (0-d) -> logits (B, V) of the next token."""
-        return self.step_model(tokens, cache=self.cache, last_only=True, start=position)[0][:, -1]
+    def prefill(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        """tokens (B, T) from `position` on -> logits (B, V) after the last of them (eager)."""
+        positions = torch.arange(position, position + tokens.shape[1], device=tokens.device)
+        return self.eager(tokens, positions)
 
-    def prefill(self, tokens: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) from `position` -> logits (B, V) after the last of them."""
-        start = torch.as_tensor(position, device=tokens.device)
-        return self.model(tokens, cache=self.cache, last_only=True, start=start)[0][:, -1]
+    def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        """tokens (B, 1) at `position` -> logits (B, V) of the next token."""
+        # fill_ queues a write; torch.tensor(position, device=...) would wait for the GPU each token
+        return self.run_step(tokens, self.position.fill_(position))
 
 
-def static_decoder(model, batch: int, window: int) -> StaticDecoder:
-    """The model's decoder for this batch size and context, made (and compiled) once."""
-    decoders = model.__dict__.setdefault("_static_decoders", {})
-    if (batch, window) not in decoders:
-        decoders[(batch, window)] = StaticDecoder(model, batch, window)
-    return decoders[(batch, window)]
+class WindowDecoder:
+    """Bengio's FFN: no cache, no window to shift (`window` None); each step reads the last n
+    tokens (end-of-text before the start, as the model pads)."""
+
+    window = None
+    path, reason, compile_s = "eager", "no KV cache (a window model)", 0.0
+
+    def __init__(self, model):
+        self.model, self.context = model, model.config.ffn_context
+
+    def prefill(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        self.tokens = tokens[:, -self.context:]  # (B, <= n)
+        return self.model(self.tokens, last_only=True)[0][:, -1]
+
+    def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        return self.prefill(torch.cat([self.tokens, tokens], dim=1), position)
+
+
+def make_decoder(model, batch: int, compile: bool = True) -> Decoder | WindowDecoder:
+    """The decoder of a model in eval mode for `batch` sequences (compiled now, with `compile`)."""
+    return Decoder(model, batch, compile) if model.config.kind == "gpt" else WindowDecoder(model)

@@ -1,6 +1,7 @@
-"""The one exception type the command line turns into a one-line error and exit code 2."""
+"""The one exception type the command line turns into a one-line error and exit code 2; warnings go
+through logging (the `capitu` logger: the command line shows them as one line each)."""
 
-import sys
+import logging
 
 
 class UserError(Exception):
@@ -8,4 +9,4 @@ class UserError(Exception):
 
 
 def warn(message: str) -> None:
-    print(f"capitu: warning: {message}", file=sys.stderr, flush=True)
+    logging.getLogger("capitu").warning(message)

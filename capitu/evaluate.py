@@ -1,16 +1,13 @@
 """`capitu eval`: cross-entropy of a run over a whole split or any text, and what it means.
 
-Every token of the split after the first is scored once: non-overlapping windows of the
-training context (or, with `stride`, sliding windows whose last `stride` targets are
-scored, each with the longest context the window allows). From the summed negative log
-likelihood (nats) and meta.json's denominators: loss per token, perplexity, bits per byte,
-bits per character and word-level perplexity.
-"""
+Every token of the split after the first is scored once: non-overlapping windows of the training context (or, with
+`stride`, sliding windows whose last `stride` targets are scored, each with the longest context the window allows).
+From the summed negative log likelihood (nats) and meta.json's denominators: loss per token, perplexity, bits per
+byte, bits per character and word-level perplexity."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -20,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from capitu.checkpoint import TOKENIZER, load_model
+from capitu.checkpoint import load_model
 from capitu.data.clean import clean_document
 from capitu.data.sources import decode_text, iter_documents, list_inputs
+from capitu.data.split import SPLITS
 from capitu.errors import UserError
+from capitu.folders import DataFolder, RunFolder
 from capitu.tokenizer import load_tokenizer
 
 
@@ -77,7 +76,7 @@ def negative_log_likelihood(model, tokens: np.ndarray, length: int, stride: int,
     bar = tqdm(total=len(plan), desc="eval", unit=" windows", disable=None if progress else True)
     for batch in batches:
         x = torch.from_numpy(np.stack([np.asarray(tokens[s:e], dtype=np.int64) for s, e, _ in batch])).to(device)
-        y = torch.from_numpy(np.stack([np.asarray(tokens[s + 1:e + 1], dtype=np.int64) for s, e, _ in batch])).to(device)
+        y = torch.from_numpy(np.stack([np.asarray(tokens[s + 1:e + 1], np.int64) for s, e, _ in batch])).to(device)
         logits, _ = model(x)
         keep = batch[0][2] - (batch[0][0] + 1)  # targets before the first scored one: an earlier window's
         total += F.cross_entropy(logits[:, keep:].flatten(0, 1).float(), y[:, keep:].flatten(), reduction="sum").item()
@@ -103,19 +102,17 @@ def evaluate_run(run: Path, split: str = "test", text: Path | None = None, lengt
     run = Path(run)
     model, content = load_model(run, device)
     config = model.config
-    tokenizer = load_tokenizer(run / TOKENIZER)
+    tokenizer = load_tokenizer(RunFolder(run).tokenizer_path)
     if text is not None:
         tokens, counts = text_tokens(Path(text), tokenizer)
         source = str(text)
     else:
-        data = Path(content.get("config", {}).get("data", {}).get("path", ""))
-        if not (data / "meta.json").is_file():
-            raise UserError(f"the run's data folder {data} is missing; evaluate with --text PATH")
-        if split not in ("train", "val", "test"):
+        data = DataFolder(content.get("config", {}).get("data", {}).get("path", ""))
+        if not data.is_prepared():
+            raise UserError(f"the run's data folder {data.path} is missing; evaluate with --text PATH")
+        if split not in SPLITS:
             raise UserError(f"--split must be train, val or test, got {split}")
-        meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
-        tokens = np.memmap(data / f"{split}.bin", dtype=meta["dtype"], mode="r")
-        counts, source = meta["splits"][split], f"{data} ({split})"
+        tokens, counts, source = data.tokens(split), data.meta["splits"][split], f"{data.path} ({split})"
     block = config.block_size  # the FFN too: it trained on windows this long (its first n-1 targets padded)
     stride = stride or block
     if not 0 < stride <= block:
@@ -135,7 +132,8 @@ def evaluate_run(run: Path, split: str = "test", text: Path | None = None, lengt
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{result['run']} on {result['source']}: {result['tokens']:,} tokens scored (context {result['context']}, stride {result['stride']})",
+    lines = [f"{result['run']} on {result['source']}: {result['tokens']:,} tokens scored (context {result['context']}, "
+             f"stride {result['stride']})",
              f"{'length':>7} {'loss':>8} {'ppl':>10} {'bpb':>7} {'bpc':>7} {'word ppl':>10}"]
 
     def row(name, m):

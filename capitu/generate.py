@@ -1,14 +1,7 @@
-"""`capitu generate`: sampling from a run, with the KV cache.
+"""`capitu generate`: sampling from a run, one loop for every model.
 
-The prompt is prefilled once into a cache of the model's context length; each new token
-then costs one position. When the context is full, the oldest half is dropped and the
-remaining half prefilled again (positions restart at 0), so a learned-position model never
-sees a position it was not trained on. Models without a cache (Bengio's FFN) recompute
-their window of the last n tokens each step.
-
-With `compile=True` decoding takes the fast path of decode.py (gpt-fast's method): a static
-cache and a one-token step compiled once per model, batch size and context; the same tokens.
-"""
+The prompt is prefilled once into a decoder (decode.py: a KV cache of the model's context, or
+the FFN's window); each new token then costs one step, compiled or eager: the same tokens."""
 
 from __future__ import annotations
 
@@ -18,9 +11,12 @@ from typing import Callable
 
 import torch
 
-from capitu.decode import static_decoder
+from capitu.decode import make_decoder
 from capitu.errors import UserError
 from capitu.models.gpt import ContextTooLong
+
+# prompts that open a Machado-like page: the study's samples, the page's writing numbers
+PROMPTS = ["Capitu tinha olhos de", "Era uma vez um rapaz que", "A cidade do Rio de Janeiro", "Naquele tempo, o amor"]
 
 
 @dataclass
@@ -42,9 +38,8 @@ class Sampling:
 
 
 def penalize_repetition(logits: torch.Tensor, previous: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's penalty (Keskar et al. 2019, as HF applies it): the logit of every token already
-    in the sequence is divided by `penalty` if positive, multiplied if negative.
-    logits (B, V), previous (B, T) token ids."""
+    """CTRL's penalty (Keskar et al. 2019, as HF applies it): the logit of every token already in the sequence is
+    divided by `penalty` if positive, multiplied if negative. logits (B, V), previous (B, T) token ids."""
     if penalty == 1.0 or previous.numel() == 0:
         return logits
     seen = logits.gather(1, previous)
@@ -85,9 +80,9 @@ def next_tokens(logits: torch.Tensor, previous: torch.Tensor, sampling: Sampling
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One token per row of probs (B, V), by inverting the cumulative distribution at a uniform
-    number: exact, with one random number per row, where torch.multinomial took 0.34 ms for
-    16,384 tokens on CPU (more than the compiled model's whole step). The sums run in float64
-    (float32 where the device has none) so that u x total stays below the last token's sum."""
+    number: exact, with one random number per row, where torch.multinomial cost more than the
+    compiled model's whole step (docs/measurements.md). The sums run in float64 (float32 where
+    the device has none) so that u x total stays below the last token's sum."""
     wide = torch.float32 if probs.device.type == "mps" else torch.float64
     cdf = probs.to(wide).cumsum(dim=-1)  # (B, V)
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=wide)
@@ -95,57 +90,39 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     return index.squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
-def context_length(model) -> int:
-    config = model.config
-    return config.block_size if config.kind == "gpt" else config.ffn_context
-
-
-def check_prompt(model, length: int) -> None:
-    config = model.config
-    if config.kind == "gpt" and config.pos == "learned" and length > config.block_size:
-        raise ContextTooLong(f"the prompt has {length} tokens; this model's learned positions stop at "
-                             f"{config.block_size}")
+def next_logits(decoder, sequence: torch.Tensor, token: torch.Tensor, start: int) -> tuple[torch.Tensor, int]:
+    """Logits after `token` (B,), the last of `sequence`, whose tokens from `start` on, that one excepted, are in
+    the decoder; and the new `start`. When the context is full, its older half is dropped and the newer half
+    prefilled again from position 0, so a learned-position model never sees a position it was not trained on."""
+    filled = sequence.shape[1] - 1 - start  # positions held; the last token goes to this one
+    if decoder.window and filled == decoder.window:
+        start = sequence.shape[1] - decoder.window // 2
+        return decoder.prefill(sequence[:, start:], 0), start
+    return decoder.step(token[:, None], filled), start  # (B, 1) with the same strides at every step
 
 
 @torch.no_grad()
-def generate(model, prompt: torch.Tensor, new_tokens: int, sampling: Sampling, seed: int | None = None,
-             use_cache: bool = True, stop_token: int | None = None,
-             on_tokens: Callable[[torch.Tensor], None] | None = None, compile: bool = False) -> torch.Tensor:
-    """prompt (B, T) token ids -> (B, T + n) with n <= new_tokens new tokens (fewer only
-    when every row has produced `stop_token`). `on_tokens` gets each step's (B,) tokens;
-    `compile` takes the StaticDecoder path where the model has a KV cache.
+def generate(decoder, prompt: torch.Tensor, new_tokens: int, sampling: Sampling, seed: int | None = None,
+             stop_token: int | None = None, on_tokens: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """prompt (B, T) token ids -> (B, T + n) with n <= new_tokens new tokens (fewer only when every row has produced
+    `stop_token`), through a decoder of decode.py made for B sequences. `on_tokens` gets each step's (B,) tokens.
 
-    Prompts longer than the context: learned positions raise ContextTooLong, the others
-    keep the last tokens of the context."""
-    check_prompt(model, prompt.shape[1])
-    device = prompt.device
+    Prompts longer than the context: learned positions raise ContextTooLong, the others keep the last tokens of the
+    context."""
+    config = decoder.model.config
+    if config.kind == "gpt" and config.pos == "learned" and prompt.shape[1] > config.block_size:
+        raise ContextTooLong(f"the prompt has {prompt.shape[1]} tokens; this model's learned positions stop at "
+                             f"{config.block_size}")
     generator = None
     if seed is not None:
-        generator = torch.Generator(device=device)
+        generator = torch.Generator(device=prompt.device)
         generator.manual_seed(seed)
-    window = context_length(model)
-    cached = use_cache and getattr(model, "supports_kv_cache", False)
-    sliding = not getattr(model, "supports_kv_cache", False)  # a window model: the last n tokens
     sequence = prompt
-    start = max(0, prompt.shape[1] - window)  # first token the model sees
-    decoder = static_decoder(model, prompt.shape[0], window) if compile and cached else None
-    cache = model.new_cache(prompt.shape[0], window) if cached and decoder is None else None
-    pending = sequence[:, start:]  # tokens not yet in the cache
-    filled = 0  # positions in the cache (the static decoder's position)
-    position = torch.zeros((), dtype=torch.long, device=device)  # the step's input, set on the device
-    done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=device)
-    for _ in range(new_tokens):
-        if decoder is not None:
-            if pending.shape[1] > 1 or filled == 0:
-                last = decoder.prefill(pending, filled)
-            else:  # fill_ queues a write; torch.tensor(filled, device=...) would wait for the GPU each token
-                last = decoder.step(pending, position.fill_(filled))
-            filled += pending.shape[1]
-        elif cached:
-            last = model(pending, cache=cache, last_only=True)[0][:, -1]
-        else:
-            last = model(sequence[:, -window:] if sliding else sequence[:, start:], last_only=True)[0][:, -1]
-        token = next_tokens(last, sequence, sampling, generator)
+    start = max(0, prompt.shape[1] - decoder.window) if decoder.window else 0  # first token the model sees
+    done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+    logits = decoder.prefill(sequence[:, start:], 0)
+    for made in range(1, new_tokens + 1):
+        token = next_tokens(logits, sequence, sampling, generator)
         sequence = torch.cat([sequence, token[:, None]], dim=1)
         if on_tokens is not None:
             on_tokens(token)
@@ -153,21 +130,14 @@ def generate(model, prompt: torch.Tensor, new_tokens: int, sampling: Sampling, s
             done |= token == stop_token
             if bool(done.all()):
                 break
-        pending = token[:, None]
-        if not sliding and sequence.shape[1] - start > window:  # context full: keep its newer half
-            start = sequence.shape[1] - window // 2
-            if cached:
-                filled = 0
-                if cache is not None:
-                    cache.reset()
-                pending = sequence[:, start:]
+        if made < new_tokens:
+            logits, start = next_logits(decoder, sequence, token, start)
     return sequence
 
 
 class TextStream:
-    """Turns a growing list of token ids into printable text pieces. A byte-level token can
-    end in the middle of a UTF-8 character (an accent): such text is held back until the
-    character is complete."""
+    """Turns a growing list of token ids into printable text pieces. A byte-level token can end in the middle of a
+    UTF-8 character (an accent): such text is held back until the character is complete."""
 
     def __init__(self, tokenizer, write: Callable[[str], None]):
         self.tokenizer, self.write = tokenizer, write
@@ -195,15 +165,16 @@ def for_generation(model, device: torch.device):
     return model.to(dtype=torch.bfloat16) if device.type == "cuda" else model
 
 
-def load_for_generation(run, device: torch.device):
-    """(model, tokenizer) of a run or model folder, ready to generate on `device`."""
-    from capitu.checkpoint import TOKENIZER, load_model
+def load_for_generation(run, device: torch.device, compile: bool = True):
+    """(decoder for one sequence, tokenizer) of a run or model folder, ready on `device`."""
+    from capitu.checkpoint import load_model
+    from capitu.folders import RunFolder
     from capitu.tokenizer import load_tokenizer
 
-    model = for_generation(load_model(run, device)[0], device)
-    if not (run / TOKENIZER).is_file():
-        raise UserError(f"{run} has no {TOKENIZER}; cannot turn text into tokens")
-    return model, load_tokenizer(run / TOKENIZER)
+    model, tokenizer = for_generation(load_model(run, device)[0], device), RunFolder(run).tokenizer_path
+    if not tokenizer.is_file():
+        raise UserError(f"{run} has no {tokenizer.name}; cannot turn text into tokens")
+    return make_decoder(model, 1, compile), load_tokenizer(tokenizer)
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -212,11 +183,11 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return [tokenizer.eot_id] + tokenizer.encode(prompt)
 
 
-def complete(model, tokenizer, prompt: str, new_tokens: int, sampling: Sampling, seed: int | None,
-             write: Callable[[str], None] | None = None, compile: bool = False) -> str:
-    """The prompt and its continuation up to the first end-of-text, as text; `write` gets the
-    continuation piece by piece as it is generated."""
-    device = next(model.parameters()).device
+def complete(decoder, tokenizer, prompt: str, new_tokens: int, sampling: Sampling, seed: int | None,
+             write: Callable[[str], None] | None = None) -> str:
+    """The prompt and its continuation up to the first end-of-text, as text, from a decoder
+    for one sequence; `write` gets the continuation piece by piece as it is generated."""
+    device = next(decoder.model.parameters()).device
     ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=device)
     continuation: list[int] = []
     stream = TextStream(tokenizer, write) if write else None
@@ -228,7 +199,7 @@ def complete(model, tokenizer, prompt: str, new_tokens: int, sampling: Sampling,
             if stream:
                 stream.add(value)
 
-    generate(model, ids, new_tokens, sampling, seed, stop_token=tokenizer.eot_id, on_tokens=collect, compile=compile)
+    generate(decoder, ids, new_tokens, sampling, seed, stop_token=tokenizer.eot_id, on_tokens=collect)
     if stream:
         stream.finish()
     return tokenizer.decode(ids[0, 1:].tolist() + continuation)
@@ -239,32 +210,10 @@ def compare(runs: list, prompts: list[str], new_tokens: int, sampling: Sampling,
     """Every run's completion of every prompt, same seed: [{"prompt", "outputs": {run: text}}]."""
     results = [{"prompt": prompt, "outputs": {}} for prompt in prompts]
     for run in runs:
-        model, tokenizer = load_for_generation(run, device)
+        decoder, tokenizer = load_for_generation(run, device, compile)
         for entry in results:
-            entry["outputs"][str(run)] = complete(model, tokenizer, entry["prompt"], new_tokens, sampling, seed,
-                                                    compile=compile)
+            entry["outputs"][str(run)] = complete(decoder, tokenizer, entry["prompt"], new_tokens, sampling, seed)
     return results
-
-
-def markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
-
-
-def markdown_grid(head: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table: a header row, the rule, one line per row."""
-    lines = ["| " + " | ".join(map(markdown_cell, head)) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(map(markdown_cell, row)) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def markdown_table(results: list[dict]) -> str:
-    """One table per prompt: a column per run, its text in the cell."""
-    blocks = []
-    for entry in results:
-        runs = list(entry["outputs"])
-        table = markdown_grid(runs, [[entry["outputs"][r] for r in runs]])
-        blocks.append(f"**Prompt:** {markdown_cell(entry['prompt']) or '(empty: from end-of-text)'}\n\n{table}")
-    return "\n\n".join(blocks)
 
 
 def read_prompts(path) -> list[str]:

@@ -1,13 +1,11 @@
 """Where capitu writes: checked before any work, then written whole or not at all.
 
-Every command that writes goes through here. An output is checked first (`check_output`): a
-path that is a file, a folder that must be new but is not empty, or a place that cannot be
-written is a one-line error before any work is done. Files are written under a temporary name,
-flushed and renamed (`atomic_write_bytes`); folders are built under a temporary name and
-renamed into place (`staged_folder`). Temporary names carry the writer's PID
-(`.NAME.tmp-PID`, and `.NAME.old-PID` for a folder being replaced), so the next start can
-remove what a killed process left behind (`clean_leftovers`).
-"""
+Every command that writes goes through here. An output is checked first (`check_output`): a path that is a file, a
+folder that must be new but is not empty, or a place that cannot be written is a one-line error before any work is
+done. Files are written under a temporary name, flushed and renamed (`atomic_write_bytes`); folders are built under
+a temporary name and renamed into place (`staged_folder`). Temporary names carry the writer's PID (`.NAME.tmp-PID`,
+and `.NAME.old-PID` for a folder being replaced), so the next start can remove what a killed process left behind
+(`clean_leftovers`)."""
 
 from __future__ import annotations
 

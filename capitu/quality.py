@@ -5,18 +5,14 @@
 - distinct-1 and distinct-2 (Li et al. 2016): distinct words and word pairs over all words and
   pairs: repetition lowers them;
 - repeated 4-grams: the share of word 4-grams that occur more than once in the same text;
-- length: mean words generated before end-of-text (or the token limit).
-"""
+- length: mean words generated before end-of-text (or the token limit)."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
-from pathlib import Path
 
-import numpy as np
-
+from capitu.folders import DataFolder
 from capitu.tokenizer import load_tokenizer
 
 WORD = re.compile(r"[^\W\d_]+(?:[-'][^\W\d_]+)*")
@@ -49,12 +45,10 @@ def writing_numbers(continuations: list[str], vocabulary: set[str] | None) -> di
 
 def training_vocabulary(data_folder) -> set[str] | None:
     """The words of a prepared folder's train split (None when it is gone)."""
-    folder = Path(data_folder)
-    if not (folder / "train.bin").is_file() or not (folder / "tokenizer.json").is_file():
+    folder = DataFolder(data_folder)
+    if not folder.split_path("train").is_file() or not folder.tokenizer_path.is_file() or not folder.is_prepared():
         return None
-    dtype = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["dtype"]
-    tokens = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
-    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    tokens, tokenizer = folder.tokens("train"), load_tokenizer(folder.tokenizer_path)
     vocabulary: set[str] = set()
     for start in range(0, len(tokens), 1 << 20):
         vocabulary.update(words(tokenizer.decode(tokens[start:start + (1 << 20)].tolist())))

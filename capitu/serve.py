@@ -1,12 +1,9 @@
-"""`capitu serve`: a local web page to read the models' writing side by side, and to judge it
-blind.
+"""`capitu serve`: a local web page to read the models' writing side by side, and to judge it blind.
 
-The app serves one page (templates/index.html, its script and style inline: it works
-offline) and a JSON API under /api. Models are chosen by id from the served list, never by
-path. Generations run one at a time (the CPU's cores are shared); at most `queue_limit`
-requests wait, and one more gets HTTP 429. Every error is a 4xx with a JSON `{"error": ...}`
-(a 500 never shows a traceback). Votes are committed to SQLite one by one.
-"""
+The app serves one page (templates/index.html, its script and style inline: it works offline) and a JSON API under
+/api. Models are chosen by id from the served list, never by path. Generations run one at a time (the CPU's cores
+are shared); at most `queue_limit` requests wait, and one more gets HTTP 429. Every error is a 4xx with a JSON
+`{"error": ...}` (a 500 never shows a traceback). Votes are committed to SQLite one by one."""
 
 from __future__ import annotations
 
@@ -28,14 +25,16 @@ from starlette.exceptions import HTTPException
 
 from capitu.checkpoint import read_config
 from capitu.errors import UserError
-from capitu.generate import Sampling, complete, load_for_generation, prompt_ids
+from capitu.folders import StudyFolder
+from capitu.generate import PROMPTS, Sampling, complete, load_for_generation, prompt_ids
 from capitu.pages import render
 from capitu.quality import training_vocabulary, writing_numbers
 from capitu.votes import connect, ranking, record_vote, vote_rows
 
-QUALITY_PROMPTS = ["Capitu tinha olhos de", "Era uma vez um rapaz que", "A cidade do Rio de Janeiro",
-                   "Naquele tempo, o amor", "— Não sei, respondeu ela,", "Quando cheguei à casa"]
+QUALITY_PROMPTS = [*PROMPTS, "— Não sei, respondeu ela,", "Quando cheguei à casa"]
+QUALITY_TOKENS, QUALITY_SEED = 40, 1234  # each continuation of the writing numbers (fewer in a short context)
 MAX_PROMPT_CHARS = 2000
+MAX_UNVOTED_PAIRS = 1000  # pairs shown and not yet judged that the server remembers
 
 
 @dataclass
@@ -44,18 +43,18 @@ class ServedModel:
     name: str
     folder: Path
     block_size: int
-    loaded: tuple | None = None  # (model, tokenizer), on first use
+    loaded: tuple | None = None  # (decoder, tokenizer), on first use: the decoder compiles once
 
 
 def find_models(paths: list[Path]) -> list[ServedModel]:
     """A study folder gives the first-seed run of each of its variants; a run folder itself."""
     found = []
     for path in map(Path, paths):
-        plan = path / "study.json"
-        if plan.is_file():
-            content = json.loads(plan.read_text(encoding="utf-8"))
+        study = StudyFolder(path)
+        if study.plan.is_file():
+            content = json.loads(study.plan.read_text(encoding="utf-8"))
             seed = content["study"]["first_seed"]
-            found += [(v["name"], path / "runs" / f"{v['name']}-s{seed}") for v in content["variants"]]
+            found += [(v["name"], study.run(v["name"], seed)) for v in content["variants"]]
         else:
             found.append((path.name, path))
     models = []
@@ -100,12 +99,12 @@ class Server:
     votes_path: Path
     device: torch.device
     queue_limit: int = 8
-    compile: bool = False  # decode through the compiled static-cache step (decode.StaticDecoder)
+    compile: bool = False  # decode through the compiled step (decode.Decoder)
     pairs: dict = field(default_factory=dict)  # pair id -> what was shown, until voted on
     quality: dict | None = None
 
     def __post_init__(self):
-        self.lock = threading.Lock()  # one generation at a time
+        self.lock = threading.RLock()  # one generation (or model loading) at a time
         self.database = threading.Lock()  # one connection, used by one request at a time
         self.slots = threading.BoundedSemaphore(self.queue_limit)  # running + waiting
         self.votes = connect(self.votes_path)
@@ -126,17 +125,18 @@ class Server:
                                      "tokens)")
 
     def load(self, served: ServedModel):
-        if served.loaded is None:
-            served.loaded = load_for_generation(served.folder, self.device)
+        with self.lock:
+            if served.loaded is None:
+                served.loaded = load_for_generation(served.folder, self.device, self.compile)
         return served.loaded
 
     def generate(self, served: ServedModel, prompt: str, new_tokens: int, sampling: Sampling, seed: int,
                  write=None) -> tuple[str, float]:
         """The completion and its tokens/s, under the lock (callers hold a slot)."""
         with self.lock:
-            model, tokenizer = self.load(served)
+            decoder, tokenizer = self.load(served)
             started = time.perf_counter()
-            text = complete(model, tokenizer, prompt, new_tokens, sampling, seed, write=write, compile=self.compile)
+            text = complete(decoder, tokenizer, prompt, new_tokens, sampling, seed, write=write)
             seconds = time.perf_counter() - started
         generated = len(tokenizer.encode(text)) - len(tokenizer.encode(prompt))
         return text, max(generated, 0) / max(seconds, 1e-9)
@@ -148,7 +148,7 @@ class Server:
 
 
 def sampling_of(request) -> Sampling:
-    sampling = Sampling(request.temperature, request.top_k, request.top_p, 1.0)
+    sampling = Sampling(temperature=request.temperature, top_k=request.top_k, top_p=request.top_p)
     sampling.validate()
     return sampling
 
@@ -156,11 +156,18 @@ def sampling_of(request) -> Sampling:
 def create_app(paths: list[Path], votes: Path | None = None, device: str = "cpu", queue_limit: int = 8,
                compile: bool = False) -> FastAPI:
     models = find_models(paths)
-    votes = Path(votes) if votes else Path(paths[0]) / "votes.sqlite"
+    votes = Path(votes) if votes else StudyFolder(paths[0]).votes
     server = Server(models, votes, torch.device(device), queue_limit, compile)
     app = FastAPI(title="capitu serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
+    add_error_handlers(app, server)
+    add_writing_routes(app, server)
+    add_judging_routes(app, server)
+    return app
 
+
+def add_error_handlers(app: FastAPI, server: Server) -> None:
+    """Every error as JSON {"error": ...}: 4xx for what the request got wrong, 500 without a traceback."""
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
@@ -182,6 +189,11 @@ def create_app(paths: list[Path], votes: Path | None = None, device: str = "cpu"
     @app.exception_handler(Exception)
     async def internal(request: Request, error: Exception):
         return JSONResponse({"error": f"internal error: {type(error).__name__}"}, status_code=500)
+
+
+def add_writing_routes(app: FastAPI, server: Server) -> None:
+    """The page, the model list and a streamed generation."""
+    models = server.models
 
     @app.get("/", response_class=HTMLResponse)
     def page():
@@ -221,6 +233,11 @@ def create_app(paths: list[Path], votes: Path | None = None, device: str = "cpu"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+
+def add_judging_routes(app: FastAPI, server: Server) -> None:
+    """Blind pairs, votes, the ranking and the writing numbers."""
+    models = server.models
+
     @app.post("/api/blind")
     def blind(request: BlindRequest):
         if len(models) < 2:
@@ -238,7 +255,7 @@ def create_app(paths: list[Path], votes: Path | None = None, device: str = "cpu"
         pair_id = uuid.uuid4().hex
         server.pairs[pair_id] = {"prompt": request.prompt, "models": [m.name for m in pair], "texts": texts,
                                  "settings": request.model_dump() | {"seed": seed}}
-        while len(server.pairs) > 1000:  # forget the oldest unvoted pairs
+        while len(server.pairs) > MAX_UNVOTED_PAIRS:  # forget the oldest unvoted pairs
             server.pairs.pop(next(iter(server.pairs)))
         return {"pair": pair_id, "a": texts[0], "b": texts[1]}
 
@@ -268,12 +285,10 @@ def create_app(paths: list[Path], votes: Path | None = None, device: str = "cpu"
                 slot.release()
         return server.quality
 
-    return app
-
 
 def writing_table(server: Server) -> dict:
     """Every model's writing numbers on QUALITY_PROMPTS, sampled with the page's defaults."""
-    sampling = Sampling(0.8, 40, 1.0, 1.0)
+    sampling = Sampling(temperature=0.8, top_k=40)
     rows = []
     vocabularies: dict[str, set | None] = {}
     for served in server.models:
@@ -282,7 +297,8 @@ def writing_table(server: Server) -> dict:
             vocabularies[data] = training_vocabulary(data) if data else None
         continuations = []
         for prompt in QUALITY_PROMPTS:
-            text, _ = server.generate(served, prompt, min(40, served.block_size - 16), sampling, 1234)
+            new_tokens = min(QUALITY_TOKENS, served.block_size - 16)  # room for the prompt
+            text, _ = server.generate(served, prompt, new_tokens, sampling, QUALITY_SEED)
             continuations.append(text[len(prompt):])
         rows.append({"model": served.name, **writing_numbers(continuations, vocabularies[data])})
     return {"prompts": QUALITY_PROMPTS, "models": rows}

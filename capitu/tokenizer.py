@@ -1,8 +1,7 @@
 """Tokenizers: a byte-level BPE trained with HF `tokenizers`, and a lossless character one.
 
 Both reserve id 0 for the end-of-text token that separates documents, encode any string
-and decode back exactly (`decode(encode(text)) == text`).
-"""
+and decode back exactly (`decode(encode(text)) == text`)."""
 
 from __future__ import annotations
 

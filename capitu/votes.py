@@ -1,13 +1,10 @@
 """Blind votes between two models' continuations, and the ranking they give.
 
-Votes live in SQLite (WAL mode, one committed row per vote: prompt, models, texts, settings,
-choice, time), so a server stopped at any moment loses none. The ranking fits a
-Bradley–Terry model (P(i beats j) = s_i / (s_i + s_j)) by Hunter's (2004) minorise-maximise
-iterations; a tie, and "both bad", count half a win to each side. A weak prior, one virtual
-tie between every two models, keeps a model that never won finite. Strengths are shown on
-the Elo scale (400 log10 s + 1000, the mean model at 1000), with 95% bootstrap intervals
-(votes resampled with replacement).
-"""
+Votes live in SQLite (WAL mode, one committed row per vote: prompt, models, texts, settings, choice, time), so a
+server stopped at any moment loses none. The ranking fits a Bradley–Terry model (P(i beats j) = s_i / (s_i + s_j))
+by Hunter's (2004) minorise-maximise iterations; a tie, and "both bad", count half a win to each side. A weak prior,
+one virtual tie between every two models, keeps a model that never won finite. Strengths are shown on the Elo scale
+(400 log10 s + 1000, the mean model at 1000), with 95% bootstrap intervals (votes resampled with replacement)."""
 
 from __future__ import annotations
 
@@ -41,7 +38,8 @@ def record_vote(connection: sqlite3.Connection, prompt: str, models: tuple[str, 
         raise ValueError(f"choice must be one of {', '.join(CHOICES)}")
     with connection:  # one transaction, committed when the block ends
         connection.execute(
-            "INSERT INTO votes (time, prompt, model_a, model_b, text_a, text_b, settings, choice) VALUES (?,?,?,?,?,?,?,?)",
+            "INSERT INTO votes (time, prompt, model_a, model_b, text_a, text_b, settings, choice) "
+            "VALUES (?,?,?,?,?,?,?,?)",
             (time.strftime("%Y-%m-%dT%H:%M:%S"), prompt, *models, *texts, json.dumps(settings), choice))
 
 
@@ -135,7 +133,8 @@ def format_ranking(result: dict) -> str:
     if not result["models"]:
         return "no votes yet"
     lines = [f"{result['votes']} votes; Bradley–Terry strength on the Elo scale, 95% bootstrap interval",
-             f"{'model':<16} {'score':>7} {'interval':>15} {'votes':>6} {'wins':>5} {'losses':>6} {'ties':>5} {'bad':>4}"]
+             f"{'model':<16} {'score':>7} {'interval':>15} {'votes':>6} {'wins':>5} {'losses':>6} {'ties':>5} "
+             f"{'bad':>4}"]
     for e in result["models"]:
         lines.append(f"{e['model']:<16} {e['score']:>7.0f} {e['low']:>7.0f}-{e['high']:<7.0f} {e['votes']:>6} "
                      f"{e['wins']:>5} {e['losses']:>6} {e['ties']:>5} {e['both_bad']:>4}")

@@ -7,13 +7,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY, make_run, run_cli
 
 
-def test_help_lists_the_commands(capsys):
+def readme_commands() -> set[str]:
+    """The subcommands the README's command table documents."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return {line.split("`capitu ")[1].split()[0].rstrip("`") for line in text.splitlines()
+            if line.startswith("| `capitu ")}
+
+
+def test_help_lists_exactly_the_documented_commands_and_each_has_help(capsys):
+    documented = readme_commands()
+    assert len(documented) >= 10  # the table was found and read
     code, out, _ = run_cli(["--help"], capsys)
-    assert code == 0 and "prepare" in out
+    listed = {line.split()[0] for line in out.split("commands:")[1].splitlines()[1:] if line.startswith("    ")
+              and not line.startswith("     ")}
+    assert code == 0 and listed == documented
+    for command in sorted(documented):
+        code, out, _ = run_cli([command, "--help"], capsys)
+        assert code == 0 and out.startswith(f"usage: capitu {command}"), command
 
 
 def test_prepare_help(capsys):
@@ -253,7 +266,7 @@ def hf_variant(world: Path, name: str, change) -> None:
 def world(tmp_path_factory, prepared_char, prepared_bpe) -> Path:
     """The shared things the hostile inputs point at (none of them may change)."""
     from capitu.config import load_config
-    from capitu.models.hf import export_hf
+    from capitu.hf import export_hf
     from capitu.train.trainer import train
 
     w = tmp_path_factory.mktemp("world")
@@ -340,8 +353,12 @@ def test_hostile_input_gets_one_line_exit_2_and_writes_nothing(name, args, messa
 
 
 def test_hostile_inputs_leave_the_shared_runs_and_data_as_they_were(hostile_results):
-    assert len(HOSTILE) >= 60
     assert hostile_results["shared unchanged"] == []
+
+
+def test_every_command_meets_hostile_input():
+    tried = {args[0] for _, args, _ in HOSTILE if args}
+    assert readme_commands() <= tried, readme_commands() - tried
 
 
 def test_eval_prints_its_result_when_it_cannot_save_it(tmp_path, prepared_char, capsys, monkeypatch):

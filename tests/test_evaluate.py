@@ -4,12 +4,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import make_run, run_cli
 
 from capitu.checkpoint import save_model
 from capitu.evaluate import evaluate_run, window_plan
 from capitu.tokenizer import EOT_ID, load_tokenizer
-
-from conftest import make_run, run_cli
 
 
 def uniform_run(folder, data):
@@ -45,8 +44,9 @@ def test_bits_per_byte_identity_on_a_trained_run(prepared_char, tmp_path):
     from capitu.config import load_config
     from capitu.train.trainer import train
 
-    config = load_config("tiny", overrides=["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-                                            "optim.micro_batch=8", "optim.batch_tokens=256", "run.steps=20",
+    config = load_config("tiny", overrides=["model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+                                            "model.block_size=32", "optim.micro_batch=8", "optim.batch_tokens=256",
+                                            "run.steps=20",
                                             f'data.path="{prepared_char}"'])
     train(config, tmp_path / "run", progress=False)
     result = evaluate_run(tmp_path / "run", "test", progress=False)
@@ -74,7 +74,8 @@ def test_text_of_the_validation_split_equals_the_split(prepared_bpe, tmp_path):
 def test_lengths_past_learned_positions_are_not_supported(prepared_char, tmp_path, capsys):
     make_run(tmp_path / "learned", prepared_char)
     make_run(tmp_path / "alibi", prepared_char, pos="alibi")
-    code, out, err = run_cli(["eval", tmp_path / "learned", "--split", "val", "--lengths", "32,128", "--json", "--quiet"], capsys)
+    code, out, err = run_cli(["eval", tmp_path / "learned", "--split", "val", "--lengths", "32,128", "--json",
+                              "--quiet"], capsys)
     assert code == 0, err
     result = json.loads(out)
     assert result["lengths"]["32"]["supported"] and not result["lengths"]["128"]["supported"]

@@ -3,14 +3,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import make_run, run_cli
 
 from capitu.config import load_config
+from capitu.decode import Decoder, make_decoder
 from capitu.generate import Sampling, TextStream, generate, keep_top_p, next_tokens, penalize_repetition
 from capitu.models import build_model
-from capitu.models.variants import load_grid, variant_config
+from capitu.study.variants import load_grid, variant_config
 from capitu.tokenizer import EOT_ID, load_tokenizer
-
-from conftest import make_run, run_cli
 
 
 def test_top_k_one_is_greedy():
@@ -57,15 +57,32 @@ def variants_models():
     return models
 
 
-def test_cached_and_uncached_greedy_agree_for_every_variant(variants_models):
+def eager(model, batch):
+    return make_decoder(model, batch, compile=False)
+
+
+@torch.no_grad()
+def recomputed_greedy(model, prompt, new_tokens):
+    """The reference: each token from a plain forward of everything the model sees, no cache.
+    A GPT sees its context; once it is full, the newer half (positions restart at 0). The FFN
+    sees the last n tokens."""
+    window = model.config.block_size
+    sequence, start = prompt, max(0, prompt.shape[1] - window)
+    for _ in range(new_tokens):
+        seen = sequence[:, start:] if model.config.kind == "gpt" else sequence[:, -model.config.ffn_context:]
+        sequence = torch.cat([sequence, model(seen)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+        if model.config.kind == "gpt" and sequence.shape[1] - start > window:
+            start = sequence.shape[1] - window // 2
+    return sequence
+
+
+def test_greedy_generation_equals_the_recomputed_reference_for_every_variant(variants_models):
     prompt = torch.randint(1, 97, (2, 5), generator=torch.Generator().manual_seed(3))
-    greedy = Sampling(temperature=0)
     for name, model in variants_models.items():
         # 40 new tokens in a 24-token context: the context fills and shifts twice
-        cached = generate(model, prompt, 40, greedy, use_cache=True)
-        uncached = generate(model, prompt, 40, greedy, use_cache=False)
-        assert cached.shape == (2, 45), name
-        assert torch.equal(cached, uncached), name
+        generated = generate(eager(model, 2), prompt, 40, Sampling(temperature=0))
+        assert generated.shape == (2, 45), name
+        assert torch.equal(generated, recomputed_greedy(model, prompt, 40)), name
 
 
 def test_generation_matches_full_forward_argmax(variants_models):
@@ -73,7 +90,7 @@ def test_generation_matches_full_forward_argmax(variants_models):
     the sequence so far (inside the context, no shift)."""
     prompt = torch.randint(1, 97, (1, 4), generator=torch.Generator().manual_seed(4))
     for name, model in variants_models.items():
-        sequence = generate(model, prompt, 12, Sampling(temperature=0))
+        sequence = generate(eager(model, 1), prompt, 12, Sampling(temperature=0))
         for t in range(4, 16):
             logits, _ = model(sequence[:, :t])
             assert sequence[0, t] == logits[0, -1].argmax(), name
@@ -83,17 +100,17 @@ def test_same_seed_same_tokens(variants_models):
     model = variants_models["rope"]
     prompt = torch.zeros(1, 1, dtype=torch.long)
     sampling = Sampling(temperature=1.0, top_k=20, top_p=0.9)
-    first, second = (generate(model, prompt, 30, sampling, seed=7) for _ in range(2))
+    first, second = (generate(eager(model, 1), prompt, 30, sampling, seed=7) for _ in range(2))
     assert torch.equal(first, second)
-    assert not torch.equal(first, generate(model, prompt, 30, sampling, seed=8))
+    assert not torch.equal(first, generate(eager(model, 1), prompt, 30, sampling, seed=8))
 
 
 def test_stop_token_ends_generation(variants_models):
     model = variants_models["baseline"]
     prompt = torch.zeros(1, 3, dtype=torch.long)
-    tokens = generate(model, prompt, 20, Sampling(temperature=0))
+    tokens = generate(eager(model, 1), prompt, 20, Sampling(temperature=0))
     stop = int(tokens[0, 5])
-    stopped = generate(model, prompt, 20, Sampling(temperature=0), stop_token=stop)
+    stopped = generate(eager(model, 1), prompt, 20, Sampling(temperature=0), stop_token=stop)
     assert torch.equal(stopped, tokens[:, :stopped.shape[1]]) and stopped[0, -1] == stop
     assert stop not in stopped[0, 3:-1].tolist()
 
@@ -131,7 +148,7 @@ def test_cli_prompt_round_trips_accents(run, capsys):
     assert out.startswith(prompt)
     code, streamed, err = run_cli(["generate", run, "--prompt", prompt, "-n", "5", "--seed", "3", "--stream"], capsys)
     assert code == 0 and streamed == out
-    # the default decodes through the compiled static step; the eager loop samples the same text
+    # the default decodes through the compiled step; the eager step samples the same text
     code, eager, err = run_cli(["generate", run, "--prompt", prompt, "-n", "5", "--seed", "3", "--no-compile"], capsys)
     assert code == 0 and eager == out
 
@@ -139,10 +156,10 @@ def test_cli_prompt_round_trips_accents(run, capsys):
 def test_cli_empty_prompt_starts_from_end_of_text(run, capsys):
     from capitu.generate import Sampling, complete, load_for_generation, prompt_ids
 
-    model, tokenizer = load_for_generation(run, torch.device("cpu"))
+    decoder, tokenizer = load_for_generation(run, torch.device("cpu"), compile=False)
     assert prompt_ids(tokenizer, "") == [EOT_ID]
-    expected = generate(model, torch.tensor([[EOT_ID]]), 6, Sampling(temperature=0), stop_token=EOT_ID)
-    text = complete(model, tokenizer, "", 6, Sampling(temperature=0), None)
+    expected = generate(decoder, torch.tensor([[EOT_ID]]), 6, Sampling(temperature=0), stop_token=EOT_ID)
+    text = complete(decoder, tokenizer, "", 6, Sampling(temperature=0), None)
     assert text == tokenizer.decode([t for t in expected[0, 1:].tolist() if t != EOT_ID])
     code, out, _ = run_cli(["generate", run, "-n", "6", "--temperature", "0"], capsys)
     assert code == 0 and out == text + "\n"
@@ -219,25 +236,23 @@ STATIC_CASES = (  # (pos, n_kv_head: 0 multi-head, 2 grouped-query, 1 multi-quer
 
 @pytest.mark.parametrize("pos, n_kv_head, batch, knobs", STATIC_CASES,
                          ids=[f"{p}-kv{kv}-b{b}{'-modern' if k else ''}" for p, kv, b, k in STATIC_CASES])
-def test_compiled_static_decoding_equals_eager(pos, n_kv_head, batch, knobs):
+def test_compiled_decoding_equals_eager_and_the_reference(pos, n_kv_head, batch, knobs):
     from capitu.config import ModelConfig
-    from capitu.decode import static_decoder
     from capitu.models import GPT
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=97, block_size=24, n_layer=2, n_head=4, n_kv_head=n_kv_head, n_embd=32,
                             pos=pos, **knobs)).eval()
     prompt = torch.randint(0, 97, (batch, 5))
-    eager = generate(model, prompt, 40, Sampling(temperature=0))  # past the context of 24: the shift runs too
-    assert torch.equal(generate(model, prompt, 40, Sampling(temperature=0), compile=True), eager)
-    decoder = static_decoder(model, batch, 24)
-    assert (decoder.step_model is model) == (batch > 8)
+    decoder = Decoder(model, batch)
+    assert decoder.reduction == (batch <= 8)
     assert decoder.path == "compiled" and decoder.compile_s > 0
-    cache = model.new_cache(batch, 24)
+    reference = recomputed_greedy(model, prompt, 40)  # past the context of 24: the shift runs too
+    with torch._dynamo.config.patch(error_on_recompile=True):  # every step runs the one graph compiled above
+        assert torch.equal(generate(decoder, prompt, 40, Sampling(temperature=0)), reference)
+    assert torch.equal(generate(eager(model, batch), prompt, 40, Sampling(temperature=0)), reference)
     with torch.no_grad():
-        torch.testing.assert_close(decoder.prefill(prompt, 0), model(prompt, cache=cache, last_only=True)[0][:, -1],
-                                   atol=1e-5, rtol=1e-5)
-        for t in range(5, 23):  # one step at a time, compiled against the growing eager cache
-            token = eager[:, t:t + 1]
-            torch.testing.assert_close(decoder.step(token, torch.tensor(t)),
-                                       model(token, cache=cache, last_only=True)[0][:, -1], atol=1e-5, rtol=1e-5)
+        decoder.prefill(prompt, 0)
+        for t in range(5, 23):  # one step at a time, compiled against a full forward of the sequence so far
+            torch.testing.assert_close(decoder.step(reference[:, t:t + 1], t), model(reference[:, :t + 1])[0][:, -1],
+                                       atol=1e-5, rtol=1e-5)

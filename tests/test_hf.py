@@ -3,14 +3,13 @@ import json
 import pytest
 import torch
 import transformers
+from conftest import run_cli
 
 from capitu.checkpoint import load_model, save_model
 from capitu.config import ModelConfig
-from capitu.models import GPT
-from capitu.models.hf import export_hf, import_hf
 from capitu.errors import UserError
-
-from conftest import run_cli
+from capitu.hf import export_hf, import_hf
+from capitu.models import GPT
 
 
 def hf_model(vocab=128):
@@ -85,7 +84,8 @@ def trained_looking(model):
 def exported_run(tmp_path, prepared_bpe, **changes):
     vocab = json.loads((prepared_bpe / "meta.json").read_text())["tokenizer"]["vocab_size"]
     torch.manual_seed(0)
-    model = trained_looking(GPT(ModelConfig(vocab_size=vocab, block_size=64, n_layer=2, n_head=4, n_embd=32, **changes)))
+    config = ModelConfig(vocab_size=vocab, block_size=64, n_layer=2, n_head=4, n_embd=32, **changes)
+    model = trained_looking(GPT(config))
     save_model(tmp_path / "run", model)
     (tmp_path / "run" / "tokenizer.json").write_bytes((prepared_bpe / "tokenizer.json").read_bytes())
     return model, export_hf(tmp_path / "run", tmp_path / "hf")

@@ -56,7 +56,8 @@ def test_bf16_autocast_stays_close_to_fp32():
 @pytest.mark.parametrize("softcap", [0.0, 0.5])
 def test_model_loss_is_the_cross_entropy_of_its_logits(softcap):
     torch.manual_seed(3)
-    model = GPT(ModelConfig(vocab_size=97, block_size=16, n_layer=1, n_head=2, n_embd=16, logit_softcap=softcap)).double()
+    config = ModelConfig(vocab_size=97, block_size=16, n_layer=1, n_head=2, n_embd=16, logit_softcap=softcap)
+    model = GPT(config).double()
     idx, targets = torch.randint(0, 97, (3, 16)), torch.randint(0, 97, (3, 16))
     logits, none = model(idx)
     no_logits, loss = model(idx, targets)

@@ -6,7 +6,7 @@ import torch
 from capitu.config import ModelConfig, load_config
 from capitu.models import GPT, ContextTooLong, FeedForwardLM, build_model
 from capitu.models.positions import alibi_slopes, apply_rope, rope_angles, sinusoidal
-from capitu.models.variants import load_grid, variant_config
+from capitu.study.variants import load_grid, variant_config
 
 V = 97
 POSITIONS = ["learned", "sinusoidal", "rope", "alibi", "none"]
@@ -21,13 +21,20 @@ KNOBS = {
 
 def gpt(pos="learned", n_kv_head=0, **changes):
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_kv_head=n_kv_head, n_embd=32, pos=pos, **changes)
+    config = ModelConfig(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_kv_head=n_kv_head, n_embd=32, pos=pos,
+                         **changes)
     return GPT(config).eval()
+
+
+def cached(model, idx, cache, first):
+    """The logits of idx (B, T) at positions first.. through the cache."""
+    return model(idx, cache=cache, positions=torch.arange(first, first + idx.shape[1]))[0]
 
 
 def ffn(**changes):
     torch.manual_seed(0)
-    return FeedForwardLM(ModelConfig(kind="ffn", vocab_size=V, n_embd=16, ffn_context=3, ffn_hidden=32, **changes)).eval()
+    config = ModelConfig(kind="ffn", vocab_size=V, n_embd=16, ffn_context=3, ffn_hidden=32, **changes)
+    return FeedForwardLM(config).eval()
 
 
 @pytest.mark.parametrize("pos", POSITIONS)
@@ -51,14 +58,16 @@ def test_cache_parity(pos, n_kv_head, prompt):
     idx = torch.randint(0, V, (3, 20))
     full, _ = model(idx)
     cache = model.new_cache(batch=3, max_length=20)
-    pieces = [model(idx[:, :prompt], cache=cache)[0]]
+    pieces = [cached(model, idx[:, :prompt], cache, 0)]
     for t in range(prompt, 20):
-        pieces.append(model(idx[:, t:t + 1], cache=cache)[0])
+        pieces.append(cached(model, idx[:, t:t + 1], cache, t))
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
     # a second multi-token chunk after a filled cache (prefill in two parts)
     cache = model.new_cache(batch=3, max_length=20)
-    chunked = torch.cat([model(idx[:, :7], cache=cache)[0], model(idx[:, 7:], cache=cache)[0]], 1)
+    chunked = torch.cat([cached(model, idx[:, :7], cache, 0), cached(model, idx[:, 7:], cache, 7)], 1)
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
+    # a reset: a shorter sequence written from position 0 over the old one sees none of it
+    torch.testing.assert_close(cached(model, idx[:, 10:15], cache, 0), model(idx[:, 10:15])[0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("knob", KNOBS)
@@ -72,9 +81,10 @@ def test_every_knob_is_causal_and_cache_exact(knob, pos, n_kv_head):
     changed = idx.clone()
     changed[:, 9] = (idx[:, 9] + 1) % V
     full, _ = model(idx)
-    assert torch.equal(full[:, :9], model(changed)[0][:, :9]) and not torch.allclose(full[:, 9:], model(changed)[0][:, 9:])
+    other, _ = model(changed)
+    assert torch.equal(full[:, :9], other[:, :9]) and not torch.allclose(full[:, 9:], other[:, 9:])
     cache = model.new_cache(batch=2, max_length=16)
-    pieces = [model(idx[:, :5], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 16)]
+    pieces = [cached(model, idx[:, :5], cache, 0)] + [cached(model, idx[:, t:t + 1], cache, t) for t in range(5, 16)]
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -89,7 +99,8 @@ def test_knobs_change_what_they_say():
     # SwiGLU keeps the 4x GELU MLP's parameters: 3 x d x 8d/3 (rounded up to 8) against 2 x d x 4d
     swiglu = gpt(mlp="swiglu", bias=False).transformer.h[0].mlp
     gelu = gpt(bias=False).transformer.h[0].mlp
-    assert sum(p.numel() for p in swiglu.parameters()) == 3 * 32 * 88 and sum(p.numel() for p in gelu.parameters()) == 2 * 32 * 128
+    assert sum(p.numel() for p in swiglu.parameters()) == 3 * 32 * 88
+    assert sum(p.numel() for p in gelu.parameters()) == 2 * 32 * 128
     zero = gpt(zero_init_proj=True)
     assert all(not p.any() for name, p in zero.named_parameters() if name.endswith("c_proj.weight"))
     capped, _ = gpt(logit_softcap=0.01)(torch.randint(0, V, (1, 8)))
@@ -129,8 +140,11 @@ def test_gqa_equals_mha_with_repeated_heads():
             for kind in ("weight", "bias"):
                 w = state[f"transformer.h.{layer}.attn.c_attn.{kind}"]
                 q, k, v = w.split([4 * head_dim, 2 * head_dim, 2 * head_dim])
-                repeat = lambda t: t.view(2, head_dim, *t.shape[1:]).repeat_interleave(groups, 0).reshape(4 * head_dim, *t.shape[1:])
-                mha.state_dict()[f"transformer.h.{layer}.attn.c_attn.{kind}"].copy_(torch.cat([q, repeat(k), repeat(v)]))
+                def repeat(t):  # (2 heads x d, ...) -> each KV head repeated for its group of query heads
+                    return t.view(2, head_dim, *t.shape[1:]).repeat_interleave(groups, 0).reshape(4 * head_dim,
+                                                                                                  *t.shape[1:])
+                target = mha.state_dict()[f"transformer.h.{layer}.attn.c_attn.{kind}"]
+                target.copy_(torch.cat([q, repeat(k), repeat(v)]))
     idx = torch.randint(0, V, (2, 12))
     torch.testing.assert_close(mha(idx)[0], gqa(idx)[0], atol=1e-5, rtol=1e-5)
 
@@ -167,6 +181,8 @@ def test_sinusoidal_table_is_the_closed_form():
 def test_learned_positions_refuse_past_the_block_but_others_extrapolate():
     with pytest.raises(ContextTooLong, match="learned positions stop at 32"):
         gpt("learned")(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ContextTooLong, match="learned positions stop at 32"):
+        gpt("learned").new_cache(1, 33)
     for pos in ("sinusoidal", "rope", "alibi", "none"):
         logits, _ = gpt(pos)(torch.zeros(1, 40, dtype=torch.long))
         assert logits.shape == (1, 40, V) and torch.isfinite(logits).all()
@@ -238,7 +254,7 @@ def test_ladder_rungs_inherit_every_change_below_them():
 
 def test_a_parent_must_come_first():
     from capitu.errors import UserError
-    from capitu.models.variants import parse_grid
+    from capitu.study.variants import parse_grid
 
     with pytest.raises(UserError, match="parent 'later' is not a variant above it"):
         parse_grid({"variant": [{"name": "baseline"}, {"name": "a", "parent": "later"}, {"name": "later"}]})
@@ -250,3 +266,23 @@ def test_every_knob_starts_near_ln_vocab(knob):
     model = GPT(ModelConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64, **KNOBS[knob]))
     _, loss = model(torch.randint(0, 512, (4, 64)), torch.randint(0, 512, (4, 64)))
     assert abs(loss.item() - math.log(512)) < 0.1
+
+
+@pytest.mark.parametrize("make", [gpt, ffn, lambda: gpt("rope", 1, logit_softcap=2.0)])
+def test_every_model_returns_logits_or_loss_the_same_way(make):
+    """(logits, None) without targets, (None, mean loss) with them: the loss is the
+    cross-entropy of the logits."""
+    model = make()
+    idx, targets = torch.randint(0, V, (2, 9)), torch.randint(0, V, (2, 9))
+    logits, nothing = model(idx)
+    no_logits, loss = model(idx, targets)
+    assert nothing is None and no_logits is None and logits.shape == (2, 9, V)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ffn_pads_with_the_tokenizers_end_of_text():
+    from capitu.models.ffn import PAD_ID
+    from capitu.tokenizer import EOT_ID
+
+    assert PAD_ID == EOT_ID

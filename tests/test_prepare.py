@@ -3,10 +3,9 @@ import lzma
 
 import numpy as np
 import pytest
+from conftest import prepare_folder, run_cli
 
 from capitu.tokenizer import EOT_ID, load_tokenizer
-
-from conftest import prepare_folder, run_cli
 
 
 def test_meta_counts_equal_what_the_token_files_hold(prepared_bpe):
@@ -18,7 +17,8 @@ def test_meta_counts_equal_what_the_token_files_hold(prepared_bpe):
         tokens = np.memmap(prepared_bpe / f"{split}.bin", dtype=meta["dtype"], mode="r")
         assert counts["tokens"] == len(tokens)
         assert counts["documents"] == int((tokens == EOT_ID).sum()) and tokens[0] == EOT_ID
-        texts = [tokenizer.decode(chunk[1:]) for chunk in np.split(np.asarray(tokens), np.flatnonzero(tokens == EOT_ID))[1:]]
+        chunks = np.split(np.asarray(tokens), np.flatnonzero(tokens == EOT_ID))[1:]
+        texts = [tokenizer.decode(chunk[1:]) for chunk in chunks]
         assert counts["bytes"] == sum(len(t.encode()) for t in texts)
         assert counts["characters"] == sum(len(t) for t in texts)
         assert counts["words"] == sum(len(t.split()) for t in texts)
@@ -75,7 +75,8 @@ def test_interrupted_build_leaves_nothing(small_corpus, tmp_path, monkeypatch):
 
 
 def test_the_cli_prints_a_summary(small_corpus, tmp_path, capsys):
-    code, out, err = run_cli(["prepare", "--source", small_corpus, "--out", tmp_path / "d", "--tokenizer", "char", "--quiet"], capsys)
+    code, out, err = run_cli(["prepare", "--source", small_corpus, "--out", tmp_path / "d", "--tokenizer", "char",
+                              "--quiet"], capsys)
     assert code == 0, err
     assert "8 documents read" in out and "leaked paragraphs (val/test in train): 0" in out
 
@@ -116,8 +117,9 @@ def test_bad_input_exits_2_with_one_line(args, message, small_corpus, tmp_path, 
 def test_legacy_encoding_is_converted_with_a_warning(tmp_path, capsys):
     for i, word in enumerate(["Coração", "Ação", "Canção"]):
         (tmp_path / f"{i}.txt").write_bytes(f"{word} de Portugal, nação valente.\n".encode("cp1252") * 20)
-    code, out, err = run_cli(["prepare", "--quiet", "--source", tmp_path, "--out", tmp_path / "o", "--tokenizer", "char",
-                              "--min-document-chars", "0", "--min-paragraph-chars", "1000"], capsys)
+    code, out, err = run_cli(["prepare", "--quiet", "--source", tmp_path, "--out", tmp_path / "o",
+                              "--tokenizer", "char", "--min-document-chars", "0", "--min-paragraph-chars", "1000"],
+                             capsys)
     assert code == 0, err
     assert "0.txt: not UTF-8, converted from cp1252" in err
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())
@@ -126,6 +128,6 @@ def test_legacy_encoding_is_converted_with_a_warning(tmp_path, capsys):
 
 def test_rerun_with_other_options_needs_force(small_corpus, tmp_path, capsys):
     prepare_folder(small_corpus, tmp_path / "d", tokenizer="char")
-    code, _, err = run_cli(["prepare", "--quiet", "--source", small_corpus, "--out", tmp_path / "d", "--tokenizer", "char",
-                            "--seed", "7"], capsys)
+    code, _, err = run_cli(["prepare", "--quiet", "--source", small_corpus, "--out", tmp_path / "d",
+                            "--tokenizer", "char", "--seed", "7"], capsys)
     assert code == 2 and "use --force" in err

@@ -5,12 +5,11 @@ import threading
 import zipfile
 
 import pytest
+from conftest import run_cli
 
 from capitu.data import registry
 from capitu.data.registry import NamedSource, fetch, load_registry
 from capitu.errors import UserError
-
-from conftest import run_cli
 
 TEXTS = {
     "txt/conto/um.txt": "Era uma vez um conto que ninguém lia.\n" * 40,

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_run
 from fastapi.testclient import TestClient
 
 from capitu.generate import Sampling, complete, load_for_generation
 from capitu.serve import create_app
 from capitu.votes import read_votes
-
-from conftest import make_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -55,8 +54,8 @@ def test_generate_streams_what_capitu_generate_writes(client, runs):
     last = stream[-1]
     assert last["done"] and last["tokens_per_s"] > 0
     assert "".join(e["text"] for e in stream[:-1]) == last["text"][len(body["prompt"]):]
-    model, tokenizer = load_for_generation(runs / "rope", torch.device("cpu"))
-    assert last["text"] == complete(model, tokenizer, body["prompt"], 12, Sampling(0.8, 40, 1.0, 1.0), 7)
+    decoder, tokenizer = load_for_generation(runs / "rope", torch.device("cpu"), compile=False)
+    assert last["text"] == complete(decoder, tokenizer, body["prompt"], 12, Sampling(temperature=0.8, top_k=40), 7)
 
 
 @pytest.mark.parametrize("body, status, message", [
@@ -81,9 +80,9 @@ def test_compiled_serving_writes_the_same_text(runs, tmp_path):
     body = {"model": "m0", "prompt": "Era uma vez", "new_tokens": 10, "seed": 5}
     with TestClient(app) as compiled:
         text = events(compiled.post("/api/generate", json=body))[-1]["text"]
-    model, tokenizer = load_for_generation(runs / "rope", torch.device("cpu"))
-    assert text == complete(model, tokenizer, body["prompt"], 10, Sampling(0.8, 40, 1.0, 1.0), 5)
-    assert next(iter(app.state.server.models[0].loaded[0]._static_decoders.values())).path == "compiled"
+    decoder, tokenizer = load_for_generation(runs / "rope", torch.device("cpu"), compile=False)
+    assert text == complete(decoder, tokenizer, body["prompt"], 10, Sampling(temperature=0.8, top_k=40), 5)
+    assert app.state.server.models[0].loaded[0].path == "compiled"
 
 
 def test_malformed_requests_and_unknown_routes(client):
@@ -193,7 +192,6 @@ def test_ctrl_c_stops_the_server_and_keeps_every_vote(runs, tmp_path):
     import sys
 
     import httpx
-
     from conftest import REPO
 
     port, votes = free_port(), tmp_path / "votes.sqlite"

@@ -1,8 +1,7 @@
-from capitu.data.dedup import Document
-from capitu.data.split import assign_splits, count_leaks
-
 import pytest
 
+from capitu.data.dedup import Document
+from capitu.data.split import assign_splits, count_leaks
 from capitu.errors import UserError
 
 

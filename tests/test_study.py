@@ -11,10 +11,9 @@ import time
 from html.parser import HTMLParser
 
 import pytest
+from conftest import REPO, run_cli
 
 from capitu.study.config import load_study
-
-from conftest import REPO, run_cli
 
 MICRO = """
 [study]
@@ -90,7 +89,7 @@ def test_micro_study_writes_every_file_and_section(micro_study):
         assert f"\n## {section}\n" in report
     assert "«Capitu tinha olhos de»" in report and "| rope | Era uma vez" in report
     assert "paired t-test" in report and "Extrapolation" in report
-    assert "Decoding ran through the compiled static-cache step for baseline, rope (compiling took" in report
+    assert "Decoding ran through the compiled step for baseline, rope (compiling took" in report
 
 
 def test_report_numbers_equal_the_runs_eval_json(micro_study):
@@ -200,7 +199,7 @@ def test_study_stopped_mid_way_resumes(prepared_bpe, tmp_path):
 def test_flops_budget_gives_each_variant_the_baselines_flops(prepared_bpe, tmp_path):
     from capitu.models import build_model
     from capitu.study.runner import base_config, plan_budgets
-    from capitu.models.variants import variant_config
+    from capitu.study.variants import variant_config
 
     study, variants = load_study("tiny", micro_config(tmp_path, tokens=4096, budget="flops"))
     variants.append(next(v for v in load_study("tiny", grid="full")[1] if v.name == "ffn"))
@@ -268,8 +267,8 @@ def test_study_refuses_missing_data_and_another_study(micro_study, tmp_path, pre
 def test_variants_that_resolve_to_the_same_model_are_refused():
     from capitu.config import load_config
     from capitu.errors import UserError
-    from capitu.models.variants import Variant, variant_config
     from capitu.study.runner import check_distinct
+    from capitu.study.variants import Variant, variant_config
 
     base = load_config("tiny", overrides=["model.n_head=4", "model.vocab_size=64"])
     configs = {v.name: variant_config(base, v) for v in [Variant("baseline"), Variant("gqa", kv_divisor=4),
@@ -279,7 +278,7 @@ def test_variants_that_resolve_to_the_same_model_are_refused():
     del configs["mqa"]
     check_distinct(configs)
     # a ladder rung that changes only the optimizer is a different run
-    from capitu.models.variants import grid_names, load_grid
+    from capitu.study.variants import grid_names, load_grid
 
     study, _ = load_study("tiny")
     for grid in grid_names():
@@ -324,7 +323,8 @@ def test_a_ladder_study_reports_each_rung_against_the_one_below(prepared_bpe, tm
     for name, parent in (("rope", "baseline"), ("relu2", "rope"), ("swiglu", "rope")):
         expected = sum(bpb[name]) / 2 - sum(bpb[parent]) / 2
         assert rungs[name]["vs_parent"]["difference"] == pytest.approx(expected, abs=1e-12)
-    assert rungs["relu2"]["vs_baseline"]["difference"] == pytest.approx(sum(bpb["relu2"]) / 2 - sum(bpb["baseline"]) / 2)
+    expected = sum(bpb["relu2"]) / 2 - sum(bpb["baseline"]) / 2
+    assert rungs["relu2"]["vs_baseline"]["difference"] == pytest.approx(expected)
     assert rungs["relu2"]["change"] == "model.mlp=relu2"
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Ladder" in report and "swiglu (side branch of rope)" in report

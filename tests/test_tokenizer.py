@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from capitu.tokenizer import EOT_ID, BPETokenizer, CharTokenizer, load_tokenizer
 from capitu.errors import UserError
+from capitu.tokenizer import EOT_ID, BPETokenizer, CharTokenizer, load_tokenizer
 
 SAMPLE = "Não, não! — exclamou ela. “Ação”, coração, pôr-se-á… 1839\n\tfim 😀 日本"
 

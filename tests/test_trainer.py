@@ -10,13 +10,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, TINY, run_cli
 from safetensors.torch import load_file
 
 from capitu.config import load_config
 from capitu.train.checkpoints import checkpoint_folders
 from capitu.train.trainer import train
 
-from conftest import REPO, TINY, run_cli
 
 def config_for(data, *extra):
     return load_config("tiny", overrides=[*TINY, f'data.path="{data}"', *extra])
@@ -146,7 +146,8 @@ def test_corrupt_training_state_is_a_clear_error(prepared_char, tmp_path, capsys
     state.write_bytes(b"x" * state.stat().st_size)  # the size the manifest expects, the content garbage
     code, _, err = run_cli(["train", "--out", tmp_path / "run", "--resume", "--steps", "4", "--quiet"], capsys)
     assert code == 2 and "no complete checkpoint: step-00000002 (unreadable" in err
-    code, _, err = run_cli(["train", "--data", prepared_char, "--out", tmp_path / "run", "--steps", "4", "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--data", prepared_char, "--out", tmp_path / "run", "--steps", "4", "--quiet"],
+                           capsys)
     assert code == 2 and "already holds a run" in err
 
 

@@ -2,10 +2,9 @@ import math
 import sqlite3
 
 import pytest
+from conftest import run_cli
 
 from capitu.votes import bradley_terry, connect, elo, ranking, read_votes, record_vote
-
-from conftest import run_cli
 
 
 def test_two_models_strengths_are_the_win_odds():

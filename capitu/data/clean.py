@@ -2,8 +2,7 @@
 
 The cleaned form: NFC Unicode, LF line endings, no control characters, no Project
 Gutenberg boilerplate, no trailing spaces, at most one blank line in a row, and hard-wrapped
-prose joined back into one line per paragraph while verse keeps one line per verse.
-"""
+prose joined back into one line per paragraph while verse keeps one line per verse."""
 
 from __future__ import annotations
 
@@ -80,8 +79,7 @@ def wrap_width(lines: list[str]) -> int:
     """The column at which this text was hard-wrapped, or 0 if it was not.
 
     Hard-wrapped prose has many lines just short of one width (its 99th-percentile length);
-    verse and one-line paragraphs spread their lengths out or stay short.
-    """
+    verse and one-line paragraphs spread their lengths out or stay short."""
     lengths = sorted(len(line) for line in lines if line)
     if len(lengths) < MIN_LINES_TO_MEASURE:
         return 0
@@ -96,8 +94,7 @@ def reflow(lines: list[str], stats: Counter) -> list[str]:
     """Join hard-wrapped prose lines into paragraphs; verse and short lines stay as they are.
 
     A line that reaches near the wrap width was broken by the wrap, so the next line
-    continues it, unless that next line is blank or opens a paragraph (a dialogue dash).
-    """
+    continues it, unless that next line is blank or opens a paragraph (a dialogue dash)."""
     width = wrap_width(lines)
     if not width:
         return lines

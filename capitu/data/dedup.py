@@ -1,15 +1,13 @@
 """Remove exact-duplicate documents and exact-duplicate paragraphs across a whole corpus.
 
-Two paragraphs are the same when they agree after normalisation: case folded, punctuation
-dropped, whitespace collapsed. Short paragraphs ("— Sim.", "CAPÍTULO I") repeat by nature
-and are never removed; only paragraphs of at least `min_paragraph_chars` normalised
-characters are. Longer documents are visited first, so a work contained in another loses
-its copy and the fuller work stays whole.
+Two paragraphs are the same when they agree after normalisation: case folded, punctuation dropped, whitespace
+collapsed. Short paragraphs ("— Sim.", "CAPÍTULO I") repeat by nature and are never removed; only paragraphs of at
+least `min_paragraph_chars` normalised characters are. Longer documents are visited first, so a work contained in
+another loses its copy and the fuller work stays whole.
 
-Two editions of one text often break paragraphs in different places, so exact paragraphs
-miss them; sentences do not. A document most of whose sentence text (by characters) is
-already in the documents kept before it is a near-copy and is removed whole.
-"""
+Two editions of one text often break paragraphs in different places, so exact paragraphs miss them; sentences do
+not. A document most of whose sentence text (by characters) is already in the documents kept before it is a
+near-copy and is removed whole."""
 
 from __future__ import annotations
 

@@ -1,32 +1,29 @@
 """`capitu prepare`: a source of texts to a clean, leak-free split, a tokenizer and token files.
 
-The output folder holds `train.bin`, `val.bin`, `test.bin` (flat token ids that
-`np.memmap` reads, an end-of-text token before every document), `tokenizer.json` and
-`meta.json` (counts, cleaning statistics, manifest, timings). It is built in a temporary
-folder and renamed into place, so an interrupted run leaves nothing half-written.
-"""
+The output folder holds `train.bin`, `val.bin`, `test.bin` (flat token ids that `np.memmap` reads, an end-of-text
+token before every document), `tokenizer.json` and `meta.json` (counts, cleaning statistics, manifest, timings). It
+is built in a temporary folder and renamed into place, so an interrupted run leaves nothing half-written."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tokenizers
 from tqdm import tqdm
 
-import capitu
 from capitu.data import registry
 from capitu.data.clean import clean_document
 from capitu.data.dedup import Document, deduplicate
 from capitu.data.sources import decode_text, iter_documents, list_inputs
 from capitu.data.split import SPLITS, assign_splits, count_leaks
+from capitu.environment import versions
 from capitu.errors import UserError, warn
+from capitu.folders import DataFolder
 from capitu.paths import check_output, clean_leftovers, staged_folder
 from capitu.tokenizer import BYTE_LEVEL_BASE, check_vocab_size, train_tokenizer
 
@@ -105,7 +102,8 @@ def read_documents(source: Path, options: PrepareOptions) -> list[Document]:
     documents = []
     # progress bars go to a terminal only (tqdm's disable=None): piped or logged, a bar's redraws
     # would bury the one-line error that may follow them
-    for raw in tqdm(iter_documents(source, inputs), desc="read", unit=" files", disable=None if options.progress else True):
+    bars_off = None if options.progress else True
+    for raw in tqdm(iter_documents(source, inputs), desc="read", unit=" files", disable=bars_off):
         problem = raw.problem
         if raw.data is not None:
             text, encoding = decode_text(raw.data)
@@ -120,20 +118,16 @@ def read_documents(source: Path, options: PrepareOptions) -> list[Document]:
             if options.strict:
                 raise UserError(f"{raw.name}: not UTF-8 (decoded as {encoding})")
             warn(f"{raw.name}: not UTF-8, converted from {encoding}")
-        documents.append(
-            Document(raw.name, text, registry.sha256_bytes(raw.data), len(raw.data), extra={"encoding": encoding})
-        )
+        documents.append(Document(raw.name, text, registry.sha256_bytes(raw.data), len(raw.data),
+                                  extra={"encoding": encoding}))
     if not documents:
         raise UserError(f"nothing readable in {source}")
     return documents
 
 
 def cache_key(documents: list[Document], options: PrepareOptions) -> str:
-    content = {
-        "pipeline": PIPELINE_VERSION,
-        "options": options.key_fields(),
-        "inputs": sorted((d.name, d.sha256) for d in documents),
-    }
+    content = {"pipeline": PIPELINE_VERSION, "options": options.key_fields(),
+               "inputs": sorted((d.name, d.sha256) for d in documents)}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -145,23 +139,18 @@ def existing_output(out: Path) -> dict | None:
     if not out.exists() or not any(out.iterdir()):
         return None
     try:
-        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+        meta = DataFolder(out).meta
         if meta.get("format") == META_FORMAT:
             return meta
-    except (OSError, ValueError):
+    except UserError:
         pass
     raise UserError(f"output folder {out} holds something else (not a capitu data folder); choose another --out")
 
 
 def split_counts(documents: list[Document], split: str, token_counts: dict[str, int]) -> dict:
     texts = [d.text for d in documents if d.split == split]
-    return {
-        "documents": len(texts),
-        "tokens": token_counts[split],
-        "bytes": sum(len(t.encode("utf-8")) for t in texts),
-        "characters": sum(len(t) for t in texts),
-        "words": sum(len(t.split()) for t in texts),
-    }
+    return {"documents": len(texts), "tokens": token_counts[split], "bytes": sum(len(t.encode("utf-8")) for t in texts),
+            "characters": sum(len(t) for t in texts), "words": sum(len(t.split()) for t in texts)}
 
 
 def write_split(path: Path, token_lists: list[list[int]], eot_id: int, dtype: np.dtype) -> int:
@@ -214,61 +203,40 @@ def prepare(options: PrepareOptions) -> dict:
     by_split = {s: [d for d in documents if d.split == s] for s in SPLITS}
 
     with watch.stage("train_tokenizer"):
-        tokenizer = train_tokenizer(
-            options.tokenizer, [d.text for d in by_split["train"]], options.vocab_size, options.progress
-        )
+        tokenizer = train_tokenizer(options.tokenizer, [d.text for d in by_split["train"]], options.vocab_size,
+                                    options.progress)
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
 
     with staged_folder(out) as staging:
-        token_counts = {}
+        folder, token_counts = DataFolder(staging), {}
         with watch.stage("encode"):
             encoded = {}
             for split in tqdm(SPLITS, desc="encode", unit=" splits", disable=None if options.progress else True):
                 encoded[split] = tokenizer.encode_batch([d.text for d in by_split[split]])
         with watch.stage("write"):
             for split in SPLITS:
-                token_counts[split] = write_split(staging / f"{split}.bin", encoded[split], tokenizer.eot_id, dtype)
-            tokenizer.save(staging / "tokenizer.json")
+                token_counts[split] = write_split(folder.split_path(split), encoded[split], tokenizer.eot_id, dtype)
+            tokenizer.save(folder.tokenizer_path)
         splits = {s: split_counts(documents, s, token_counts) for s in SPLITS}
         val = splits["val"]
         val_tokens = val["tokens"] - val["documents"]  # without the end-of-text separators
         meta = {
-            "format": META_FORMAT,
-            "cache_key": key,
-            "source": str(options.source),
-            "options": options.key_fields(),
+            "format": META_FORMAT, "cache_key": key, "source": str(options.source), "options": options.key_fields(),
             "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id},
-            "dtype": dtype.name,
-            "splits": splits,
+            "dtype": dtype.name, "splits": splits,
             "fertility_val": round(val_tokens / max(val["words"], 1), 4),
             "bytes_per_token_val": round(val["bytes"] / max(val_tokens, 1), 4),
-            "cleaning": dict(sorted(stats.items())),
-            "leaked_paragraphs": leaks,
-            "files": [f"{s}.bin" for s in SPLITS] + ["tokenizer.json"],
-            "sha256": {f"{s}.bin": file_sha256(staging / f"{s}.bin") for s in SPLITS},
-            "manifest": [
-                {
-                    "path": d.name,
-                    "sha256": d.sha256,
-                    "bytes": d.raw_bytes,
-                    "encoding": d.extra["encoding"],
-                    "split": d.split or None,
-                    **({"removed": d.removed} if d.removed else {}),
-                }
-                for d in documents
-            ],
-            "seconds": watch.seconds,
-            "versions": {
-                "capitu": capitu.__version__,
-                "python": platform.python_version(),
-                "numpy": np.__version__,
-                "tokenizers": tokenizers.__version__,
-            },
+            "cleaning": dict(sorted(stats.items())), "leaked_paragraphs": leaks,
+            "files": [folder.split_path(s).name for s in SPLITS] + [folder.tokenizer_path.name],
+            "sha256": {folder.split_path(s).name: file_sha256(folder.split_path(s)) for s in SPLITS},
+            "manifest": [{"path": d.name, "sha256": d.sha256, "bytes": d.raw_bytes, "encoding": d.extra["encoding"],
+                          "split": d.split or None, **({"removed": d.removed} if d.removed else {})}
+                         for d in documents],
+            "seconds": watch.seconds, "versions": versions(),
         }
-        meta["fingerprint"] = hashlib.sha256(
-            json.dumps([meta["sha256"], meta["tokenizer"]], sort_keys=True).encode()
-        ).hexdigest()[:16]
-        (staging / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
+        meta["fingerprint"] = hashlib.sha256(json.dumps([meta["sha256"], meta["tokenizer"]],
+                                                        sort_keys=True).encode()).hexdigest()[:16]
+        folder.write_meta(meta)
     meta["reused"] = False
     return meta
 
@@ -277,27 +245,20 @@ def format_summary(meta: dict) -> str:
     lines = []
     reused = " (up to date, reused; --force rebuilds)" if meta.get("reused") else ""
     kept = sum(1 for m in meta["manifest"] if m["split"])
-    lines.append(
-        f"prepared {meta['source']}: {len(meta['manifest'])} documents read, {kept} kept{reused}"
-    )
+    lines.append(f"prepared {meta['source']}: {len(meta['manifest'])} documents read, {kept} kept{reused}")
     lines.append(f"{'split':<6} {'docs':>6} {'bytes':>12} {'chars':>12} {'words':>11} {'tokens':>11}")
     for split, c in meta["splits"].items():
-        lines.append(
-            f"{split:<6} {c['documents']:>6} {c['bytes']:>12,} {c['characters']:>12,} {c['words']:>11,} {c['tokens']:>11,}"
-        )
+        lines.append(f"{split:<6} {c['documents']:>6} {c['bytes']:>12,} {c['characters']:>12,} {c['words']:>11,} "
+                     f"{c['tokens']:>11,}")
     cleaning = meta["cleaning"]
     lines.append(
         "removed: {d} duplicate documents, {n} near-duplicate documents, {e} empty, {p:,} duplicate "
         "paragraphs ({c:,} chars); {j:,} wrapped lines joined in {r} documents".format(
-            d=cleaning.get("duplicate_documents_removed", 0),
-            n=cleaning.get("near_duplicate_documents_removed", 0),
+            d=cleaning.get("duplicate_documents_removed", 0), n=cleaning.get("near_duplicate_documents_removed", 0),
             e=cleaning.get("emptied_documents_removed", 0) + cleaning.get("empty_documents_removed", 0),
             p=cleaning.get("duplicate_paragraphs_removed", 0),
             c=cleaning.get("duplicate_paragraph_characters_removed", 0),
-            j=cleaning.get("lines_joined", 0),
-            r=cleaning.get("reflowed_documents", 0),
-        )
-    )
+            j=cleaning.get("lines_joined", 0), r=cleaning.get("reflowed_documents", 0)))
     tok = meta["tokenizer"]
     lines.append(
         f"leaked paragraphs (val/test in train): {meta['leaked_paragraphs']}; tokenizer {tok['kind']} "

@@ -1,9 +1,7 @@
 """Named public-domain sources: download once into a cache, verify every text, reuse.
 
-A source is an archive URL plus the SHA-256 of each text file inside it. The texts, not the
-archive's bytes, are verified: a host may rebuild an archive (and change its bytes) while
-the texts stay the same.
-"""
+A source is an archive URL plus the SHA-256 of each text file inside it. The texts, not the archive's bytes, are
+verified: a host may rebuild an archive (and change its bytes) while the texts stay the same."""
 
 from __future__ import annotations
 
@@ -87,9 +85,8 @@ def extract_verified(source: NamedSource, archive_path: Path, texts_dir: Path) -
     for inner, data in found.items():
         actual = sha256_bytes(data)
         if actual != source.sha256[inner]:
-            raise UserError(
-                f"{source.name}: checksum mismatch for {inner}: expected {source.sha256[inner][:16]}…, got {actual[:16]}…"
-            )
+            raise UserError(f"{source.name}: checksum mismatch for {inner}: expected {source.sha256[inner][:16]}…, "
+                            f"got {actual[:16]}…")
     staging = texts_dir.with_name(texts_dir.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     for inner, data in found.items():

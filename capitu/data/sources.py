@@ -1,8 +1,7 @@
 """Find and read the texts of a source: a folder, a (compressed) text file or an archive.
 
 Every text comes out as a `RawDocument` (its name and its bytes); `decode_text` then turns
-bytes into a string, detecting the legacy encodings that old Portuguese files use.
-"""
+bytes into a string, detecting the legacy encodings that old Portuguese files use."""
 
 from __future__ import annotations
 
@@ -18,11 +17,8 @@ from typing import Callable, Iterator
 
 from capitu.errors import UserError
 
-COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
-    ".gz": gzip.decompress,
-    ".xz": lzma.decompress,
-    ".bz2": bz2.decompress,
-}
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {".gz": gzip.decompress, ".xz": lzma.decompress,
+                                                    ".bz2": bz2.decompress}
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.xz", ".txt.bz2")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
 
@@ -48,16 +44,10 @@ def list_inputs(source: Path) -> list[Path]:
         raise UserError(f"source not found: {source}")
     if source.is_file():
         if not (is_text_name(source.name) or is_archive_name(source.name)):
-            raise UserError(
-                f"{source}: not a text file or archive (expected one of "
-                f"{', '.join(TEXT_SUFFIXES + ARCHIVE_SUFFIXES)})"
-            )
+            raise UserError(f"{source}: not a text file or archive (expected one of "
+                            f"{', '.join(TEXT_SUFFIXES + ARCHIVE_SUFFIXES)})")
         return [source]
-    found = [
-        p
-        for p in source.rglob("*")
-        if p.is_file() and (is_text_name(p.name) or is_archive_name(p.name))
-    ]
+    found = [p for p in source.rglob("*") if p.is_file() and (is_text_name(p.name) or is_archive_name(p.name))]
     if not found:
         raise UserError(f"no .txt files or archives found under {source}")
     return sorted(found, key=lambda p: p.relative_to(source).as_posix())
@@ -82,17 +72,13 @@ def iter_archive(path: Path, name: str) -> Iterator[RawDocument]:
     try:
         if name.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as archive:
-                members = sorted(
-                    info.filename for info in archive.infolist() if not info.is_dir()
-                )
+                members = sorted(info.filename for info in archive.infolist() if not info.is_dir())
                 for member in members:
                     if is_text_name(member):
                         yield _member(f"{name}/{member}", lambda m=member: archive.read(m))
         else:
             with tarfile.open(path) as archive:
-                members = sorted(
-                    (m for m in archive.getmembers() if m.isfile()), key=lambda m: m.name
-                )
+                members = sorted((m for m in archive.getmembers() if m.isfile()), key=lambda m: m.name)
                 for member in members:
                     if is_text_name(member.name):
                         reader = lambda m=member: archive.extractfile(m).read()  # noqa: E731
@@ -136,8 +122,7 @@ def decode_text(data: bytes) -> tuple[str | None, str]:
     """(text, encoding) or (None, reason). UTF-8 first; then Windows-1252 and Latin-1.
 
     Windows-1252 is tried before Latin-1 because it is what Windows editors wrote for
-    Portuguese; Latin-1 catches the five byte values that Windows-1252 leaves undefined.
-    """
+    Portuguese; Latin-1 catches the five byte values that Windows-1252 leaves undefined."""
     for bom, encoding in ((codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
         if data.startswith(bom):
             try:

@@ -1,8 +1,7 @@
 """Split documents into train, validation and test by bytes, and check for leaks.
 
 A document goes to one split whole. The order is a seeded shuffle of the names, so the
-same documents and seed always give the same split.
-"""
+same documents and seed always give the same split."""
 
 from __future__ import annotations
 
@@ -20,9 +19,7 @@ def assign_splits(documents: list[Document], seed: int, val_fraction: float, tes
     empty (a corpus of few large works) then takes the smallest train document."""
     kept = sorted((d for d in documents if not d.removed), key=lambda d: d.name)
     if len(kept) < 3:
-        raise UserError(
-            f"need at least 3 distinct documents to split train/val/test by document, found {len(kept)}"
-        )
+        raise UserError(f"need at least 3 distinct documents to split train/val/test by document, found {len(kept)}")
     random.Random(seed).shuffle(kept)
     size = {d.name: len(d.text.encode("utf-8")) for d in kept}
     total = sum(size.values())
@@ -41,17 +38,7 @@ def assign_splits(documents: list[Document], seed: int, val_fraction: float, tes
 
 def count_leaks(documents: list[Document], min_paragraph_chars: int) -> int:
     """Validation and test paragraphs (long enough to deduplicate) that also occur in train."""
-    train = {
-        mark
-        for d in documents
-        if d.split == "train"
-        for mark in paragraph_fingerprints(d.text, min_paragraph_chars)
-        if mark is not None
-    }
-    return sum(
-        1
-        for d in documents
-        if d.split in ("val", "test")
-        for mark in paragraph_fingerprints(d.text, min_paragraph_chars)
-        if mark is not None and mark in train
-    )
+    train = {mark for d in documents if d.split == "train"
+             for mark in paragraph_fingerprints(d.text, min_paragraph_chars) if mark is not None}
+    return sum(1 for d in documents if d.split in ("val", "test")
+               for mark in paragraph_fingerprints(d.text, min_paragraph_chars) if mark is not None and mark in train)

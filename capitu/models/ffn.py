@@ -2,8 +2,7 @@
 
 The previous n tokens' embeddings, concatenated (x), feed a tanh hidden layer; the output
 is y = b + W x + U tanh(d + H x), W x being the optional direct connections. All positions
-of a sequence are computed at once: a window of n embeddings slides over the sequence.
-"""
+of a sequence are computed at once: a window of n embeddings slides over the sequence."""
 
 from __future__ import annotations
 
@@ -12,12 +11,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from capitu.config import ModelConfig
-from capitu.tokenizer import EOT_ID
+
+PAD_ID = 0  # what precedes a sequence's start: end-of-text, id 0 of every capitu tokenizer
 
 
 class FeedForwardLM(nn.Module):
-    supports_kv_cache = False
-
     def __init__(self, config: ModelConfig):
         super().__init__()
         config.validate(building=True)
@@ -35,11 +33,12 @@ class FeedForwardLM(nn.Module):
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None, last_only: bool = False):
-        """idx (B, T) -> logits (B, T, V): position t sees tokens t-n+1 .. t (end-of-text
-        before the sequence start); with `last_only`, (B, 1, V) for the last position."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, last_only: bool = False):
+        """idx (B, T) -> (logits (B, T, V), None): position t sees tokens t-n+1 .. t (end-of-text
+        before the sequence start); with targets (B, T), (None, the mean loss), as GPT; with
+        `last_only`, logits (B, 1, V) for the last position."""
         B, T = idx.shape
-        padded = F.pad(idx, (self.context - 1, 0), value=EOT_ID)  # (B, T + n - 1)
+        padded = F.pad(idx, (self.context - 1, 0), value=PAD_ID)  # (B, T + n - 1)
         embedded = self.wte(padded)  # (B, T + n - 1, m)
         windows = embedded.unfold(1, self.context, 1)  # (B, T, m, n)
         x = windows.transpose(2, 3).reshape(B, T, -1)  # (B, T, n * m), oldest token first
@@ -49,10 +48,9 @@ class FeedForwardLM(nn.Module):
         logits = self.output(torch.tanh(self.hidden(x)))
         if self.direct is not None:
             logits = logits + self.direct(x)
-        loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+            return None, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, None
 
     def hidden_matrices(self) -> list[nn.Parameter]:
         """Bengio's H, the one hidden layer (the output and direct layers stay with AdamW)."""

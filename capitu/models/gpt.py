@@ -1,12 +1,10 @@
 """GPT-2, with switchable position encodings, grouped-query attention and the modern recipe.
 
-With the defaults (`pos="learned"`, `n_kv_head == n_head`, LayerNorm, GELU...) this is exactly
-GPT-2 (pre-LayerNorm blocks, tanh GELU, 4x MLP, tied embeddings, scaled residual
-initialisation); module names follow HF's GPT2LMHeadModel so that weights map one to one.
-Each later change is a knob (config.py): the norm (`norm_layer`), the MLP (`MLP`, `SwiGLU`),
-QK-norm, an untied head, logit soft-capping, zero-initialised output projections; with RoPE,
-RMSNorm, SwiGLU and no biases the model is Llama's (hf.py exports it as such).
-"""
+With the defaults (`pos="learned"`, `n_kv_head == n_head`, LayerNorm, GELU...) this is exactly GPT-2 (pre-LayerNorm
+blocks, tanh GELU, 4x MLP, tied embeddings, scaled residual initialisation); module names follow HF's
+GPT2LMHeadModel so that weights map one to one. Each later change is a knob (config.py): the norm (`norm_layer`),
+the MLP (`MLP`, `SwiGLU`), QK-norm, an untied head, logit soft-capping, zero-initialised output projections; with
+RoPE, RMSNorm, SwiGLU and no biases the model is Llama's (hf.py exports it as such)."""
 
 from __future__ import annotations
 
@@ -40,11 +38,11 @@ def norm_layer(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
-def static_attention(q, k, v, mask):
-    """Attention written out, for a static cache: q (B, H, T, d) over every slot of k, v
-    (B, H_kv, S, d); mask (T, S) booleans (True: may see) or an additive (H, T, S) bias. Compiled
-    into the decode step, these few operations fuse into inductor's own loops, where the CPU's
-    SDPA kernel costs more than all of them for one query (22 us a layer, tiny preset)."""
+def masked_attention(q, k, v, mask):
+    """Attention written out, for the KV cache: q (B, H, T, d) over every slot of k, v
+    (B, H_kv, S, d); mask (T, S) booleans (True: may see) or an additive (1, H, T, S) bias.
+    Compiled into the decode step, these few operations fuse into inductor's own loops, where
+    the CPU's SDPA kernel costs more than all of them for one query (docs/measurements.md)."""
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: each KV head serves a group
     v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
     scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, T, S)
@@ -59,16 +57,18 @@ class CausalSelfAttention(nn.Module):
         self.qk_norm = config.qk_norm
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         # one projection for queries, keys and values: n_head + 2 * n_kv_head heads
-        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim,
+                                bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope=None, bias=None, cache: KVCache | None = None, positions: torch.Tensor | None = None):
+    def forward(self, x, rope=None, mask=None, cache: KVCache | None = None, positions=None):
+        """x (B, T, C); `mask` an ALiBi bias (which carries the causal mask) or, with a cache,
+        the cache's mask of `positions` (T,)."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(
-            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2
-        )
+        heads = [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim]
+        q, k, v = self.c_attn(x).split(heads, dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, d)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -76,35 +76,28 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if getattr(cache, "static", False):  # fixed shapes: every slot, masked by position
-            k, v = cache.update_at(self.layer, positions, k, v)
-            mask = bias.to(q.dtype) if bias is not None else cache.mask(positions)
-            y = static_attention(q, k, v, mask)  # (B, H, T, d)
-            return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
-        past = 0
-        if cache is not None:
-            past = cache.length
-            k, v = cache.update(self.layer, k, v)
-        if bias is not None:  # ALiBi: the bias carries the causal mask too
-            mask, causal = bias.to(q.dtype), False
-        elif past and T > 1:  # queries past the cache see the cache and their own prefix
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
-            causal = False
-        else:  # no cache: plain causal; one new token: it sees everything cached
-            mask, causal = None, past == 0
-        # CPU bf16 autocast: attention stays fp32, whose flash kernel trains 3-4x faster than the
-        # bf16 one at small head sizes (12.9 ms against 3.3 ms forward and backward at head size 16)
-        fp32_attention = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-        if fp32_attention:
-            q, k, v = q.float(), k.float(), v.float()
-            mask = mask.float() if mask is not None and mask.is_floating_point() else mask
-        with torch.autocast("cpu", enabled=False) if fp32_attention else contextlib.nullcontext():
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
-                enable_gqa=self.n_kv_head != self.n_head,
-            )
+        if mask is not None and mask.is_floating_point():
+            mask = mask.to(q.dtype)
+        if cache is not None:  # decoding: every slot of the cache, masked by position
+            k, v = cache.update(self.layer, positions, k, v)
+            y = masked_attention(q, k, v, mask)
+        else:
+            y = self.causal_attention(q, k, v, mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, H * d)
         return self.resid_dropout(self.c_proj(y))
+
+    def causal_attention(self, q, k, v, bias):
+        """SDPA over the sequence itself: causal, or under an ALiBi bias."""
+        # CPU bf16 autocast: attention stays fp32, whose flash kernel trains faster than the
+        # bf16 one at small head sizes (docs/measurements.md)
+        fp32_attention = q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if fp32_attention:
+            q, k, v = q.float(), k.float(), v.float()
+            bias = bias.float() if bias is not None else None
+        with torch.autocast("cpu", enabled=False) if fp32_attention else contextlib.nullcontext():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=bias is None,
+                                                  dropout_p=self.dropout if self.training else 0.0,
+                                                  enable_gqa=self.n_kv_head != self.n_head)
 
 
 def relu2(x):
@@ -112,8 +105,7 @@ def relu2(x):
 
 
 class MLP(nn.Module):
-    """Two matrices and an activation: GPT-2's tanh GELU, or squared ReLU (So et al. 2021,
-    Primer; modded-nanogpt)."""
+    """Two matrices and an activation: GPT-2's tanh GELU, or squared ReLU (So et al. 2021, Primer; modded-nanogpt)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -149,26 +141,19 @@ class Block(nn.Module):
         self.ln_2 = norm_layer(config)
         self.mlp = SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
 
-    def forward(self, x, rope=None, bias=None, cache=None, positions=None):
-        x = x + self.attn(self.ln_1(x), rope, bias, cache, positions)
+    def forward(self, x, rope=None, mask=None, cache=None, positions=None):
+        x = x + self.attn(self.ln_1(x), rope, mask, cache, positions)
         return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
-    supports_kv_cache = True
-
     def __init__(self, config: ModelConfig):
         super().__init__()
         config.validate(building=True)
         self.config = config
         self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-                ln_f=norm_layer(config),
-            )
-        )
+            dict(wte=nn.Embedding(config.vocab_size, config.n_embd), drop=nn.Dropout(config.dropout),
+                 h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]), ln_f=norm_layer(config)))
         if config.pos == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -193,36 +178,31 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def new_cache(self, batch: int, max_length: int, dtype=None, device=None) -> KVCache:
-        c = self.config
-        weight = self.transformer.wte.weight
-        return KVCache(c.n_layer, batch, c.kv_heads, max_length, c.head_dim, dtype or weight.dtype, device or weight.device)
+    def new_cache(self, batch: int, max_length: int) -> KVCache:
+        """A cache of `max_length` positions, in the model's dtype and on its device."""
+        c, weight = self.config, self.transformer.wte.weight
+        if c.pos == "learned" and max_length > c.block_size:
+            raise ContextTooLong(f"learned positions stop at {c.block_size} tokens; a cache of {max_length} asked")
+        return KVCache(c.n_layer, batch, c.kv_heads, max_length, c.head_dim, weight.dtype, weight.device)
 
     def kv_bytes_per_token(self, bytes_per_value: int = 4) -> int:
         """Keys and values of every layer for one position: 2 * layers * kv heads * head size."""
         c = self.config
         return 2 * c.n_layer * c.kv_heads * c.head_dim * bytes_per_value
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False, start: torch.Tensor | None = None):
-        """idx (B, T) token ids -> (logits (B, T, V), None); with targets (B, T), (None, the
-        mean loss), the output layer fused with the loss (models/loss.py: the logits are never
-        materialised); with `last_only`, logits (B, 1, V) of the last position alone
-        (generation needs no more, and the output layer is the costliest matrix of a small model).
-        With a StaticKVCache, `start` (a 0-d tensor) is the position of idx's first token."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, last_only: bool = False,
+                cache: KVCache | None = None, positions: torch.Tensor | None = None):
+        """idx (B, T) token ids -> (logits (B, T, V), None); with targets (B, T), (None, the mean loss), the output
+        layer fused with the loss (models/loss.py: the logits are never materialised); with `last_only`, logits (B,
+        1, V) of the last position alone (generation needs no more, and the output layer is the costliest matrix of
+        a small model). With a cache, `positions` (T,) are idx's positions: their keys and values are written there,
+        and attention reads every slot up to each query's position."""
         B, T = idx.shape
-        if getattr(cache, "static", False):  # the cache holds at most the context: no check needed
-            positions = start + torch.arange(T, device=idx.device)
-            keys = cache.max_length  # attention spans every slot of the cache
-        else:
-            first = cache.length if cache is not None else 0
-            positions = torch.arange(first, first + T, device=idx.device)
-            keys = first + T
-            if self.config.pos == "learned" and keys > self.config.block_size:
-                raise ContextTooLong(
-                    f"learned positions stop at {self.config.block_size} tokens; got {keys} "
-                    "(crop the context, or use a model with sinusoidal, rope, alibi or no positions)"
-                )
+        if positions is None:
+            positions = torch.arange(T, device=idx.device)
+        if cache is None and self.config.pos == "learned" and T > self.config.block_size:
+            raise ContextTooLong(f"learned positions stop at {self.config.block_size} tokens; got {T} (crop the "
+                                 "context, or use a model with sinusoidal, rope, alibi or no positions)")
         x = self.transformer.wte(idx)
         pos = self.config.pos
         if pos == "learned":
@@ -232,12 +212,13 @@ class GPT(nn.Module):
             # sinusoids would drown token embeddings initialised at std 0.02
             x = x * math.sqrt(self.config.n_embd) + sinusoidal(positions, self.config.n_embd).to(x.dtype)
         rope = rope_angles(positions, self.config.head_dim, self.config.rope_base) if pos == "rope" else None
-        bias = alibi_bias(self.alibi_slopes, positions, keys) if pos == "alibi" else None
+        if pos == "alibi":  # the bias carries the causal mask, over the cache's slots or the sequence
+            mask = alibi_bias(self.alibi_slopes, positions, cache.max_length if cache is not None else T)
+        else:
+            mask = cache.mask(positions) if cache is not None else None
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, rope, bias, cache, positions)
-        if cache is not None:
-            cache.advance(T)
+            x = block(x, rope, mask, cache, positions)
         x = self.transformer.ln_f(x)
         if targets is not None:
             return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.config.logit_softcap)

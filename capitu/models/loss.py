@@ -1,21 +1,19 @@
 """The output layer and cross-entropy fused, a chunk of rows at a time.
 
-At the widths capitu trains on a laptop the output layer and its softmax are most of a
-training step: unfused, the (tokens x vocabulary) logits are written, read by log-softmax,
-written again, and read twice more in the backward pass. Here each chunk of rows computes
-its logits, its loss and, since the loss is the end of the graph, its gradients at once,
-while the chunk is still in cache (the method of Liger-Kernel's fused linear cross-entropy).
-The full logits never exist. The loss is the mean over tokens, as `F.cross_entropy`.
-"""
+At the widths capitu trains on a laptop the output layer and its softmax are most of a training step: unfused, the
+(tokens x vocabulary) logits are written, read by log-softmax, written again, and read twice more in the backward
+pass. Here each chunk of rows computes its logits, its loss and, since the loss is the end of the graph, its
+gradients at once, while the chunk is still in cache (the method of Liger-Kernel's fused linear cross-entropy). The
+full logits never exist. The loss is the mean over tokens, as `F.cross_entropy`."""
 
 from __future__ import annotations
 
 import torch
 
+
 def chunk_rows(vocab: int, device_type: str) -> int:
-    """Rows per chunk. On a CPU, 256 (measured: 128-256 rows are fastest at vocabularies of
-    4,096 to 50,257; fewer rows leave the matmuls too thin, many more fall out of cache); on
-    a GPU, chunks of up to 2^28 logits (1 GiB in fp32) bound the memory."""
+    """Rows per chunk. On a CPU, 256: fewer leave the matmuls too thin, many more fall out of cache
+    (docs/measurements.md); on a GPU, chunks of up to 2^28 logits (1 GiB in fp32) bound the memory."""
     return 256 if device_type == "cpu" else max(256, 2**28 // vocab)
 
 
@@ -30,7 +28,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         softmax_dtype = torch.promote_types(compute_dtype, torch.float32)  # bf16 matmuls, fp32 softmax
         total = torch.zeros((), dtype=softmax_dtype, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=softmax_dtype, device=weight.device) if ctx.needs_input_grad[1] else None
+        needs_weight = ctx.needs_input_grad[1]
+        grad_weight = torch.zeros(weight.shape, dtype=softmax_dtype, device=weight.device) if needs_weight else None
         for start in range(0, n, rows):
             h_chunk, t_chunk = h[start:start + rows], targets[start:start + rows]
             logits = (h_chunk @ w.t()).to(softmax_dtype)  # (rows, V)

@@ -1,7 +1,6 @@
 """Position encodings that are computed, not learned: sinusoidal, RoPE and ALiBi.
 
-Each works for any position, so models using them can run past their training context.
-"""
+Each works for any position, so models using them can run past their training context."""
 
 from __future__ import annotations
 
@@ -11,8 +10,7 @@ import torch
 
 
 def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """Vaswani et al. (2017): PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(same).
-    positions (T,) -> (T, dim)."""
+    """Vaswani et al. (2017): PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(same). positions (T,) -> (T, dim)."""
     inverse_frequency = torch.exp(
         -math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim
     )
@@ -40,9 +38,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def alibi_slopes(n_head: int) -> torch.Tensor:
-    """Press et al. (2022): for 2^k heads the geometric sequence starting at 2^(-8/n) with that
-    ratio; otherwise those of the nearest lower power of two, then every other slope of
-    the next power of two."""
+    """Press et al. (2022): for 2^k heads the geometric sequence starting at 2^(-8/n) with that ratio; otherwise
+    those of the nearest lower power of two, then every other slope of the next power of two."""
 
     def power_of_two(n: int) -> list[float]:
         start = 2.0 ** (-8.0 / n)

@@ -1,7 +1,6 @@
-"""What a study runs: a `[study]` table (budget, seeds, evaluation, prompts, grid) and the grid
-of `[[variant]]`s. Layers: the dataclass defaults, `capitu/presets/study/PRESET.toml`, a
-user's `--config` file (whose `[[variant]]`s, if any, replace the shipped grid), then
-`--seeds` and `--grid`."""
+"""What a study runs: a `[study]` table (budget, seeds, evaluation, prompts, grid) and the grid of `[[variant]]`s.
+Layers: the dataclass defaults, `capitu/presets/study/PRESET.toml`, a user's `--config` file (whose `[[variant]]`s,
+if any, replace the shipped grid), then `--seeds` and `--grid`."""
 
 from __future__ import annotations
 
@@ -10,15 +9,10 @@ from pathlib import Path
 
 from capitu.config import PRESETS_DIR, apply, preset_names, read_toml
 from capitu.errors import UserError
-from capitu.models.variants import Variant, load_grid, parse_grid
+from capitu.generate import PROMPTS
+from capitu.study.variants import Variant, load_grid, parse_grid
 
 BUDGETS = ("tokens", "flops", "seconds")
-PROMPTS = [
-    "Capitu tinha olhos de",
-    "Era uma vez um rapaz que",
-    "A cidade do Rio de Janeiro",
-    "Naquele tempo, o amor",
-]
 
 
 @dataclass

@@ -1,17 +1,16 @@
-"""The ladder view of a study whose variants name a `parent` (the `ladder` grid: GPT-2 to the
-modern recipe, one change per rung): each rung against the rung below it (paired test over
-seeds), the cumulative difference to GPT-2, and a waterfall plot of the main line.
+"""The ladder view of a study whose variants name a `parent` (the `ladder` grid: GPT-2 to the modern recipe, one
+change per rung): each rung against the rung below it (paired test over seeds), the cumulative difference to GPT-2,
+and a waterfall plot of the main line.
 
-The main line starts at the baseline and follows, in grid order, the first variant whose
-parent is the line's last rung; the other variants with a parent are side branches, each
-compared with its own parent.
-"""
+The main line starts at the baseline and follows, in grid order, the first variant whose parent is the line's last
+rung; the other variants with a parent are side branches, each compared with its own parent."""
 
 from __future__ import annotations
 
-from capitu.models.variants import Variant
+from capitu.pages import Block, Image, Paragraph, Table
 from capitu.study import plots
 from capitu.study.stats import paired_t_test
+from capitu.study.variants import Variant
 
 
 def own_changes(variant: Variant, variants: list[Variant]) -> str:
@@ -68,7 +67,7 @@ def speed_cells(bench: dict | None) -> list[str]:
             f"{bench['peak_train_bytes'] / 2**20:,.0f}"]
 
 
-def ladder_blocks(view: dict, figure: bytes) -> list[tuple]:
+def ladder_blocks(view: dict, figure: bytes) -> list[Block]:
     head = ["rung", "adds", "bits/byte", "Δ vs the rung below", "p", "Δ vs GPT-2 (cumulative)", "p",
             "train tok/s", "decode tok/s b1", "train peak MiB"]
     base = view["baseline_bpb"]
@@ -80,11 +79,11 @@ def ladder_blocks(view: dict, figure: bytes) -> list[tuple]:
                      f"{rung['vs_parent']['difference']:+.4f}", p_text(rung["vs_parent"]["p"]),
                      f"{rung['vs_baseline']['difference']:+.4f}", p_text(rung["vs_baseline"]["p"]),
                      *speed_cells(rung["bench"])])
-    return [("p", "Each rung adds one change to the rung below it (its parent) and keeps everything the parent "
+    return [Paragraph("Each rung adds one change to the rung below it (its parent) and keeps everything the parent "
                   "has. Δ is the difference of mean test bits per byte (negative: better); p is a paired t-test "
                   "over seeds on per-seed bits per byte. Speed is the bench's median."),
-            ("table", head, rows),
-            ("image", "ladder.png", figure, "The ladder: each rung's change of test bits per byte (mean over seeds)")]
+            Table(head, rows),
+            Image("ladder.png", figure, "The ladder: each rung's change of test bits per byte (mean over seeds)")]
 
 
 def ladder_figure(view: dict) -> bytes:
@@ -100,6 +99,7 @@ def ladder_findings(view: dict) -> list[str]:
     significant = [r for r in main if r["vs_parent"]["p"] is not None and r["vs_parent"]["p"] < 0.05]
     best = min(main, key=lambda r: r["vs_parent"]["difference"])
     return [f"Ladder: from GPT-2's {view['baseline_bpb']['mean']:.3f} bits/byte to {top['bpb']['mean']:.3f} at the "
-            f"last rung, {top['name']} ({top['vs_baseline']['difference']:+.3f}, p = {p_text(top['vs_baseline']['p'])}); "
+            f"last rung, {top['name']} ({top['vs_baseline']['difference']:+.3f}, "
+            f"p = {p_text(top['vs_baseline']['p'])}); "
             f"the largest single step: {best['name']} ({best['vs_parent']['difference']:+.3f}); steps significant "
             f"against the rung below (p < 0.05): {', '.join(r['name'] for r in significant) or 'none'}."]

@@ -10,25 +10,21 @@ import copy
 import csv
 import io
 import json
-import os
-import platform
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
+from capitu.environment import git_commit, hardware, versions
 from capitu.errors import UserError
-from capitu.generate import markdown_grid
-from capitu.models.variants import Variant
-from capitu.pages import render
+from capitu.folders import DataFolder, RunFolder, StudyFolder
+from capitu.pages import Block, Image, Items, Paragraph, Preformatted, Section, Table, render, render_markdown
 from capitu.paths import atomic_write_bytes, atomic_write_json
 from capitu.quality import training_vocabulary, writing_numbers
 from capitu.study import plots
 from capitu.study.config import StudyConfig
-from capitu.study.files import BENCH, BUDGETS, EVAL, GENERATIONS, run_folder
 from capitu.study.ladder import ladder, ladder_blocks, ladder_figure, ladder_findings
 from capitu.study.stats import compare_spreads, mean, paired_t_test, spread, std
+from capitu.study.variants import Variant
 from capitu.votes import ranking, read_votes
 
 ALPHA = 0.05
@@ -39,16 +35,12 @@ def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise UserError(f"the report needs {path}, which is missing or unreadable ({error}); run the study again") from None
+        raise UserError(f"the report needs {path}, which is missing or unreadable ({error}); run the study "
+                        "again") from None
 
 
 def summary(values: list[float]) -> dict:
     return {"mean": mean(values), "std": std(values), "values": list(values)}
-
-
-def metrics(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def decode_path_words(entries: list[dict]) -> str:
@@ -59,7 +51,7 @@ def decode_path_words(entries: list[dict]) -> str:
     words = []
     if compiled:
         seconds = [e["bench"]["compile_s"] for e in compiled]
-        words.append(f"Decoding ran through the compiled static-cache step for {', '.join(e['name'] for e in compiled)} "
+        words.append(f"Decoding ran through the compiled step for {', '.join(e['name'] for e in compiled)} "
                      f"(compiling took {min(seconds):.1f}-{max(seconds):.1f} s in the first round, not counted in "
                      "tokens/s)")
     if eager:
@@ -83,17 +75,19 @@ def bench_summary(rounds: list[dict]) -> dict:
 
 def collect(out: Path, study: StudyConfig, variants: list[Variant]) -> dict:
     """Every number of the report, per variant and per seed."""
-    budgets = read_json(out / BUDGETS)
+    budgets = read_json(StudyFolder(out).budgets)
     entries = []
     for variant in variants:
         seeds = {}
         for seed in study.seed_list:
-            run = run_folder(out, variant.name, seed)
-            evaluation, info, saved = read_json(run / EVAL), read_json(run / "run.json"), read_json(run / "config.json")
+            run = StudyFolder(out).run(variant.name, seed)
+            folder = RunFolder(run)
+            evaluation = read_json(folder.evaluation_path("test"))
+            info, saved = read_json(folder.info_path), read_json(folder.config_path)
             lengths = {evaluation["context"]: evaluation["ppl"]}
             for length, result in evaluation.get("lengths", {}).items():
                 lengths[int(length)] = result["ppl"] if result["supported"] else None
-            records = metrics(run)
+            records = folder.metrics()
             seeds[str(seed)] = {
                 **{key: evaluation[key] for key in ("loss", "ppl", "bpb", "bpc", "word_ppl", "tokens")},
                 "ppl_by_length": {str(n): lengths[n] for n in sorted(lengths)},
@@ -114,7 +108,7 @@ def collect(out: Path, study: StudyConfig, variants: list[Variant]) -> dict:
             values = [s["ppl_by_length"][length] for s in per_seed]
             entry["ppl_by_length"][length] = None if None in values else summary(values)
         entry["budget"] = budgets[variant.name]
-        bench_file = run_folder(out, variant.name, study.first_seed) / BENCH
+        bench_file = RunFolder(StudyFolder(out).run(variant.name, study.first_seed)).bench_path
         entry["bench"] = bench_summary(read_json(bench_file)["rounds"]) if study.bench else None
         entries.append(entry)
     baseline = next(e for e in entries if e["name"] == "baseline")
@@ -160,13 +154,15 @@ def findings(results: dict) -> list[str]:
             if test is None:
                 continue
             bpb_difference = e["bpb"]["mean"] - baseline["bpb"]["mean"]
-            text = f"{e['name']} ({bpb_difference:+.3f} bits/byte, ppl {test['ppl_difference']:+.2f}, p = {test['p']:.3g})"
+            text = (f"{e['name']} ({bpb_difference:+.3f} bits/byte, ppl {test['ppl_difference']:+.2f}, "
+                    f"p = {test['p']:.3g})")
             (unclear if test["p"] >= ALPHA else better if test["ppl_difference"] < 0 else worse).append(text)
         sentence = (f"Against the baseline (paired t-test on per-seed test loss, {seeds} seeds, {seeds - 1} degree(s) "
                     f"of freedom, α = {ALPHA}): significantly better: {', '.join(better) or 'none'}; "
                     f"significantly worse: {', '.join(worse) or 'none'}; not significant: {len(unclear)} variant(s).")
         if seeds == 2:
-            sentence += " With two seeds the test has one degree of freedom: only large, consistent differences pass it."
+            sentence += (" With two seeds the test has one degree of freedom: only large, consistent differences "
+                         "pass it.")
         said.append(sentence)
 
     context = baseline["context"]
@@ -230,13 +226,6 @@ def speed_findings(benched: list[dict], baseline: dict) -> list[str]:
 
 # ---- documents ----------------------------------------------------------------------------
 
-@dataclass
-class Section:
-    title: str
-    blocks: list[tuple] = field(default_factory=list)  # ("p", text) ("list", items) ("table", head, rows)
-    # ("image", file name, png bytes, caption) ("pre", text)
-
-
 def cell(summary_: dict | None, digits: int) -> str:
     if summary_ is None:
         return "—"
@@ -262,7 +251,8 @@ def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
         speed = ["—"] * 5
         if bench:
             decode = bench["spread"]["decode_tok_s"]
-            speed = [timing(bench["spread"]["train_tok_s"]), *(timing(decode[b]) if b in decode else "—" for b in ("1", "16")),
+            speed = [timing(bench["spread"]["train_tok_s"]),
+                     *(timing(decode[b]) if b in decode else "—" for b in ("1", "16")),
                      f"{bench['peak_train_bytes'] / MIB:,.0f}", f"{bench['kv_bytes_per_token']['shapes']:,}"]
         rows.append([e["name"], f"{e['parameters']:,}", f"{e['budget']['tokens']:,}", cell(e["ppl"], 2),
                      cell(e["bpb"], 4), cell(e["word_ppl"], 1), difference, p, *speed])
@@ -273,7 +263,7 @@ BUDGET_WORDS = {"tokens": "equal training tokens", "flops": "equal training FLOP
                 "seconds": "equal training time (tokens from each variant's measured training tokens/s)"}
 
 
-def budget_blocks(results: dict) -> list[tuple]:
+def budget_blocks(results: dict) -> list[Block]:
     """The budget the study used, and what each variant would get under the others: equal
     tokens (the baseline's), equal FLOPs (the baseline's tokens x FLOPs per token), equal
     seconds (the baseline's mean training time x the variant's median bench tokens/s)."""
@@ -293,11 +283,11 @@ def budget_blocks(results: dict) -> list[tuple]:
                      f"{mean(seconds):.1f}" if seconds else "—", f"{base_tokens:,}",
                      f"{round(base_tokens * base_flops / flops):,}",
                      f"{round(base_seconds * rate):,}" if rate and base_seconds else "—"])
-    return [("p", f"Budget: {BUDGET_WORDS[kind]}. The last three columns give the training tokens each variant "
+    return [Paragraph(f"Budget: {BUDGET_WORDS[kind]}. The last three columns give the training tokens each variant "
                   f"would get under each budget, anchored on the baseline ({base_tokens:,} tokens, "
                   f"{base_seconds:.1f} s): a variant with more FLOPs per token (the feed-forward LM, a widened "
                   f"MLP) gets fewer tokens under equal FLOPs, and a slower one fewer under equal seconds."),
-            ("table", head, rows)]
+            Table(head, rows)]
 
 
 def length_table(results: dict) -> tuple[list[str], list[list[str]]]:
@@ -307,15 +297,16 @@ def length_table(results: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def generation_blocks(generations: dict, vocabulary: set[str] | None) -> list[tuple]:
+def generation_blocks(generations: dict, vocabulary: set[str] | None) -> list[Block]:
     settings = generations["settings"]
     names = {path: name for name, path in settings["runs"].items()}
-    blocks = [("p", f"Each variant's first-seed run continues the same prompts with the same sampling seed "
+    blocks = [Paragraph(f"Each variant's first-seed run continues the same prompts with the same sampling seed "
                     f"({settings['seed']}): temperature {settings['temperature']}, top-k {settings['top_k']}, "
                     f"up to {settings['new_tokens']} new tokens.")]
     for entry in generations["results"]:
-        blocks.append(("p", f"Prompt: «{entry['prompt']}»"))
-        blocks.append(("table", ["variant", "text"], [[names.get(run, run), text] for run, text in entry["outputs"].items()]))
+        blocks.append(Paragraph(f"Prompt: «{entry['prompt']}»"))
+        rows = [[names.get(run, run), text] for run, text in entry["outputs"].items()]
+        blocks.append(Table(["variant", "text"], rows))
     continuations: dict[str, list[str]] = {}
     for entry in generations["results"]:
         for run, text in entry["outputs"].items():
@@ -326,36 +317,28 @@ def generation_blocks(generations: dict, vocabulary: set[str] | None) -> list[tu
         known = "—" if numbers["known_words"] is None else f"{numbers['known_words']:.1%}"
         rows.append([name, known, f"{numbers['distinct_1']:.1%}", f"{numbers['distinct_2']:.1%}",
                      f"{numbers['repeated_4grams']:.1%}", f"{numbers['mean_words']:.1f}"])
-    blocks += [("p", "Writing numbers of these continuations (capitu/quality.py): known words, the share of "
+    blocks += [Paragraph("Writing numbers of these continuations (capitu/quality.py): known words, the share of "
                      "generated words found in the training split; distinct-1 and distinct-2, distinct words and "
                      "word pairs over all; repeated 4-grams, the share of word 4-grams that recur in the same text; "
                      "words per continuation, before end-of-text."),
-               ("table", ["variant", "known words", "distinct-1", "distinct-2", "repeated 4-grams", "words"], rows)]
+               Table(["variant", "known words", "distinct-1", "distinct-2", "repeated 4-grams", "words"], rows)]
     return blocks
 
 
-def votes_blocks(path: Path) -> list[tuple]:
+def votes_blocks(path: Path) -> list[Block]:
     """The blind votes cast in `capitu serve` on this study, when there are any."""
     result = ranking(read_votes(path))
     if not result["models"]:
         return []
     rows = [[e["model"], f"{e['score']:.0f}", f"{e['low']:.0f}-{e['high']:.0f}", str(e["votes"]), str(e["wins"]),
              str(e["losses"]), str(e["ties"]), str(e["both_bad"])] for e in result["models"]]
-    return [("p", f"{result['votes']} blind votes cast in `capitu serve` ({path.name}). {result['method']}."),
-            ("table", ["variant", "score", "95% interval", "votes", "wins", "losses", "ties", "both bad"], rows)]
-
-
-def hardware() -> str:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
-            f"{torch.get_num_threads()}, {device}")
+    return [Paragraph(f"{result['votes']} blind votes cast in `capitu serve` ({path.name}). {result['method']}."),
+            Table(["variant", "score", "95% interval", "votes", "wins", "losses", "ties", "both bad"], rows)]
 
 
 def reproducibility(results: dict, variants: list[Variant], data: Path, command: list[str],
                     seconds: float) -> str:
-    from capitu.train.trainer import git_commit, versions
-
-    meta = read_json(data / "meta.json")
+    meta = DataFolder(data).meta
     lines = [
         f"command:  {shlex.join(command)}",
         f"commit:   {git_commit() or 'unknown (not a git checkout)'}",
@@ -372,11 +355,12 @@ def reproducibility(results: dict, variants: list[Variant], data: Path, command:
 
 
 def build_sections(results: dict, generations: dict, figures: dict[str, bytes], repro: str,
-                   vocabulary: set[str] | None = None, votes: list[tuple] | None = None) -> list[Section]:
+                   vocabulary: set[str] | None = None, votes: list[Block] | None = None) -> list[Section]:
     study = results["study"]
     entries = results["variants"]
     tokens = next(e for e in entries if e["name"] == "baseline")["budget"]["tokens"]
-    intro = Section("Setup", [("p", f"{len(entries)} variants x {study['seeds']} seed(s) ({', '.join(map(str, study['seed_list']))}), "
+    seeds = ", ".join(map(str, study["seed_list"]))
+    intro = Section("Setup", [Paragraph(f"{len(entries)} variants x {study['seeds']} seed(s) ({seeds}), "
                                     f"preset {study['preset']}, the same data for all, a budget of "
                                     f"{BUDGET_WORDS[study['budget']]} ({tokens:,} training tokens for the baseline). "
                                     f"Test perplexity is over the whole test split "
@@ -392,47 +376,23 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
     length_head, length_rows = length_table(results)
     sections = [
         intro,
-        Section("Findings", [("list", results["findings"])]),
+        Section("Findings", [Items(results["findings"])]),
         *([Section("Ladder", ladder_blocks(results["ladder"], figures["ladder.png"]))] if "ladder" in results else []),
         Section("Budget", budget_blocks(results)),
-        Section("Results", [("table", head, rows),
-                            ("p", "Perplexity by evaluation length (— : learned positions cannot go past their "
+        Section("Results", [Table(head, rows),
+                            Paragraph("Perplexity by evaluation length (— : learned positions cannot go past their "
                                   "training context; the feed-forward LM reads a fixed window of n tokens, so it "
                                   "is scored at the training context only):"),
-                            ("table", length_head, length_rows)]),
-        Section("Plots", [("image", "val_loss.png", figures["val_loss.png"], "Validation loss vs training tokens"),
-                          ("image", "lengths.png", figures["lengths.png"], "Perplexity vs evaluation length")]
-                + [("image", name, figures[name], caption) for name, caption in
+                            Table(length_head, length_rows)]),
+        Section("Plots", [Image("val_loss.png", figures["val_loss.png"], "Validation loss vs training tokens"),
+                          Image("lengths.png", figures["lengths.png"], "Perplexity vs evaluation length")]
+                + [Image(name, figures[name], caption) for name, caption in
                    (("speed.png", "Throughput"), ("memory.png", "Memory")) if name in figures]),
         Section("Generations", generation_blocks(generations, vocabulary)),
         *([Section("Blind votes", votes)] if votes else []),
-        Section("Reproducibility", [("pre", repro)]),
+        Section("Reproducibility", [Preformatted(repro)]),
     ]
     return sections
-
-
-def render_markdown(title: str, sections: list[Section]) -> str:
-    parts = [f"# {title}"]
-    for section in sections:
-        parts.append(f"## {section.title}")
-        for block in section.blocks:
-            kind = block[0]
-            if kind == "p":
-                parts.append(block[1])
-            elif kind == "list":
-                parts.append("\n".join(f"- {item}" for item in block[1]))
-            elif kind == "table":
-                parts.append(markdown_grid(block[1], block[2]))
-            elif kind == "image":
-                parts.append(f"![{block[3]}](plots/{block[1]})")
-            elif kind == "pre":
-                parts.append("```\n" + block[1] + "\n```")
-    return "\n\n".join(parts) + "\n"
-
-
-def render_html(title: str, sections: list[Section]) -> str:
-    """One self-contained page (figures embedded), from templates/report.html."""
-    return render("report.html", title=title, sections=sections)
 
 
 def make_figures(results: dict) -> dict[str, bytes]:
@@ -451,7 +411,8 @@ def make_figures(results: dict) -> dict[str, bytes]:
         spans = [{e["name"]: (e["bench"]["spread"]["train_tok_s"]["min"], e["bench"]["spread"]["train_tok_s"]["max"])
                   for e in benched}]
         for batch in benched[0]["bench"]["decode_tok_s"]:
-            speed.append((f"decode tokens/s, batch {batch}", {e["name"]: e["bench"]["decode_tok_s"][batch] for e in benched}))
+            rates = {e["name"]: e["bench"]["decode_tok_s"][batch] for e in benched}
+            speed.append((f"decode tokens/s, batch {batch}", rates))
             spans.append({e["name"]: (e["bench"]["spread"]["decode_tok_s"][batch]["min"],
                                       e["bench"]["spread"]["decode_tok_s"][batch]["max"]) for e in benched})
         figures["speed.png"] = plots.bars(speed, "Throughput (capitu bench): median and range of the rounds", spans)
@@ -494,7 +455,7 @@ def csv_rows(results: dict) -> list[dict]:
 def write_report(out: Path, study: StudyConfig, variants: list[Variant], data: Path, command: list[str],
                  seconds: float) -> Path:
     results = collect(out, study, variants)
-    generations = read_json(out / GENERATIONS)
+    generations = read_json(StudyFolder(out).generations)
     figures = make_figures(results)
     repro = reproducibility(results, variants, data, command, seconds)
     results["reproducibility"] = repro
@@ -503,7 +464,7 @@ def write_report(out: Path, study: StudyConfig, variants: list[Variant], data: P
         results["ladder"] = view
         figures["ladder.png"] = ladder_figure(view)
     results["findings"] = findings(results) + (ladder_findings(view) if view else [])
-    votes = votes_blocks(out / "votes.sqlite")
+    votes = votes_blocks(StudyFolder(out).votes)
     sections = build_sections(results, generations, figures, repro, training_vocabulary(data), votes)
     title = f"capitu study: {study.preset}, {len(variants)} variants x {study.seeds} seed(s)"
     (out / "plots").mkdir(exist_ok=True)
@@ -511,12 +472,13 @@ def write_report(out: Path, study: StudyConfig, variants: list[Variant], data: P
         atomic_write_bytes(out / "plots" / name, png)
     atomic_write_json(out / "results.json", results)
     rows = csv_rows(results)
-    fields = CSV_FIELDS + sorted({k for row in rows for k in row} - set(CSV_FIELDS), key=lambda k: int(k.split("_")[-1]))
+    by_length = sorted({k for row in rows for k in row} - set(CSV_FIELDS), key=lambda k: int(k.split("_")[-1]))
+    fields = CSV_FIELDS + by_length
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out / "results.csv", buffer.getvalue().encode("utf-8"))
-    atomic_write_bytes(out / "report.html", render_html(title, sections).encode("utf-8"))
+    atomic_write_bytes(out / "report.html", render("report.html", title=title, sections=sections).encode("utf-8"))
     atomic_write_bytes(out / "report.md", render_markdown(title, sections).encode("utf-8"))
     return out / "report.md"

@@ -13,13 +13,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from capitu.checkpoint import WEIGHTS, read_config
+from capitu.checkpoint import read_config
 from capitu.config import Config, load_config, to_dict
+from capitu.device import pick_device
 from capitu.errors import UserError
-from capitu.models.variants import Variant, variant_config
+from capitu.folders import DataFolder, RunFolder, StudyFolder
 from capitu.paths import atomic_write_json, check_output, clean_leftovers
 from capitu.study.config import StudyConfig
-from capitu.study.files import BENCH, BUDGETS, EVAL, GENERATIONS, PLAN, run_folder
+from capitu.study.variants import Variant, variant_config
 from capitu.train.checkpoints import checkpoint_folders
 
 
@@ -27,7 +28,7 @@ def record_plan(out: Path, study: StudyConfig, variants: list[Variant], data: st
     """Write study.json, or check that the study already in `out` is this one (only the
     number of seeds may change: more seeds extend a study)."""
     plan = {"study": asdict(study), "variants": [asdict(v) for v in variants], "data": data}
-    path = out / PLAN
+    path = StudyFolder(out).plan
     if path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
         previous["study"]["seeds"] = study.seeds
@@ -48,11 +49,10 @@ def prepare_data(out: Path, study: StudyConfig, data: Path | None, source: str |
 
 
 def base_config(study: StudyConfig, data: Path) -> Config:
-    meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
     config = load_config(study.preset, overrides=[*study.set, f"data.path={json.dumps(str(data.resolve()))}"])
     if study.tokens:
         config.run.tokens, config.run.steps = study.tokens, 0
-    config.model.vocab_size = meta["tokenizer"]["vocab_size"]
+    config.model.vocab_size = DataFolder(data).vocab_size
     return config
 
 
@@ -72,7 +72,7 @@ def train_stage(config: Config, run: Path, progress: bool) -> str:
         saved = read_config(run)
         if not same_training(saved.get("config", {}), to_dict(config)):
             raise UserError(f"{run} was trained with another config; remove it or use another --out")
-        total = json.loads((run / "run.json").read_text(encoding="utf-8"))["total_steps"]
+        total = RunFolder(run).info()["total_steps"]
         if saved["step"] >= total:
             return "trained already"
         last, done = train(None, run, resume=True, progress=progress), f"resumed at step {saved['step']}"
@@ -90,7 +90,7 @@ def train_stage(config: Config, run: Path, progress: bool) -> str:
 def evaluate_stage(run: Path, lengths: list[int], progress: bool, device) -> None:
     from capitu.evaluate import evaluate_run
 
-    path = run / EVAL
+    path = RunFolder(run).evaluation_path("test")
     if path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
         if set(previous.get("lengths", {})) == {str(n) for n in lengths}:
@@ -99,14 +99,13 @@ def evaluate_stage(run: Path, lengths: list[int], progress: bool, device) -> Non
 
 
 def bench_rounds_done(run: Path) -> list[dict]:
-    path = run / BENCH
+    path = RunFolder(run).bench_path
     return json.loads(path.read_text(encoding="utf-8")).get("rounds", []) if path.exists() else []
 
 
 def bench_stage(runs: dict[str, Path], study: StudyConfig, device: str) -> None:
-    """`study.bench_rounds` benches of every variant's first-seed run, interleaved (round 1 of
-    every variant, then round 2...), so that a slow spell of the machine falls on all of them;
-    each round is saved as it ends."""
+    """`study.bench_rounds` benches of every variant's first-seed run, interleaved (round 1 of every variant, then
+    round 2...), so that a slow spell of the machine falls on all of them; each round is saved as it ends."""
     from capitu.bench import BenchOptions, bench, config_of_run
 
     options = BenchOptions(train_steps=study.bench_train_steps, repeats=study.bench_repeats, device=device)
@@ -116,8 +115,8 @@ def bench_stage(runs: dict[str, Path], study: StudyConfig, device: str) -> None:
             if len(rounds) >= round_number:
                 continue
             print(f"bench round {round_number}/{study.bench_rounds}: {name}", flush=True)
-            result = bench(config_of_run(read_config(run)), str(run / WEIGHTS), options)
-            atomic_write_json(run / BENCH, {"rounds": [*rounds, result]})
+            result = bench(config_of_run(read_config(run)), str(RunFolder(run).weights), options)
+            atomic_write_json(RunFolder(run).bench_path, {"rounds": [*rounds, result]})
 
 
 def check_distinct(configs: dict[str, Config]) -> None:
@@ -140,7 +139,7 @@ def plan_budgets(out: Path, study: StudyConfig, configs: dict[str, Config], devi
     - seconds: `study.seconds` x the variant's training tokens/s, measured here."""
     from capitu.models import build_model
 
-    path = out / BUDGETS
+    path = StudyFolder(out).budgets
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))
     flops = {name: build_model(config.model).flops_per_token() for name, config in configs.items()}
@@ -176,7 +175,7 @@ def generation_stage(out: Path, study: StudyConfig, runs: dict[str, Path], devic
 
     settings = {"prompts": study.prompts, "new_tokens": study.new_tokens, "temperature": study.temperature,
                 "top_k": study.top_k, "seed": study.sample_seed, "runs": {k: str(v) for k, v in runs.items()}}
-    path = out / GENERATIONS
+    path = StudyFolder(out).generations
     if path.exists() and json.loads(path.read_text(encoding="utf-8"))["settings"] == settings:
         return
     sampling = Sampling(temperature=study.temperature, top_k=study.top_k)
@@ -196,22 +195,21 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
     """Run (or continue) the study in `out` on `device` (training, evaluation, bench and
     generation); returns the path of report.md."""
     from capitu.study.report import write_report
-    from capitu.train.trainer import pick_device
 
     started = time.perf_counter()
     out = Path(out)
     if (data is None) == (source is None):
         raise UserError("give the data: --data DIR (a prepared folder) or --source SRC (prepared into OUT/data)")
-    if data is not None and not (Path(data) / "meta.json").is_file():
+    if data is not None and not DataFolder(data).is_prepared():
         raise UserError(f"--data {data} is not a prepared folder (no meta.json); prepare it or use --source")
-    check_output(out, new=not (out / PLAN).is_file())
+    check_output(out, new=not StudyFolder(out).plan.is_file())
     clean_leftovers(out)
     record_plan(out, study, variants, str(data) if data is not None else f"source:{source}")
     data = prepare_data(out, study, data, source, progress)
     base = base_config(study, data)
     if device != "auto":
         base.run.device = device
-    torch_device = pick_device(device, 0)
+    torch_device = pick_device(device)
     configs = {variant.name: variant_config(base, variant) for variant in variants}
     check_distinct(configs)
     budgets = plan_budgets(out, study, configs, torch_device)
@@ -220,7 +218,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
     jobs = [(variant.name, seed) for seed in study.seed_list for variant in variants]
     timed: list[float] = []
     for number, (name, seed) in enumerate(jobs, 1):
-        run = run_folder(out, name, seed)
+        run = StudyFolder(out).run(name, seed)
         config = copy.deepcopy(configs[name])
         config.run.seed = seed
         eta = f", about {duration(sum(timed) / len(timed) * (len(jobs) - number + 1))} left" if timed else ""
@@ -234,7 +232,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
         print(f"    {done}, evaluated ({duration(time.perf_counter() - job_started)})", flush=True)
         if done != "trained already":
             timed.append(time.perf_counter() - job_started)
-    first_runs = {variant.name: run_folder(out, variant.name, study.first_seed) for variant in variants}
+    first_runs = {variant.name: StudyFolder(out).run(variant.name, study.first_seed) for variant in variants}
     if study.bench:
         bench_stage(first_runs, study, device)
     print("generating", flush=True)

@@ -21,9 +21,8 @@ def std(values: list[float]) -> float:
 
 
 def paired_t_test(a: list[float], b: list[float]) -> dict | None:
-    """Paired t-test of mean(a - b) = 0 over matched pairs (here: the same seed, so the same
-    training batches), with the 95% confidence interval of the mean difference. None with
-    fewer than two pairs."""
+    """Paired t-test of mean(a - b) = 0 over matched pairs (here: the same seed, so the same training batches), with
+    the 95% confidence interval of the mean difference. None with fewer than two pairs."""
     if len(a) != len(b):
         raise ValueError("paired samples must have the same length")
     if len(a) < 2:

@@ -1,18 +1,15 @@
 """Crash-consistent training checkpoints.
 
-A checkpoint is a folder, `RUN/checkpoints/step-00000200/`, with everything a resume needs:
-the weights (`model.safetensors`) and `config.json` (which names the step), the training
-state (`train_state.pt`: optimizer, sampler, RNG, step, tokens) and `manifest.json` (the step,
-the tokens and every part's size). It is built under a temporary name, flushed to disk and
-renamed: whenever the process dies (SIGKILL, OOM, power cut), a checkpoint is there whole or
-not at all. Resume takes the newest checkpoint whose parts agree with its manifest and with
-each other, and says so when it falls back to an older one; the last `KEEP` are kept.
+A checkpoint is a folder, `RUN/checkpoints/step-00000200/`, with everything a resume needs: the weights
+(`model.safetensors`) and `config.json` (which names the step), the training state (`train_state.pt`: optimizer,
+sampler, RNG, step, tokens) and `manifest.json` (the step, the tokens and every part's size). It is built under a
+temporary name, flushed to disk and renamed: whenever the process dies (SIGKILL, OOM, power cut), a checkpoint is
+there whole or not at all. Resume takes the newest checkpoint whose parts agree with its manifest and with each
+other, and says so when it falls back to an older one; the last `KEEP` are kept.
 
-The run folder's own `model.safetensors` and `config.json` (what eval, generate, export and
-bench read) are then pointed at the new checkpoint's files (hard links, or copies where the
-file system has none), weights first; resume puts them back in step with the checkpoint it
-continues from.
-"""
+The run folder's own `model.safetensors` and `config.json` (what eval, generate, export and bench read) are then
+pointed at the new checkpoint's files (hard links, or copies where the file system has none), weights first; resume
+puts them back in step with the checkpoint it continues from."""
 
 from __future__ import annotations
 

@@ -46,11 +46,10 @@ class Optimizers:
 
 
 def make_optimizer(model: torch.nn.Module, config: OptimConfig, device_type: str) -> Optimizers:
-    """AdamW: weight matrices and embeddings decay; biases and norm gains (1-D) do not.
-    Muon (`optim.name = "muon"`): the model's hidden matrices (`model.hidden_matrices()`:
-    attention and MLP weights) go to Muon at `optim.muon_lr`, the rest (embeddings, output
-    layer, norms, biases) to AdamW as above. Muon's learning rate is on AdamW's scale
-    (Moonshot's RMS matching, `adjust_lr_fn="match_rms_adamw"`)."""
+    """AdamW: weight matrices and embeddings decay; biases and norm gains (1-D) do not. Muon (`optim.name =
+    "muon"`): the model's hidden matrices (`model.hidden_matrices()`: attention and MLP weights) go to Muon at
+    `optim.muon_lr`, the rest (embeddings, output layer, norms, biases) to AdamW as above. Muon's learning rate is
+    on AdamW's scale (Moonshot's RMS matching, `adjust_lr_fn="match_rms_adamw"`)."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizers = {}
     if config.name == "muon":
@@ -69,7 +68,7 @@ def make_optimizer(model: torch.nn.Module, config: OptimConfig, device_type: str
     ]
     optimizers["adamw"] = torch.optim.AdamW(
         groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
-        fused=device_type in ("cpu", "cuda"),  # one kernel for all parameters: measured faster on both
+        fused=device_type in ("cpu", "cuda"),  # one kernel for all parameters: faster on both (docs/measurements.md)
     )
     return Optimizers(**optimizers)
 

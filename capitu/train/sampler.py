@@ -1,10 +1,8 @@
 """Training windows drawn from a token file by a seeded generator whose state is checkpointed.
 
-One generator draws the windows of a whole optimizer step for every process: process r
-takes, for micro-batch m, the slice (m * world + r). So N processes with accumulation A see
-exactly the batches one process sees with accumulation N * A, and a resumed run sees
-exactly the batches it would have seen.
-"""
+One generator draws the windows of a whole optimizer step for every process: process r takes, for micro-batch m, the
+slice (m * world + r). So N processes with accumulation A see exactly the batches one process sees with accumulation
+N * A, and a resumed run sees exactly the batches it would have seen."""
 
 from __future__ import annotations
 

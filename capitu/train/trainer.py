@@ -1,10 +1,8 @@
 """`capitu train`: train a model on a prepared data folder, with exact resume and DDP.
 
-A run folder holds `checkpoints/` (the last two crash-consistent checkpoints: weights, config,
-optimizer, sampler and RNG states; see checkpoints.py), `model.safetensors` + `config.json`
-(the last checkpoint's model: enough to evaluate and generate), `best/` (the model with the
-best validation loss), `metrics.jsonl` and `run.json`.
-"""
+`setup` builds a `Session` (data, model, optimizer, sampler: new, or resumed from a checkpoint of
+checkpoints.py), `optimizer_step` runs one step over its micro-batches, `evaluate` the validation loss,
+`log_step` a metrics record, `save_best` and `save_state` best/ and a checkpoint; `run_loop` drives them."""
 
 from __future__ import annotations
 
@@ -12,14 +10,10 @@ import contextlib
 import json
 import math
 import os
-import platform
-import resource
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +21,17 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import capitu
-from capitu.checkpoint import CONFIG, TOKENIZER, WEIGHTS, restore_weights, save_model
+from capitu.checkpoint import restore_weights, save_model
 from capitu.config import Config, from_dict, to_dict
+from capitu.device import autocast_context, peak_flops, peak_memory_bytes, pick_device, resolve_dtype, use_tf32
+from capitu.environment import git_commit, versions
 from capitu.errors import UserError
+from capitu.folders import DataFolder, RunFolder
 from capitu.models import build_model
-from capitu.paths import atomic_write_json, check_output, check_writable, staged_folder
+from capitu.paths import check_output, check_writable, staged_folder
 from capitu.train.checkpoints import checkpoint_folders, load_checkpoint, save_checkpoint
 from capitu.train.optim import make_optimizer, schedule
 from capitu.train.sampler import WindowSampler, evaluation_starts, windows
-
-METRICS = "metrics.jsonl"
-RUN_INFO = "run.json"
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12}
 
 
 @dataclass
@@ -60,107 +52,35 @@ def setup_distributed(device_type: str) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def pick_device(name: str, local_rank: int) -> torch.device:
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise UserError(f"unknown device '{name}'") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("device cuda asked for, but CUDA is not available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+@dataclass
+class Progress:
+    """How far a run has come: saved in every checkpoint, restored on resume."""
+    step: int = 0
+    tokens: int = 0
+    best_val: float = float("inf")
+    elapsed: float = 0.0
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 matmuls run natively: CUDA's own check; on CPU, AVX-512 BF16 or AMX
-    (elsewhere oneDNN emulates bf16, slower than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return False
-
-
-def resolve_dtype(device: torch.device, dtype: str) -> str:
-    """run.dtype as used: `auto` is bfloat16 autocast where the device has bf16 matmuls, else float32."""
-    if dtype == "auto":
-        return "bfloat16" if bf16_supported(device) else "float32"
-    return dtype
-
-
-def autocast_context(device: torch.device, dtype: str):
-    dtype = resolve_dtype(device, dtype)
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    if dtype == "bfloat16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise UserError(f"run.dtype must be auto, float32 or bfloat16, got '{dtype}'")
-
-
-def load_data(config: Config) -> tuple[dict, np.ndarray, np.ndarray]:
-    folder = Path(config.data.path)
-    if not config.data.path or not (folder / "meta.json").is_file():
-        raise UserError(f"data folder not found or not prepared: {folder} (run capitu prepare first)")
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    train = np.memmap(folder / "train.bin", dtype=meta["dtype"], mode="r")
-    val = np.memmap(folder / "val.bin", dtype=meta["dtype"], mode="r")
-    block = config.model.block_size
-    for name, tokens in (("train", train), ("val", val)):
-        if len(tokens) <= block + 1:
-            raise UserError(
-                f"context model.block_size={block} is longer than the {name} split ({len(tokens)} tokens)"
-            )
-    vocab = meta["tokenizer"]["vocab_size"]
-    if config.model.vocab_size == 0:
-        config.model.vocab_size = vocab
-    elif config.model.vocab_size < vocab:
-        raise UserError(f"model.vocab_size {config.model.vocab_size} is smaller than the tokenizer's {vocab}")
-    return meta, train, val
-
-
-def git_commit() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent)
-        return result.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions() -> dict:
-    import safetensors
-    import tokenizers
-
-    return {"capitu": capitu.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "tokenizers": tokenizers.__version__, "safetensors": safetensors.__version__}
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA: the most memory torch has allocated; otherwise the process's peak resident set.
-    On Linux that is VmHWM, which starts afresh at exec (ru_maxrss carries the parent's peak
-    into a subprocess)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+@dataclass
+class Session:
+    """Everything one training run works with, built by `setup`."""
+    config: Config
+    run: RunFolder
+    device: torch.device
+    ddp: Distributed
+    data: DataFolder
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    val_starts: np.ndarray
+    model: torch.nn.Module
+    trained: torch.nn.Module  # the model as stepped: compiled, wrapped in DDP
+    optimizer: object
+    sampler: WindowSampler
+    autocast: object
+    accumulation: int
+    step_tokens: int
+    steps: int
+    progress: Progress
 
 
 class StopRequest:
@@ -183,6 +103,20 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def load_data(config: Config) -> tuple[DataFolder, np.ndarray, np.ndarray]:
+    data = DataFolder(config.data.path).require()
+    train, val = data.tokens("train"), data.tokens("val")
+    block = config.model.block_size
+    for name, tokens in (("train", train), ("val", val)):
+        if len(tokens) <= block + 1:
+            raise UserError(f"context model.block_size={block} is longer than the {name} split ({len(tokens)} tokens)")
+    if config.model.vocab_size == 0:
+        config.model.vocab_size = data.vocab_size
+    elif config.model.vocab_size < data.vocab_size:
+        raise UserError(f"model.vocab_size {config.model.vocab_size} is smaller than the tokenizer's {data.vocab_size}")
+    return data, train, val
+
+
 def total_steps(config: Config, batch_tokens: int) -> int:
     if config.run.steps:
         return config.run.steps
@@ -193,9 +127,29 @@ def total_steps(config: Config, batch_tokens: int) -> int:
 
 def read_saved_config(folder: Path) -> dict:
     try:
-        return json.loads((folder / CONFIG).read_text(encoding="utf-8"))["config"]
+        return json.loads(RunFolder(folder).config_path.read_text(encoding="utf-8"))["config"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{folder}: no readable config.json of a training run to resume") from None
+
+
+def optimizer_step(model, optimizer, micro_batches, autocast, grad_clip: float, trained=None,
+                   last_syncs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over `micro_batches` ([(x, y)], gradients averaged): forward and backward through
+    `trained` (the model, compiled or in DDP), clipping, the update. Returns the micro-batches' losses (n,) and the
+    gradient norm, left on the device: reading them waits for the device, so the loop reads them only when it logs.
+    With `last_syncs` (DDP), gradients are all-reduced on the last micro-batch only."""
+    trained = trained or model
+    losses = []
+    for number, (x, y) in enumerate(micro_batches):
+        sync = not last_syncs or number == len(micro_batches) - 1
+        with (contextlib.nullcontext() if sync else trained.no_sync()), autocast:
+            _, loss = trained(x, y)
+            (loss / len(micro_batches)).backward()
+        losses.append(loss.detach())
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return torch.stack(losses), grad_norm
 
 
 @torch.no_grad()
@@ -224,9 +178,9 @@ def train(config: Config | None, out: Path, resume: bool = False, pause_at: int 
             check_writable(out)
         checkpoint = load_checkpoint(out, repair=writer)
         config = from_dict(Config, read_saved_config(checkpoint[0]))
-    elif writer and (checkpoint_folders(out) or (out / CONFIG).exists()):
+    elif writer and (checkpoint_folders(out) or RunFolder(out).config_path.exists()):
         raise UserError(f"{out} already holds a run; use --resume to continue it, or another --out")
-    elif writer and (out / RUN_INFO).exists():
+    elif writer and RunFolder(out).info_path.exists():
         raise UserError(f"{out} holds a run stopped before its first checkpoint; remove it or use another --out")
     elif writer:
         check_output(out, new=True)
@@ -236,21 +190,20 @@ def train(config: Config | None, out: Path, resume: bool = False, pause_at: int 
     device = pick_device(config.run.device, int(os.environ.get("LOCAL_RANK", 0)))
     ddp = setup_distributed(device.type)
     try:
-        return _train(config, out, checkpoint, pause_at, progress, device, ddp)
+        return run_loop(setup(config, RunFolder(out), checkpoint, device, ddp), pause_at, progress)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(config: Config, out: Path, checkpoint: tuple[Path, dict] | None, pause_at: int, show_progress: bool, device,
-           ddp: Distributed) -> dict:
-    meta, train_tokens, val_tokens = load_data(config)
+def setup(config: Config, run: RunFolder, checkpoint: tuple[Path, dict] | None, device, ddp: Distributed) -> Session:
+    """The session of a new run (run.json and an empty metrics.jsonl written), or of a run
+    resumed from `checkpoint` (weights, optimizer, sampler, RNG and progress restored)."""
+    data, train_tokens, val_tokens = load_data(config)
     torch.manual_seed(config.run.seed)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    autocast = autocast_context(device, config.run.dtype)
+    use_tf32(device)
     model = build_model(config.model).to(device)
     optimizer = make_optimizer(model, config.optim, device.type)
     block, micro = config.model.block_size, config.optim.micro_batch
@@ -259,122 +212,151 @@ def _train(config: Config, out: Path, checkpoint: tuple[Path, dict] | None, paus
     steps = total_steps(config, step_tokens)
     sampler = WindowSampler(train_tokens, block, config.run.seed)
     val_starts = evaluation_starts(len(val_tokens), block, config.run.eval_windows)
-    progress = {"step": 0, "tokens": 0, "best_val": float("inf"), "elapsed": 0.0}
-
-    resume = checkpoint is not None
-    if resume:
+    progress = Progress()
+    if checkpoint is not None:
         folder, state = checkpoint
-        restore_weights(model, folder / WEIGHTS)
+        restore_weights(model, RunFolder(folder).weights)
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and state["rng_cuda"]:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
-        progress = {key: state[key] for key in progress}
+        progress = Progress(**{f.name: state[f.name] for f in fields(Progress)})
     elif ddp.main:
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer = Path(config.data.path) / TOKENIZER
-        if tokenizer.exists():
-            shutil.copyfile(tokenizer, out / TOKENIZER)
-        atomic_write_json(out / RUN_INFO, {
-            "config": to_dict(config), "data_fingerprint": meta.get("fingerprint"), "git_commit": git_commit(),
+        run.path.mkdir(parents=True, exist_ok=True)
+        if data.tokenizer_path.exists():
+            shutil.copyfile(data.tokenizer_path, run.tokenizer_path)
+        run.write_info({
+            "config": to_dict(config), "data_fingerprint": data.meta.get("fingerprint"), "git_commit": git_commit(),
             "versions": versions(), "device": str(device), "dtype": resolve_dtype(device, config.run.dtype),
-            "world_size": ddp.world,
-            "accumulation": accumulation, "step_tokens": step_tokens, "total_steps": steps,
+            "world_size": ddp.world, "accumulation": accumulation, "step_tokens": step_tokens, "total_steps": steps,
             "parameters": model.num_params(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
-        (out / METRICS).write_text("")
-
-    trained = model
-    if config.run.compile:
-        trained = torch.compile(model)
+        run.metrics_path.write_text("")
+    trained = torch.compile(model) if config.run.compile else model
     if ddp.world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None)
-    if ddp.main and resume:
-        keep_metrics_until(out / METRICS, progress["step"])
+        trained = torch.nn.parallel.DistributedDataParallel(
+            trained, device_ids=[device.index] if device.type == "cuda" else None)
+    if ddp.main and checkpoint is not None:
+        run.keep_metrics_until(progress.step)
+    return Session(config, run, device, ddp, data, train_tokens, val_tokens, val_starts, model, trained, optimizer,
+                   sampler, autocast_context(device, config.run.dtype), accumulation, step_tokens, steps, progress)
 
-    board = tensorboard_writer(out) if ddp.main else None
-    flops_per_token = model.flops_per_token()
-    peak = peak_flops(device)
-    target = min(steps, pause_at) if pause_at else steps
-    bar = tqdm(total=target, initial=progress["step"], desc="train", unit=" steps", disable=None if show_progress and ddp.main else True)
-    stop_reason = "pause-at" if target < steps else "budget"
-    last = {}
-    started = time.perf_counter() - progress["elapsed"]
+
+def micro_batches(session: Session) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This process's micro-batches of the next step (each rank takes its own windows)."""
+    micro, ddp, device = session.config.optim.micro_batch, session.ddp, session.device
+    starts = session.sampler.step_starts(session.accumulation * ddp.world * micro)
+    batches = []
+    for m in range(session.accumulation):
+        first = (m * ddp.world + ddp.rank) * micro
+        x, y = windows(session.train_tokens, starts[first: first + micro], session.config.model.block_size)
+        batches.append((x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
+    return batches
+
+
+def step_record(session: Session, losses: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> dict:
+    """The step's metrics: reading the losses and the norm waits for the device."""
+    return {"step": session.progress.step, "tokens": session.progress.tokens,
+            "train_loss": sum(losses.tolist()) / session.accumulation, "lr": lr, "grad_norm": grad_norm.item()}
+
+
+def log_step(session: Session, record: dict, rate: float, board) -> None:
+    """Add speed and memory to a record; the main process writes it to metrics.jsonl (and TensorBoard)."""
+    record.update(tokens_per_s=rate, peak_memory_bytes=peak_memory_bytes(session.device),
+                  elapsed_s=session.progress.elapsed)
+    peak = peak_flops(session.device)
+    if peak:
+        record["mfu"] = session.model.flops_per_token() * rate / (peak * session.ddp.world)
+    if session.ddp.main:
+        session.run.append_metrics(record)
+        if board is not None:
+            for key, value in record.items():
+                board.add_scalar(key, value, record["step"])
+
+
+def save_best(session: Session, val_loss: float) -> None:
+    """best/: the model with the lowest validation loss so far."""
+    session.progress.best_val = val_loss
+    if session.ddp.main:
+        with staged_folder(session.run.best) as staging:
+            save_model(staging, session.model, {"config": to_dict(session.config), "step": session.progress.step,
+                                                "val_loss": val_loss})
+
+
+def save_state(session: Session) -> None:
+    """A checkpoint of everything a resume needs (main process)."""
+    state = {"optimizer": session.optimizer.state_dict(), "sampler": session.sampler.state_dict(),
+             "rng_cpu": torch.get_rng_state(),
+             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+             **asdict(session.progress)}
+    save_checkpoint(session.run.path, session.model, state,
+                    {"config": to_dict(session.config), "data_fingerprint": session.data.meta.get("fingerprint")})
+
+
+def agreed(session: Session, stopping: bool) -> bool:
+    """Under DDP every process must stop at the same step: any one's stop is everyone's."""
+    if session.ddp.world == 1:
+        return stopping
+    flag = torch.tensor([int(stopping)], device=session.device)
+    dist.all_reduce(flag)
+    return bool(flag.item())
+
+
+def run_loop(session: Session, pause_at: int, show_progress: bool) -> dict:
+    """Step until the budget, `pause_at`, the time limit or a signal; returns the last
+    step's record with "stopped" (budget, pause-at, time, SIGINT or SIGTERM)."""
+    config, progress = session.config, session.progress
+    board = tensorboard_writer(session.run.path) if session.ddp.main else None
+    target = min(session.steps, pause_at) if pause_at else session.steps
+    bar = tqdm(total=target, initial=progress.step, desc="train", unit=" steps",
+               disable=None if show_progress and session.ddp.main else True)
+    stop_reason, last = "pause-at" if target < session.steps else "budget", {}
+    started = time.perf_counter() - progress.elapsed
     window_start, window_tokens = time.perf_counter(), 0
-    model.train()
+    session.model.train()
     with StopRequest() as stop:
-        while progress["step"] < target:
-            starts = sampler.step_starts(accumulation * ddp.world * micro)
-            factor = schedule(progress["step"], steps, config.optim)
-            optimizer.set_schedule(factor)
-            lr = config.optim.lr * factor
-            loss_sum = 0.0
-            for m in range(accumulation):
-                first = (m * ddp.world + ddp.rank) * micro
-                x, y = windows(train_tokens, starts[first: first + micro], block)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                sync = ddp.world == 1 or m == accumulation - 1
-                with (contextlib.nullcontext() if sync else trained.no_sync()), autocast:
-                    _, loss = trained(x, y)
-                    (loss / accumulation).backward()
-                loss_sum += loss.item()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip or float("inf")).item()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress["step"] += 1
-            progress["tokens"] += step_tokens
-            progress["elapsed"] = time.perf_counter() - started
-            window_tokens += step_tokens
+        while progress.step < target:
+            factor = schedule(progress.step, session.steps, config.optim)
+            session.optimizer.set_schedule(factor)
+            losses, grad_norm = optimizer_step(session.model, session.optimizer, micro_batches(session),
+                                               session.autocast, config.optim.grad_clip, session.trained,
+                                               last_syncs=session.ddp.world > 1)
+            progress.step += 1
+            progress.tokens += session.step_tokens
+            progress.elapsed = time.perf_counter() - started
+            window_tokens += session.step_tokens
             bar.update(1)
-
-            step = progress["step"]
-            record = {"step": step, "tokens": progress["tokens"], "train_loss": loss_sum / accumulation, "lr": lr,
-                      "grad_norm": grad_norm}
+            step, record = progress.step, None
             validate = step % config.run.eval_every == 0 or step == target
-            if validate:
-                record["val_loss"] = evaluate(model, val_tokens, val_starts, block, micro, device, autocast)
             if step % config.run.log_every == 0 or validate or step == 1:
+                record = step_record(session, losses, grad_norm, config.optim.lr * factor)
+                if validate:
+                    record["val_loss"] = evaluate(session.model, session.val_tokens, session.val_starts,
+                                                  config.model.block_size, config.optim.micro_batch, session.device,
+                                                  session.autocast)
                 rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                record.update(tokens_per_s=rate, peak_memory_bytes=peak_memory_bytes(device),
-                              elapsed_s=progress["elapsed"])
-                if peak:
-                    record["mfu"] = flops_per_token * rate / (peak * ddp.world)
+                log_step(session, record, rate, board)
                 window_start, window_tokens = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{rate:,.0f}")
-                if ddp.main:
-                    with open(out / METRICS, "a") as log:
-                        log.write(json.dumps(record) + "\n")
-                    if board is not None:
-                        for key, value in record.items():
-                            board.add_scalar(key, value, step)
-            last = record
             stopping = stop.signal is not None
-            if config.run.time and progress["elapsed"] >= config.run.time:
+            if config.run.time and progress.elapsed >= config.run.time:
                 stop_reason, stopping = "time", True
-            if ddp.world > 1:  # every process must agree to stop at the same step
-                flag = torch.tensor([int(stopping)], device=device)
-                dist.all_reduce(flag)
-                stopping = bool(flag.item())
-            if validate and record["val_loss"] < progress["best_val"]:
-                progress["best_val"] = record["val_loss"]
-                if ddp.main:
-                    with staged_folder(out / "best") as staging:
-                        save_model(staging, model, {"config": to_dict(config), "step": step, "val_loss": record["val_loss"]})
-            if ddp.main and (stopping or step % config.run.checkpoint_every == 0 or step == target):
-                state = {"optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
-                         "rng_cpu": torch.get_rng_state(),
-                         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], **progress}
-                save_checkpoint(out, model, state, {"config": to_dict(config), "data_fingerprint": meta.get("fingerprint")})
+            stopping = agreed(session, stopping)
+            last = record or (step_record(session, losses, grad_norm, config.optim.lr * factor) if stopping else last)
+            if validate and record["val_loss"] < progress.best_val:
+                save_best(session, record["val_loss"])
+            if session.ddp.main and (stopping or step % config.run.checkpoint_every == 0 or step == target):
+                save_state(session)
             if stopping:
                 stop_reason = stop.signal or stop_reason
                 break
     bar.close()
     if board is not None:
         board.close()
-    if ddp.world > 1:
+    if session.ddp.world > 1:
         dist.barrier()
-    last["stopped"] = stop_reason if progress["step"] < steps else "budget"
+    last["stopped"] = stop_reason if progress.step < session.steps else "budget"
     return last
 
 
@@ -385,11 +367,3 @@ def tensorboard_writer(out: Path):
     except ImportError:
         return None
     return SummaryWriter(str(out / "tensorboard"))
-
-
-def keep_metrics_until(path: Path, step: int) -> None:
-    """On resume, drop lines logged after the checkpoint (they will be logged again)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))

@@ -1,16 +1,13 @@
 """Interop with HF transformers (GPT2LMHeadModel, LlamaForCausalLM), without importing it.
 
-The GPT-2-equivalent configuration (learned positions, multi-head attention, biases, tied
-embeddings) maps one to one: the same parameter names, with HF's Conv1D weights stored
-transposed ([in, out]) where nn.Linear stores [out, in]; it exports and imports. A
-Llama-shaped model (RoPE, RMSNorm, SwiGLU, no biases; tied or not; MHA, GQA or MQA) exports
-as LlamaForCausalLM: the fused query-key-value and gate-up matrices are split, and capitu's
-RoPE already rotates the two halves of each head as HF's `rotate_half` does.
+The GPT-2-equivalent configuration (learned positions, multi-head attention, biases, tied embeddings) maps one to
+one: the same parameter names, with HF's Conv1D weights stored transposed ([in, out]) where nn.Linear stores [out,
+in]; it exports and imports. A Llama-shaped model (RoPE, RMSNorm, SwiGLU, no biases; tied or not; MHA, GQA or MQA)
+exports as LlamaForCausalLM: the fused query-key-value and gate-up matrices are split, and capitu's RoPE already
+rotates the two halves of each head as HF's `rotate_half` does.
 
-capitu reads a prompt as the start of a document, end-of-text first; the exported tokenizer
-adds that end-of-text itself (as its BOS), so HF's `generate` and pipelines condition as
-`capitu generate` does.
-"""
+capitu reads a prompt as the start of a document, end-of-text first; the exported tokenizer adds that end-of-text
+itself (as its BOS), so HF's `generate` and pipelines condition as `capitu generate` does."""
 
 from __future__ import annotations
 
@@ -23,9 +20,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, processors
 
-from capitu.checkpoint import TOKENIZER, load_model, load_state, load_weights, save_model, unique_state_dict
+from capitu.checkpoint import load_model, load_state, load_weights, save_model, unique_state_dict
 from capitu.config import ModelConfig
 from capitu.errors import UserError
+from capitu.folders import TOKENIZER, RunFolder
 from capitu.models import GPT
 from capitu.models.gpt import RMS_EPS
 from capitu.paths import atomic_write_json, check_output, staged_folder
@@ -66,25 +64,12 @@ def check_exportable(config: ModelConfig) -> str:
 
 def hf_config(config: ModelConfig) -> dict:
     return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": config.vocab_size,
-        "n_positions": config.block_size,
-        "n_ctx": config.block_size,
-        "n_embd": config.n_embd,
-        "n_layer": config.n_layer,
-        "n_head": config.n_head,
-        "n_inner": config.hidden,
-        "activation_function": "gelu_new",
-        "resid_pdrop": config.dropout,
-        "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
-        "layer_norm_epsilon": 1e-5,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": True,
-        "bos_token_id": EOT_ID,
-        "eos_token_id": EOT_ID,
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
+        "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": config.n_embd,
+        "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": config.hidden,
+        "activation_function": "gelu_new", "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout, "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
+        "scale_attn_weights": True, "tie_word_embeddings": True, "bos_token_id": EOT_ID, "eos_token_id": EOT_ID,
     }
 
 
@@ -96,26 +81,14 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 def llama_config(config: ModelConfig) -> dict:
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.n_embd,
-        "intermediate_size": config.hidden,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
-        "num_key_value_heads": config.kv_heads,
-        "head_dim": config.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": config.block_size,
-        "rms_norm_eps": RMS_EPS,
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd, "intermediate_size": config.hidden, "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head, "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim,
+        "hidden_act": "silu", "max_position_embeddings": config.block_size, "rms_norm_eps": RMS_EPS,
         "rope_theta": config.rope_base,  # transformers < 5
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},  # transformers >= 5
-        "attention_bias": False,
-        "mlp_bias": False,
-        "tie_word_embeddings": config.tie_embeddings,
-        "initializer_range": 0.02,
-        "bos_token_id": EOT_ID,
-        "eos_token_id": EOT_ID,
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": config.tie_embeddings,
+        "initializer_range": 0.02, "bos_token_id": EOT_ID, "eos_token_id": EOT_ID,
     }
 
 
@@ -136,7 +109,8 @@ def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
         out.update({
             layer + "input_layernorm.weight": state[block + "ln_1.weight"],
             layer + "self_attn.q_proj.weight": qkv[:q], layer + "self_attn.k_proj.weight": qkv[q:q + kv],
-            layer + "self_attn.v_proj.weight": qkv[q + kv:], layer + "self_attn.o_proj.weight": state[block + "attn.c_proj.weight"],
+            layer + "self_attn.v_proj.weight": qkv[q + kv:],
+            layer + "self_attn.o_proj.weight": state[block + "attn.c_proj.weight"],
             layer + "post_attention_layernorm.weight": state[block + "ln_2.weight"],
             layer + "mlp.gate_proj.weight": gate_up[:c.hidden], layer + "mlp.up_proj.weight": gate_up[c.hidden:],
             layer + "mlp.down_proj.weight": state[block + "mlp.c_proj.weight"],
@@ -159,14 +133,15 @@ def export_hf(run: Path, out: Path) -> str:
     check_output(out, new=True)
     model, _ = load_model(run)
     kind = check_exportable(model.config)
-    if not (run / TOKENIZER).is_file() or load_tokenizer(run / TOKENIZER).kind != "bpe":
+    tokenizer = RunFolder(run).tokenizer_path
+    if not tokenizer.is_file() or load_tokenizer(tokenizer).kind != "bpe":
         raise UserError("HF export needs the run's BPE tokenizer.json (a char tokenizer has no HF equivalent)")
     weights, config = (hf_state_dict(model), hf_config(model.config)) if kind == "gpt2" else (
         llama_state_dict(model), llama_config(model.config))
     with staged_folder(out) as staging:
         save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_json(staging / "config.json", config)
-        export_tokenizer(run / TOKENIZER, staging / TOKENIZER)
+        export_tokenizer(tokenizer, staging / TOKENIZER)  # HF's file has our file's name
         special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
         atomic_write_json(staging / "tokenizer_config.json", {
             "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size,
@@ -234,4 +209,4 @@ def import_hf(folder: Path, out: Path) -> None:
     with staged_folder(out) as staging:
         save_model(staging, model, {"imported_from": str(folder)})
         if (folder / TOKENIZER).is_file():
-            shutil.copyfile(folder / TOKENIZER, staging / TOKENIZER)
+            shutil.copyfile(folder / TOKENIZER, RunFolder(staging).tokenizer_path)

@@ -79,7 +79,8 @@ def variant_config(base: Config, variant: Variant) -> Config:
     apply(config, overrides_to_dict(variant.set))
     if variant.kv_divisor:
         if config.model.n_head % variant.kv_divisor:
-            raise UserError(f"variant {variant.name}: n_head {config.model.n_head} not divisible by {variant.kv_divisor}")
+            raise UserError(f"variant {variant.name}: n_head {config.model.n_head} not divisible by "
+                            f"{variant.kv_divisor}")
         config.model.n_kv_head = config.model.n_head // variant.kv_divisor
     config.model.validate()
     if variant.widen:
