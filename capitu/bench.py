@@ -160,7 +160,6 @@ def measure_generation(config: Config, weights: str | None, device: torch.device
     if config.model.kind == "gpt":
         decoder = make_decoder(model, 1, compile=False)
         prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
-        # attention over the cache is written out (models/gpt.py: masked_attention): "none" here
         allocated, kernel = decoder.cache.bytes_per_token(), sdpa_kernel(lambda: decoder.prefill(prompt, 0))
     else:
         allocated, kernel = 0, "none (no attention)"

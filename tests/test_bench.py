@@ -19,7 +19,7 @@ def check_result(result, kv_heads, n_layer, head_dim):
     assert kv["shapes"] == kv["allocated"] == 2 * n_layer * kv_heads * head_dim * 4
     known = set(SDPA_KERNELS.values())
     assert set(result["sdpa_kernel_train"].split(", ")) <= known
-    assert result["sdpa_kernel_decode"] == "none"  # decoding reads the cache through written-out attention
+    assert set(result["sdpa_kernel_decode"].split(", ")) <= known
 
 
 def test_bench_preset_json(capsys):

@@ -80,7 +80,10 @@ class CausalSelfAttention(nn.Module):
             mask = mask.to(q.dtype)
         if cache is not None:  # decoding: every slot of the cache, masked by position
             k, v = cache.update(self.layer, positions, k, v)
-            y = masked_attention(q, k, v, mask)
+            if torch.compiler.is_compiling():  # decided when tracing: the compiled step fuses the written-out form
+                y = masked_attention(q, k, v, mask)
+            else:  # eagerly, SDPA's kernel (GQA without copying keys and values)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_head != self.n_head)
         else:
             y = self.causal_attention(q, k, v, mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, H * d)
