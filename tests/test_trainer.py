@@ -53,6 +53,18 @@ def test_exact_resume_is_bit_identical(optimizer, prepared_char, tmp_path):
     assert all(halves[step] == loss for step, loss in straight.items())
 
 
+def test_compiled_training_follows_the_eager_losses(prepared_char, tmp_path):
+    """run.compile=true: the same steps through torch.compile, with accumulation (2 micro-batches a step)."""
+    settings = ["run.steps=4", "run.log_every=1", "optim.batch_tokens=512"]
+    train(config_for(prepared_char, *settings), tmp_path / "eager", progress=False)
+    train(config_for(prepared_char, *settings, "run.compile=true"), tmp_path / "compiled", progress=False)
+    eager, compiled = metrics(tmp_path / "eager"), metrics(tmp_path / "compiled")
+    assert [m["step"] for m in compiled] == [1, 2, 3, 4]
+    for a, b in zip(eager, compiled):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-2)
+
+
 def test_run_folder_holds_what_it_promises(prepared_char, tmp_path):
     train(config_for(prepared_char, "run.steps=10"), tmp_path / "run", progress=False)
     run = tmp_path / "run"

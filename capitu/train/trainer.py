@@ -138,7 +138,7 @@ def optimizer_step(model, optimizer, micro_batches, autocast, grad_clip: float, 
     `trained` (the model, compiled or in DDP), clipping, the update. Returns the micro-batches' losses (n,) and the
     gradient norm, left on the device: reading them waits for the device, so the loop reads them only when it logs.
     With `last_syncs` (DDP), gradients are all-reduced on the last micro-batch only."""
-    trained = trained or model
+    trained = model if trained is None else trained
     losses = []
     for number, (x, y) in enumerate(micro_batches):
         sync = not last_syncs or number == len(micro_batches) - 1
