@@ -387,11 +387,14 @@ def add_serve(commands) -> None:
 
 
 def run_serve(args) -> None:
-    from capitu.serve import serve
+    from capitu.serve import create_app, serve
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be between 1 and 65535, got {args.port}")
-    serve(args.paths, args.host, args.port, args.votes, args.device, args.compile)
+    app = create_app(args.paths, args.votes, args.device, compile=args.compile)
+    print(f"capitu serve: {len(app.state.server.models)} models at http://{args.host}:{args.port}/ "
+          f"(votes: {app.state.server.votes_path}); Ctrl-C stops", flush=True)
+    serve(app, args.host, args.port)
 
 
 def add_votes(commands) -> None:

@@ -304,12 +304,10 @@ def writing_table(server: Server) -> dict:
     return {"prompts": QUALITY_PROMPTS, "models": rows}
 
 
-def serve(paths: list[Path], host: str, port: int, votes: Path | None, device: str, compile: bool = False) -> None:
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Run the app until Ctrl-C, then close its votes database."""
     import uvicorn
 
-    app = create_app(paths, votes, device, compile=compile)
-    print(f"capitu serve: {len(app.state.server.models)} models at http://{host}:{port}/ "
-          f"(votes: {app.state.server.votes_path}); Ctrl-C stops", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
     app.state.server.votes.close()
 

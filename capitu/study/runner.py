@@ -11,12 +11,14 @@ import shutil
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from capitu.checkpoint import read_config
 from capitu.config import Config, load_config, to_dict
 from capitu.device import pick_device
-from capitu.errors import UserError
+from capitu.errors import UserError, warn
 from capitu.folders import DataFolder, RunFolder, StudyFolder
 from capitu.paths import atomic_write_json, check_output, clean_leftovers
 from capitu.study.config import StudyConfig
@@ -81,8 +83,7 @@ def train_stage(config: Config, run: Path, progress: bool) -> str:
             shutil.rmtree(run)
         last, done = train(copy.deepcopy(config), run, progress=progress), "trained"
     if last.get("stopped") in ("SIGINT", "SIGTERM"):
-        print(f"capitu: {last['stopped']}: {run} saved at step {last.get('step')}; run the same command to "
-              "continue the study", file=sys.stderr)
+        warn(f"{last['stopped']}: {run} saved at step {last.get('step')}; run the same command to continue the study")
         raise KeyboardInterrupt
     return done
 
@@ -103,7 +104,7 @@ def bench_rounds_done(run: Path) -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8")).get("rounds", []) if path.exists() else []
 
 
-def bench_stage(runs: dict[str, Path], study: StudyConfig, device: str) -> None:
+def bench_stage(runs: dict[str, Path], study: StudyConfig, device: str, say: Callable[[str], None]) -> None:
     """`study.bench_rounds` benches of every variant's first-seed run, interleaved (round 1 of every variant, then
     round 2...), so that a slow spell of the machine falls on all of them; each round is saved as it ends."""
     from capitu.bench import BenchOptions, bench, config_of_run
@@ -114,7 +115,7 @@ def bench_stage(runs: dict[str, Path], study: StudyConfig, device: str) -> None:
             rounds = bench_rounds_done(run)
             if len(rounds) >= round_number:
                 continue
-            print(f"bench round {round_number}/{study.bench_rounds}: {name}", flush=True)
+            say(f"bench round {round_number}/{study.bench_rounds}: {name}")
             result = bench(config_of_run(read_config(run)), str(RunFolder(run).weights), options)
             atomic_write_json(RunFolder(run).bench_path, {"rounds": [*rounds, result]})
 
@@ -191,9 +192,9 @@ def duration(seconds: float) -> str:
 
 def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path | None = None,
               source: str | None = None, command: list[str] | None = None, progress: bool = True,
-              device: str = "auto") -> Path:
-    """Run (or continue) the study in `out` on `device` (training, evaluation, bench and
-    generation); returns the path of report.md."""
+              device: str = "auto", say: Callable[[str], None] = partial(print, flush=True)) -> Path:
+    """Run (or continue) the study in `out` on `device` (training, evaluation, bench and generation), telling `say`
+    how far it is; returns the path of report.md."""
     from capitu.study.report import write_report
 
     started = time.perf_counter()
@@ -222,21 +223,20 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
         config = copy.deepcopy(configs[name])
         config.run.seed = seed
         eta = f", about {duration(sum(timed) / len(timed) * (len(jobs) - number + 1))} left" if timed else ""
-        print(f"[{number}/{len(jobs)}] {name} seed {seed} ({duration(time.perf_counter() - started)} so far{eta})",
-              flush=True)
+        say(f"[{number}/{len(jobs)}] {name} seed {seed} ({duration(time.perf_counter() - started)} so far{eta})")
         job_started = time.perf_counter()
         done = train_stage(config, run, progress)
         # the feed-forward LM reads a fixed window of n tokens: its perplexity has no context length
         lengths = [n for n in study.eval_lengths if n != config.model.block_size] if config.model.kind == "gpt" else []
         evaluate_stage(run, lengths, progress, torch_device)
-        print(f"    {done}, evaluated ({duration(time.perf_counter() - job_started)})", flush=True)
+        say(f"    {done}, evaluated ({duration(time.perf_counter() - job_started)})")
         if done != "trained already":
             timed.append(time.perf_counter() - job_started)
     first_runs = {variant.name: StudyFolder(out).run(variant.name, study.first_seed) for variant in variants}
     if study.bench:
-        bench_stage(first_runs, study, device)
-    print("generating", flush=True)
+        bench_stage(first_runs, study, device, say)
+    say("generating")
     generation_stage(out, study, first_runs, torch_device)
     report = write_report(out, study, variants, data, command or sys.argv, time.perf_counter() - started)
-    print(f"study done in {duration(time.perf_counter() - started)}: {report}")
+    say(f"study done in {duration(time.perf_counter() - started)}: {report}")
     return report
