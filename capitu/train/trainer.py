@@ -239,8 +239,10 @@ def setup(config: Config, run: RunFolder, checkpoint: tuple[Path, dict] | None, 
             trained, device_ids=[device.index] if device.type == "cuda" else None)
     if ddp.main and checkpoint is not None:
         run.keep_metrics_until(progress.step)
-    return Session(config, run, device, ddp, data, train_tokens, val_tokens, val_starts, model, trained, optimizer,
-                   sampler, autocast_context(device, config.run.dtype), accumulation, step_tokens, steps, progress)
+    return Session(config=config, run=run, device=device, ddp=ddp, data=data, train_tokens=train_tokens,
+                   val_tokens=val_tokens, val_starts=val_starts, model=model, trained=trained, optimizer=optimizer,
+                   sampler=sampler, autocast=autocast_context(device, config.run.dtype), accumulation=accumulation,
+                   step_tokens=step_tokens, steps=steps, progress=progress)
 
 
 def micro_batches(session: Session) -> list[tuple[torch.Tensor, torch.Tensor]]:
