@@ -105,8 +105,8 @@ def measure_training(config: Config, device: torch.device, options: BenchOptions
     return result
 
 
-def generation_lengths(config: Config, options: BenchOptions) -> tuple[int, int, int]:
-    """(cache length, prompt length, new tokens): by default half the context each, so the
+def generation_lengths(config: Config, options: BenchOptions) -> tuple[int, int]:
+    """(prompt length, new tokens): by default half the context each, so the
     cache never shifts (a window model, which has no cache, uses the same lengths)."""
     window = config.model.block_size
     prompt_length = options.prompt_length or window // 2
@@ -118,7 +118,7 @@ def generation_lengths(config: Config, options: BenchOptions) -> tuple[int, int,
         raise UserError("bench needs a prompt of at least 1 token and at least 2 new tokens")
     if config.model.kind == "gpt" and prompt_length + new_tokens > window:
         raise UserError(f"prompt {prompt_length} + new tokens {new_tokens} exceed the context {window}")
-    return window, prompt_length, new_tokens
+    return prompt_length, new_tokens
 
 
 @torch.no_grad()
@@ -132,7 +132,7 @@ def measure_generation(config: Config, weights: str | None, device: torch.device
     if weights:
         restore_weights(model, weights)
     model = for_generation(model, device)
-    window, prompt_length, new_tokens = generation_lengths(config, options)
+    prompt_length, new_tokens = generation_lengths(config, options)
     result = {"prompt_length": prompt_length, "new_tokens": new_tokens, "prefill_tok_s": {}, "decode_tok_s": {},
               "compile_s": 0.0}
     generator = torch.Generator().manual_seed(0)

@@ -80,25 +80,24 @@ class CausalSelfAttention(nn.Module):
             mask = mask.to(q.dtype)
         if cache is not None:  # decoding: every slot of the cache, masked by position
             k, v = cache.update(self.layer, positions, k, v)
-            if torch.compiler.is_compiling():  # decided when tracing: the compiled step fuses the written-out form
-                y = masked_attention(q, k, v, mask)
-            else:  # eagerly, SDPA's kernel (GQA without copying keys and values)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_head != self.n_head)
+            # decided when tracing: the compiled step fuses the written-out form; eagerly, SDPA's kernel
+            y = masked_attention(q, k, v, mask) if torch.compiler.is_compiling() else self.attention(q, k, v, mask)
         else:
-            y = self.causal_attention(q, k, v, mask)
+            y = self.attention(q, k, v, mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, H * d)
         return self.resid_dropout(self.c_proj(y))
 
-    def causal_attention(self, q, k, v, bias):
-        """SDPA over the sequence itself: causal, or under an ALiBi bias."""
+    def attention(self, q, k, v, mask):
+        """SDPA: causal without a mask; else under `mask`, an ALiBi bias or the cache's booleans (GQA without
+        copying keys and values)."""
         # CPU bf16 autocast: attention stays fp32, whose flash kernel trains faster than the
         # bf16 one at small head sizes (docs/measurements.md)
         fp32_attention = q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
         if fp32_attention:
             q, k, v = q.float(), k.float(), v.float()
-            bias = bias.float() if bias is not None else None
+            mask = mask.float() if mask is not None and mask.is_floating_point() else mask
         with torch.autocast("cpu", enabled=False) if fp32_attention else contextlib.nullcontext():
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=bias is None,
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                   dropout_p=self.dropout if self.training else 0.0,
                                                   enable_gqa=self.n_kv_head != self.n_head)
 
