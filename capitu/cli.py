@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from capitu import __version__
+from capitu.config import DEFAULT_VOCAB_SIZE
 from capitu.errors import UserError
 
 
@@ -76,7 +77,8 @@ def add_models(commands) -> None:
         description="Build every variant of the grid on a preset and print its parameter counts, "
         "training FLOPs per token and KV-cache bytes per token (fp32 and bf16).")
     p.add_argument("--preset", default="tiny", help="tiny, small or gpt2 (default tiny)")
-    p.add_argument("--vocab-size", type=int, default=16384, help="vocabulary size (default 16384)")
+    p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
+                   help=f"vocabulary size (default {DEFAULT_VOCAB_SIZE}, capitu prepare's)")
     p.add_argument("--grid", default="full", help="a shipped grid (full: all eleven variants, the default; core: "
                    "the default study's six; ladder: GPT-2 to the modern recipe) or a grid TOML file")
     p.set_defaults(handler=run_models)
@@ -150,7 +152,8 @@ def add_train(commands) -> None:
     p.add_argument("--out", type=Path, required=True, help="the run folder")
     p.add_argument("--tokens", type=int, help="budget in training tokens (run.tokens)")
     p.add_argument("--steps", type=int, help="budget in optimizer steps (run.steps; the schedule's length)")
-    p.add_argument("--time", type=float, help="stop after this many seconds of training (run.time)")
+    p.add_argument("--time", type=float, help="budget in seconds of training (run.time): alone, it sets the "
+                   "schedule's length in place of the preset's tokens; with --tokens or --steps, it stops earlier")
     p.add_argument("--device", help="cuda, mps, cpu (run.device; default: the best available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--pause-at", type=int, default=0, metavar="STEP",
@@ -173,6 +176,8 @@ def run_train(args) -> None:
     settings = {key: getattr(args, key) for key in ("tokens", "steps", "time", "device") if getattr(args, key)}
     if args.tokens is not None and args.steps is None:
         settings["steps"] = 0
+    if args.time is not None and args.tokens is None and args.steps is None:
+        settings.update(tokens=0, steps=0)
     if not args.resume and not args.data and not any(o.startswith("data.path=") for o in overrides):
         raise UserError("--data is required (a folder made by capitu prepare)")
     config = None if args.resume else load_config(args.preset, args.config, overrides)
@@ -222,6 +227,40 @@ def run_eval(args) -> None:
         raise UserError(f"could not save {path}: {error.strerror or error} (the result is printed above)") from None
 
 
+def add_references(commands) -> None:
+    p = commands.add_parser(
+        "references", help="what a model must beat on the same text: PPMd, xz and a Kneser-Ney n-gram",
+        description="Score the references on a split of a prepared folder (or on any text with --text) in bits per "
+        "byte, the models' unit: PPMd (variant H, order 8) primed with the training split and alone, xz -9e alone, "
+        "and an interpolated modified Kneser-Ney n-gram model over the folder's BPE tokens (order 2-6 chosen on "
+        "validation). With --prompt, the n-gram model continues prompts under capitu generate's sampling options.")
+    p.add_argument("--data", type=Path, required=True, help="a prepared data folder (its train split primes PPMd "
+                   "and trains the n-gram model)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="default test")
+    p.add_argument("--text", type=Path, help="a text file or folder to score instead of a split")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
+    p.add_argument("--prompt", action="append", default=None, help="a prompt for the n-gram model (repeatable)")
+    add_sampling_options(p)
+    p.set_defaults(handler=run_references)
+
+
+def run_references(args) -> None:
+    from capitu.generate import complete
+    from capitu.ngram import NgramDecoder
+    from capitu.references import format_references, references
+    from capitu.tokenizer import load_tokenizer
+
+    sampling = sampling_of(args)
+    say = (lambda line: print(f"capitu: {line}", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
+    result, model = references(args.data, args.split, args.text, say=say)
+    print(json.dumps(result, indent=1) if args.json else format_references(result), flush=True)
+    if args.prompt:
+        tokenizer = load_tokenizer(args.data / "tokenizer.json")
+        for prompt in args.prompt:
+            print(f"\n--- the {model.order}-gram model: {prompt!r}\n"
+                  + complete(NgramDecoder(model), tokenizer, prompt, args.new_tokens, sampling, args.seed))
+
+
 def add_compile_option(p, note: str) -> None:
     """--compile / --no-compile, on by default: decoding through decode.py's compiled step."""
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
@@ -238,13 +277,7 @@ def add_generate(commands) -> None:
     p.add_argument("run", type=Path, nargs="?", help="a run or model folder")
     p.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: empty)")
     p.add_argument("--prompts", type=Path, help="a UTF-8 file with one prompt per line")
-    p.add_argument("-n", "--new-tokens", type=int, default=200, help="tokens to generate (default 200)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus: keep the smallest set with this mass (default 1)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL penalty, >1 discourages repeats "
-                   "(default 1: none)")
-    p.add_argument("--seed", type=int, default=1337, help="sampling seed (default 1337)")
+    add_sampling_options(p)
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="more runs to put side by side")
     p.add_argument("--markdown", action="store_true", help="with --compare: Markdown tables, a column per run")
@@ -253,18 +286,36 @@ def add_generate(commands) -> None:
     p.set_defaults(handler=run_generate)
 
 
+def add_sampling_options(p) -> None:
+    p.add_argument("-n", "--new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus: keep the smallest set with this mass (default 1)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL penalty, >1 discourages repeats "
+                   "(default 1: none)")
+    p.add_argument("--seed", type=int, default=1337, help="sampling seed (default 1337)")
+
+
+def sampling_of(args):
+    """The validated Sampling of --temperature, --top-k, --top-p and --repetition-penalty."""
+    from capitu.generate import Sampling
+
+    if args.new_tokens < 1:
+        raise UserError(f"-n/--new-tokens must be at least 1, got {args.new_tokens}")
+    sampling = options_of(Sampling, args)
+    sampling.validate()
+    return sampling
+
+
 def run_generate(args) -> None:
     from capitu.device import pick_device
-    from capitu.generate import Sampling, compare, complete, load_for_generation, read_prompts
+    from capitu.generate import compare, complete, load_for_generation, read_prompts
     from capitu.pages import markdown_comparison
 
     runs = ([args.run] if args.run else []) + (args.compare or [])
     if not runs:
         raise UserError("give a run folder (capitu generate RUN --prompt ...)")
-    if args.new_tokens < 1:
-        raise UserError(f"-n/--new-tokens must be at least 1, got {args.new_tokens}")
-    sampling = options_of(Sampling, args)
-    sampling.validate()
+    sampling = sampling_of(args)
     prompts = (args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
     prompts = prompts or [""]
     device = pick_device(args.device, 0)
@@ -330,7 +381,7 @@ def run_bench(args) -> None:
     else:
         config, weights = load_config(args.preset, overrides=args.overrides), None
         if not config.model.vocab_size:
-            config.model.vocab_size = 16384
+            config.model.vocab_size = DEFAULT_VOCAB_SIZE
     result = bench(config, weights, options)
     print(json.dumps(result, indent=1) if args.json else format_table(result))
 
@@ -437,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import(commands)
     add_train(commands)
     add_eval(commands)
+    add_references(commands)
     add_generate(commands)
     add_bench(commands)
     add_study(commands)

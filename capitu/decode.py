@@ -60,7 +60,7 @@ class Decoder:
     def __init__(self, model, batch: int, compile: bool = True, reduction: bool | None = None):
         """`reduction`: whether the compiled step runs ReductionLinear layers (None: where they pay)."""
         self.model, self.window = model, model.config.block_size
-        device = model.transformer.wte.weight.device
+        self.device = device = model.transformer.wte.weight.device
         self.cache = model.new_cache(batch, self.window)
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # the step's input, written in place
         self.path, self.reason, self.compile_s, self.reduction = "eager", "--no-compile", 0.0, False
@@ -110,6 +110,7 @@ class WindowDecoder:
 
     def __init__(self, model):
         self.model, self.context = model, model.config.ffn_context
+        self.device = next(model.parameters()).device
 
     def prefill(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         self.tokens = tokens[:, -self.context:]  # (B, <= n)

@@ -26,25 +26,33 @@ from capitu.folders import DataFolder, RunFolder
 from capitu.tokenizer import load_tokenizer
 
 
-def text_tokens(path: Path, tokenizer) -> tuple[np.ndarray, dict]:
-    """Tokens and denominators of a text file or folder, cleaned and laid out as prepare does
-    (each document preceded by end-of-text)."""
-    ids: list[int] = []
-    counts = {"documents": 0, "bytes": 0, "characters": 0, "words": 0}
+def text_documents(path: Path) -> list[str]:
+    """The documents of a text file or folder, cleaned as prepare cleans them."""
+    documents = []
     for raw in iter_documents(path, list_inputs(path)):
         text = decode_text(raw.data)[0] if raw.data is not None else None
-        if text is None:
-            continue
-        text = clean_document(text, Counter())
+        if text is not None:
+            documents.append(clean_document(text, Counter()))
+    if not documents or not any(documents):
+        raise UserError(f"nothing readable in {path}" if not documents else f"{path} holds no text to score")
+    return documents
+
+
+def document_counts(documents: list[str]) -> dict:
+    """The denominators of the per-byte, per-character and per-word figures."""
+    return {"documents": len(documents), "bytes": sum(len(d.encode("utf-8")) for d in documents),
+            "characters": sum(map(len, documents)), "words": sum(len(d.split()) for d in documents)}
+
+
+def text_tokens(path: Path, tokenizer) -> tuple[np.ndarray, dict]:
+    """Tokens and denominators of a text file or folder, laid out as prepare does (each
+    document preceded by end-of-text)."""
+    documents = text_documents(path)
+    ids: list[int] = []
+    for text in documents:
         ids.append(tokenizer.eot_id)
         ids.extend(tokenizer.encode(text))
-        counts["documents"] += 1
-        counts["bytes"] += len(text.encode("utf-8"))
-        counts["characters"] += len(text)
-        counts["words"] += len(text.split())
-    if not counts["documents"] or not counts["bytes"]:
-        raise UserError(f"nothing readable in {path}" if not counts["documents"] else f"{path} holds no text to score")
-    counts["tokens"] = len(ids)
+    counts = {**document_counts(documents), "tokens": len(ids)}
     return np.array(ids, dtype=np.int64), counts
 
 

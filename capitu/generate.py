@@ -187,8 +187,7 @@ def complete(decoder, tokenizer, prompt: str, new_tokens: int, sampling: Samplin
              write: Callable[[str], None] | None = None) -> str:
     """The prompt and its continuation up to the first end-of-text, as text, from a decoder
     for one sequence; `write` gets the continuation piece by piece as it is generated."""
-    device = next(decoder.model.parameters()).device
-    ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=device)
+    ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=decoder.device)
     continuation: list[int] = []
     stream = TextStream(tokenizer, write) if write else None
 

@@ -181,6 +181,11 @@ HOSTILE = [
     ("eval-lengths-zero", ["eval", "{w}/run", "--lengths", "0"], "--lengths must be positive"),
     ("eval-stride", ["eval", "{w}/run", "--stride", "-1"], "--stride must be between 1 and"),
     ("eval-data-gone", ["eval", "{w}/orphan"], "data folder"),
+    ("references-no-data", ["references", "--data", "{t}/missing"], "data folder not found"),
+    ("references-a-run", ["references", "--data", "{w}/run"], "not found or not prepared"),
+    ("references-empty-text", ["references", "--data", "{bpe}", "--text", "{w}/blank/empty.txt"],
+     "holds no text to score"),
+    ("references-new-tokens", ["references", "--data", "{bpe}", "-n", "0"], "-n/--new-tokens must be at least 1"),
     # generate
     ("generate-no-run", ["generate", "--prompt", "Era"], "give a run folder"),
     ("generate-missing-run", ["generate", "{t}/missing"], "is not a capitu run or model folder"),
