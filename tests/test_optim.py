@@ -23,12 +23,12 @@ def test_decay_applies_to_weight_matrices_only():
 
 def test_warmup_then_cosine_to_the_floor():
     config = OptimConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
-    assert schedule(0, 110, config) == pytest.approx(0.1)
-    assert schedule(9, 110, config) == pytest.approx(1.0)
-    assert schedule(10, 110, config) == pytest.approx(1.0)
-    assert schedule(60, 110, config) == pytest.approx(0.1 + 0.5 * 0.9 * (1 + math.cos(math.pi * 0.5)))
-    assert schedule(110, 110, config) == pytest.approx(0.1)
-    assert schedule(500, 110, config) == pytest.approx(0.1)
+    assert schedule(0, 0.0, config) == pytest.approx(0.1)
+    assert schedule(9, 0.0, config) == pytest.approx(1.0)
+    assert schedule(10, 0.0, config) == pytest.approx(1.0)
+    assert schedule(60, 0.5, config) == pytest.approx(0.1 + 0.5 * 0.9 * (1 + math.cos(math.pi * 0.5)))
+    assert schedule(110, 1.0, config) == pytest.approx(0.1)
+    assert schedule(500, 4.6, config) == pytest.approx(0.1)  # past the budget: the floor
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():

@@ -173,3 +173,25 @@ def test_resume_takes_a_new_device_and_budget(prepared_char, tmp_path, capsys):
     code, _, err = run_cli(["train", "--out", tmp_path / "run", "--resume", "--steps", "4", "--device", "tpu9",
                             "--quiet"], capsys)
     assert code == 2 and "unknown device" in err
+
+
+def test_time_alone_sets_the_schedule_and_ends_the_run(prepared_char, tmp_path, capsys):
+    """--time without --tokens or --steps replaces the preset's token budget: the cosine's phase is the
+    share of the seconds spent, the run stops at the time with its last step validated."""
+    seconds = 3.0
+    code, out, err = run_cli(["train", "--data", prepared_char, "--out", tmp_path / "run", "--time", seconds, "--quiet",
+                              *sum((["--set", s] for s in TINY), []), "--set", "run.log_every=1",
+                              "--set", "optim.min_lr_ratio=0.0"], capsys)
+    assert code == 0, err
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["config"]["run"]["tokens"] == 0 and info["total_steps"] == 0
+    records = metrics(tmp_path / "run")
+    last = records[-1]
+    assert last["elapsed_s"] >= seconds and "val_loss" in last
+    assert ": finished at step" in out  # the time was the budget, not a pause
+    peak = float(load_config("tiny", overrides=TINY).optim.lr)
+    for before, record in zip(records, records[1:]):
+        if record["step"] > 5:  # past warmup: the lr of a step is the cosine at the seconds spent before it
+            expected = peak * 0.5 * (1 + math.cos(math.pi * min(before["elapsed_s"] / seconds, 1.0)))
+            assert record["lr"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert records[-1]["lr"] < 0.1 * peak  # the schedule ran to (near) its end

@@ -73,12 +73,11 @@ def make_optimizer(model: torch.nn.Module, config: OptimConfig, device_type: str
     return Optimizers(**optimizers)
 
 
-def schedule(step: int, total_steps: int, config: OptimConfig) -> float:
+def schedule(step: int, spent: float, config: OptimConfig) -> float:
     """The share of the peak learning rate at `step`: linear warmup over `warmup_steps`, then
-    cosine decay to `min_lr_ratio` at `total_steps`."""
+    cosine decay to `min_lr_ratio` as `spent`, the share of the budget used (of the steps
+    after warmup, or of the seconds), goes from 0 to 1."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
-    if step >= total_steps:
-        return config.min_lr_ratio
-    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
-    return config.min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - config.min_lr_ratio)
+    spent = min(max(spent, 0.0), 1.0)
+    return config.min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * spent)) * (1.0 - config.min_lr_ratio)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from capitu.checkpoint import restore_weights, save_model
 from capitu.config import Config, from_dict, to_dict
 from capitu.device import autocast_context, peak_flops, peak_memory_bytes, pick_device, resolve_dtype, use_tf32
-from capitu.environment import git_commit, versions
+from capitu.environment import MachineLoad, git_commit, versions
 from capitu.errors import UserError
 from capitu.folders import DataFolder, RunFolder
 from capitu.models import build_model
@@ -118,11 +118,23 @@ def load_data(config: Config) -> tuple[DataFolder, np.ndarray, np.ndarray]:
 
 
 def total_steps(config: Config, batch_tokens: int) -> int:
+    """The schedule's length in steps; 0 when only seconds are given (run.time sets it then)."""
     if config.run.steps:
         return config.run.steps
     if config.run.tokens:
         return math.ceil(config.run.tokens / batch_tokens)
-    raise UserError("no budget: set run.tokens or run.steps (--tokens, --steps); --time only stops earlier")
+    if config.run.time:
+        return 0
+    raise UserError("no budget: set run.tokens, run.steps or run.time (--tokens, --steps, --time)")
+
+
+def budget_spent(session: Session) -> float:
+    """The share of the budget used, after warmup: of the steps, or of the seconds for a run
+    with a time budget only (its schedule then depends on the machine's speed)."""
+    if not session.steps:
+        return session.progress.elapsed / session.config.run.time
+    warmup = session.config.optim.warmup_steps
+    return (session.progress.step - warmup) / max(1, session.steps - warmup)
 
 
 def read_saved_config(folder: Path) -> dict:
@@ -297,12 +309,14 @@ def save_state(session: Session) -> None:
 
 
 def agreed(session: Session, stopping: bool) -> bool:
-    """Under DDP every process must stop at the same step: any one's stop is everyone's."""
+    """Under DDP every process must stop at the same step (any one's stop is everyone's) and,
+    since a time budget's schedule reads the clock, take the same elapsed time (the slowest's)."""
     if session.ddp.world == 1:
         return stopping
-    flag = torch.tensor([int(stopping)], device=session.device)
-    dist.all_reduce(flag)
-    return bool(flag.item())
+    shared = torch.tensor([float(stopping), session.progress.elapsed], dtype=torch.float64, device=session.device)
+    dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+    session.progress.elapsed = shared[1].item()
+    return bool(shared[0].item())
 
 
 def run_loop(session: Session, pause_at: int, show_progress: bool) -> dict:
@@ -310,27 +324,32 @@ def run_loop(session: Session, pause_at: int, show_progress: bool) -> dict:
     step's record with "stopped" (budget, pause-at, time, SIGINT or SIGTERM)."""
     config, progress = session.config, session.progress
     board = tensorboard_writer(session.run.path) if session.ddp.main else None
-    target = min(session.steps, pause_at) if pause_at else session.steps
-    bar = tqdm(total=target, initial=progress.step, desc="train", unit=" steps",
-               disable=None if show_progress and session.ddp.main else True)
-    stop_reason, last = "pause-at" if target < session.steps else "budget", {}
+    budget = session.steps or math.inf  # a run with only a time budget has no step count
+    target = min(budget, pause_at) if pause_at else budget
+    in_seconds = not session.steps  # then the bar counts seconds, so its ETA is the budget's
+    bar = tqdm(total=round(config.run.time) if in_seconds else target,
+               initial=round(progress.elapsed) if in_seconds else progress.step, desc="train",
+               unit=" s" if in_seconds else " steps", disable=None if show_progress and session.ddp.main else True)
+    stop_reason, last = "pause-at" if target < budget else "budget", {}
     started = time.perf_counter() - progress.elapsed
-    window_start, window_tokens = time.perf_counter(), 0
+    window_start, window_tokens, window_load = time.perf_counter(), 0, MachineLoad()
     session.model.train()
     with StopRequest() as stop:
         while progress.step < target:
-            factor = schedule(progress.step, session.steps, config.optim)
+            factor = schedule(progress.step, budget_spent(session), config.optim)
             session.optimizer.set_schedule(factor)
             losses, grad_norm = optimizer_step(session.model, session.optimizer, micro_batches(session),
                                                session.autocast, config.optim.grad_clip, session.trained,
                                                last_syncs=session.ddp.world > 1)
             progress.step += 1
             progress.tokens += session.step_tokens
-            progress.elapsed = time.perf_counter() - started
+            before, progress.elapsed = progress.elapsed, time.perf_counter() - started
+            stopping = agreed(session, stop.signal is not None)
+            out_of_time = bool(config.run.time) and progress.elapsed >= config.run.time
             window_tokens += session.step_tokens
-            bar.update(1)
+            bar.update(progress.elapsed - before if in_seconds else 1)
             step, record = progress.step, None
-            validate = step % config.run.eval_every == 0 or step == target
+            validate = step % config.run.eval_every == 0 or step == target or out_of_time
             if step % config.run.log_every == 0 or validate or step == 1:
                 record = step_record(session, losses, grad_norm, config.optim.lr * factor)
                 if validate:
@@ -338,13 +357,14 @@ def run_loop(session: Session, pause_at: int, show_progress: bool) -> dict:
                                                   config.model.block_size, config.optim.micro_batch, session.device,
                                                   session.autocast)
                 rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                others = window_load.lap()["others_cores"]
+                if others is not None:  # other programs' CPU in the window (under DDP, the other ranks' too)
+                    record["others_cores"] = others
                 log_step(session, record, rate, board)
                 window_start, window_tokens = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{rate:,.0f}")
-            stopping = stop.signal is not None
-            if config.run.time and progress.elapsed >= config.run.time:
+            if out_of_time:
                 stop_reason, stopping = "time", True
-            stopping = agreed(session, stopping)
             last = record or (step_record(session, losses, grad_norm, config.optim.lr * factor) if stopping else last)
             if validate and record["val_loss"] < progress.best_val:
                 save_best(session, record["val_loss"])
@@ -358,7 +378,8 @@ def run_loop(session: Session, pause_at: int, show_progress: bool) -> dict:
         board.close()
     if session.ddp.world > 1:
         dist.barrier()
-    last["stopped"] = stop_reason if progress.step < session.steps else "budget"
+    budget_reached = progress.step >= budget or (in_seconds and stop_reason == "time")
+    last["stopped"] = "budget" if budget_reached else stop_reason
     return last
 
 
