@@ -7,6 +7,7 @@ only peak the OS keeps) belongs to that task alone; on CUDA the peak is
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import torch
 
 from capitu.config import Config, from_dict, to_dict
 from capitu.device import autocast_context, peak_memory_bytes, pick_device, synchronize, use_tf32
+from capitu.environment import MachineLoad, is_busy
 from capitu.errors import UserError
 
 SDPA_KERNELS = {  # the aten op scaled_dot_product_attention dispatched to -> its name
@@ -72,8 +74,8 @@ def sdpa_kernel(call) -> str:
 
 
 def measure_training(config: Config, device: torch.device, options: BenchOptions, kernel: bool = True) -> dict:
-    """Training tokens/s over `options.train_steps` steps of the trainer's own step (one micro-batch each) after
-    warm-up steps, the peak memory, and (with `kernel`) the SDPA kernel the model's attention runs."""
+    """Training tokens/s of the trainer's own step (one micro-batch each), from the median of `options.train_steps`
+    timed steps after warm-up steps, the peak memory, and (with `kernel`) the SDPA kernel the model's attention runs."""
     from capitu.models import build_model
     from capitu.train.optim import make_optimizer
     from capitu.train.trainer import optimizer_step
@@ -90,13 +92,14 @@ def measure_training(config: Config, device: torch.device, options: BenchOptions
 
     for _ in range(3):  # warm-up: allocations, kernel selection, oneDNN's bf16 kernels built on first use
         step()
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(options.train_steps):
+    seconds = []
+    for _ in range(options.train_steps):  # each step timed alone: a neighbour's burst spoils one, not the median
+        synchronize(device)
+        started = time.perf_counter()
         step()
-    synchronize(device)
-    seconds = time.perf_counter() - started
-    result = {"train_tok_s": options.train_steps * batch * block / seconds, "train_batch": [batch, block],
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    result = {"train_tok_s": batch * block / statistics.median(seconds), "train_batch": [batch, block],
               "peak_train_bytes": peak_memory_bytes(device)}
     if kernel:
         with torch.no_grad(), autocast:
@@ -180,10 +183,12 @@ def worker() -> None:
         torch.cuda.reset_peak_memory_stats(device)
     start_bytes = peak_memory_bytes(device)
     try:
-        if job["task"] == "train":
-            result = measure_training(config, device, options)
-        else:
-            result = measure_generation(config, job.get("weights"), device, options)
+        with MachineLoad() as load:
+            if job["task"] == "train":
+                result = measure_training(config, device, options)
+            else:
+                result = measure_generation(config, job.get("weights"), device, options)
+        result[f"{job['task']}_load"] = load.result
     except UserError as error:
         result = {"error": str(error)}
     result[f"{job['task']}_start_bytes"] = start_bytes
@@ -249,4 +254,16 @@ def format_table(result: dict) -> str:
                  f" (at start {size(result['generate_start_bytes'])})   SDPA {result['sdpa_kernel_decode']}")
     lines.append(f"{'KV cache per token':<22} {kv['shapes']:>12,} B from shapes, {kv['allocated']:,} B allocated "
                  f"({kv['value_bytes']}-byte values)")
+    lines.append(load_line(result))
     return "\n".join(lines)
+
+
+def load_line(result: dict) -> str:
+    """What the rest of the machine did while the timings ran, and whether that spoils them."""
+    loads = {task: result.get(f"{task}_load") for task in ("train", "generate")}
+    parts = [f"{task} {load['others_cores']:.2f} cores ({load['others']:.0%})" if load and load["others"] is not None
+             else f"{task} load average {load['loadavg']:.1f}" if load and load["loadavg"] is not None
+             else f"{task} unknown" for task, load in loads.items()]
+    verdict = ("BUSY: other programs ran beside the timings; they are not results, measure again on a quiet machine"
+               if any(is_busy(load) for load in loads.values()) else "quiet")
+    return f"{'other programs':<22} {'; '.join(parts)}: {verdict}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 import capitu
@@ -35,3 +36,65 @@ def hardware() -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
             f"{torch.get_num_threads()}, {device}")
+
+
+class MachineLoad:
+    """How busy the rest of the machine was while a block ran: the CPU time other programs took
+    over the block's wall time, in cores and as a share of all cores (from /proc/stat, less this
+    process's own CPU time), and the 1-minute load average at the end. Where /proc/stat is missing (macOS,
+    Windows), only the load average.
+
+        with MachineLoad() as load:
+            ...
+        load.result  # {"others": 0.02, "others_cores": 0.04, "loadavg": 1.9, "cores": 2}
+    """
+
+    # other programs kept this many cores busy on average: PyTorch runs each operation on every core and waits
+    # for the slowest thread at its end, so a neighbour on any one core slows all of it (benchmarks/busy_neighbour.py)
+    BUSY_CORES = 0.3
+
+    @staticmethod
+    def busy_seconds() -> float | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    @classmethod
+    def sample(cls) -> tuple[float, float | None, float]:
+        return time.perf_counter(), cls.busy_seconds(), sum(os.times()[:4])
+
+    def __init__(self):
+        self.start = self.sample()
+
+    def __enter__(self) -> MachineLoad:
+        self.start = self.sample()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.result = self.lap()
+
+    def lap(self) -> dict:
+        """The load since the start or the last lap (a training loop's logging window)."""
+        (wall, busy, own), (wall0, busy0, own0) = self.sample(), self.start
+        self.start = (wall, busy, own)
+        cores = os.cpu_count() or 1
+        others_cores = None
+        if busy is not None and busy0 is not None:
+            others_cores = max(0.0, (busy - busy0) - (own - own0)) / max(wall - wall0, 1e-9)
+        loadavg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        return {"others": None if others_cores is None else min(1.0, others_cores / cores),
+                "others_cores": others_cores, "loadavg": loadavg, "cores": cores}
+
+
+def is_busy(load: dict | None) -> bool:
+    """Whether a measurement's recorded load says other programs disturbed it."""
+    if not load:
+        return False
+    if load.get("others_cores") is not None:
+        return load["others_cores"] > MachineLoad.BUSY_CORES
+    # no /proc: the load average, which counts the measurement's own threads too, is a rougher sign
+    return load.get("loadavg") is not None and load["loadavg"] > load["cores"] + 1

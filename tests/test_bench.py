@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 from conftest import make_run, run_cli
@@ -28,8 +29,11 @@ def test_bench_preset_json(capsys):
                               "optim.micro_batch=2", "--json", "--no-compile", *FAST], capsys)
     assert code == 0, err
     result = json.loads(out)
-    check_result(result, kv_heads=2, n_layer=1, head_dim=128 // 8)
+    check_result(result, kv_heads=2, n_layer=1, head_dim=256 // 4)
     assert result["train_batch"] == [2, 32] and result["prompt_length"] == 16
+    for task in ("train", "generate"):  # what the rest of the machine did meanwhile
+        load = result[f"{task}_load"]
+        assert load["cores"] == os.cpu_count() and (load["others"] is None or 0 <= load["others"] <= 1)
     assert result["decode_path"] == "eager" and result["compile_s"] == 0
     assert result["decode_path_reason"] == "--no-compile"
 
@@ -48,6 +52,7 @@ def test_bench_run_table(tmp_path, prepared_char, capsys):
     code, out, err = run_cli(["bench", tmp_path / "run", *FAST], capsys)
     assert code == 0, err
     assert "decode, batch 3" in out and "KV cache per token" in out and "decode path" in out
+    assert "other programs" in out and ("quiet" in out or "BUSY" in out)
     assert any(f"SDPA {kernel}" in out for kernel in SDPA_KERNELS.values())
 
 
@@ -55,7 +60,8 @@ def test_bench_run_table(tmp_path, prepared_char, capsys):
     (["--preset", "tiny", "--batch-sizes", "a"], "--batch-sizes"),
     ([], "either a run folder or --preset"),
     (["--preset", "tiny", "--train-steps", "0"], "at least one training step"),
-    (["--preset", "tiny", "--prompt-length", "250", "--new-tokens", "10"], "exceed the context"),
+    (["--preset", "tiny", "--prompt-length", "120", "--new-tokens", "10"], "exceed the context 128"),
+    (["--preset", "tiny", "--prompt-length", "250"], "leaves no room for 2 new tokens"),
 ])
 def test_bench_bad_input_exits_2(capsys, args, message):
     code, _, err = run_cli(["bench", *args, "--set", "model.n_layer=1"] if "--preset" in args else ["bench", *args],

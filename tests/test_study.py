@@ -19,7 +19,8 @@ MICRO = """
 [study]
 seeds = {seeds}
 tokens = {tokens}
-set = ["model.n_layer=1", "model.n_embd=32", "model.n_head=4", "model.block_size=32", "optim.micro_batch=8",
+set = ["model.n_layer=1", "model.n_embd=32", "model.n_head=4", "model.block_size=32", "model.pos=learned",
+       "model.tie_embeddings=true", "optim.micro_batch=8",
        "optim.batch_tokens=256", "optim.warmup_steps=2", "run.eval_every={eval_every}", "run.eval_windows=4",
        "run.checkpoint_every=5"]
 eval_lengths = [16, 64]
@@ -117,8 +118,10 @@ def test_report_numbers_equal_the_runs_eval_json(micro_study):
         rates = sorted(r["train_tok_s"] for r in rounds)
         median = sum(rates) / 2  # the median of two
         assert entry["bench"]["spread"]["train_tok_s"]["values"] == [r["train_tok_s"] for r in rounds]
-        assert rows[variant][8] == f"{median:,.0f} ({rates[0]:,.0f}-{rates[1]:,.0f})"
-        assert rows[variant][12] == f"{rounds[0]['kv_bytes_per_token']['shapes']:,}"
+        assert rows[variant][10] == f"{median:,.0f} ({rates[0]:,.0f}-{rates[1]:,.0f})"
+        assert rows[variant][14] == f"{rounds[0]['kv_bytes_per_token']['shapes']:,}"
+        for column, key in ((8, "ppmd"), (9, "ngram")):  # the distance to each reference, from the two files
+            assert float(rows[variant][column]) == pytest.approx(bpb - results["references"][key]["bpb"], abs=1e-4)
         assert all(r["decode_path"] == "compiled" and r["compile_s"] > 0 for r in rounds)  # the default path
     # the p-value, independently: 2 seeds, t with 1 degree of freedom (Cauchy tail)
     d = [a - b for a, b in zip(losses["rope"], losses["baseline"])]
@@ -126,6 +129,28 @@ def test_report_numbers_equal_the_runs_eval_json(micro_study):
     p = 1 - 2 / math.pi * math.atan(abs(t))
     assert float(rows["rope"][7]) == pytest.approx(p, rel=2e-3, abs=1e-3)
     assert float(csv_rows["rope"]["p_vs_baseline"]) == pytest.approx(p, rel=1e-9)
+
+
+def test_the_references_stand_in_the_table_findings_generations_and_plots(micro_study, prepared_bpe):
+    from capitu.references import references
+
+    results = json.loads((micro_study / "results.json").read_text())
+    expected, _ = references(prepared_bpe)
+    for key in ("ppmd", "ppmd_alone", "xz", "ngram"):
+        assert results["references"][key]["bpb"] == expected[key]["bpb"]
+    report = (micro_study / "report.md").read_text(encoding="utf-8")
+    rows = table_rows(report, "variant | parameters")
+    order = expected["ngram"]["order"]
+    assert rows[f"reference: Kneser-Ney {order}-gram (BPE tokens)"][4] == f"{expected['ngram']['bpb']:.4f}"
+    assert rows["reference: xz -9e, the text alone"][2] == "none"
+    findings = report.split("## Findings")[1]
+    assert findings.lstrip().startswith("- Against the references on the same test split")
+    generations = report.split("## Generations")[1]
+    tables = generations.split("Writing numbers")
+    assert tables[0].count(f"| reference: Kneser-Ney {order}-gram |") == 2  # one per prompt
+    assert f"| reference: Kneser-Ney {order}-gram | " in tables[1]
+    saved = json.loads((micro_study / "references.json").read_text())
+    assert saved["val_loss"]["ngram"] == saved["ngram"]["val_loss_by_order"][str(order)]
 
 
 class Collector(HTMLParser):
@@ -215,20 +240,21 @@ def test_flops_budget_gives_each_variant_the_baselines_flops(prepared_bpe, tmp_p
     assert json.loads((tmp_path / "budgets.json").read_text()) == budgets
 
 
-def test_timings_are_compared_by_their_ranges():
+def test_timings_are_compared_round_by_round_and_not_at_all_on_a_busy_machine():
     from capitu.study.report import speed_findings
 
-    def entry(name, train, decode):
-        return {"name": name, "bench": {"spread": {"rounds": 3, "train_tok_s": train, "decode_tok_s": {"1": decode}}}}
+    def entry(name, train, decode, others=0.01):
+        return {"name": name, "bench": {"busy": others > 0.15, "others": others, "spread": {
+            "rounds": 3, "train_tok_s": {"values": train}, "decode_tok_s": {"1": {"values": decode}}}}}
 
-    def spread(*values):
-        return {"median": sorted(values)[1], "min": min(values), "max": max(values), "values": list(values)}
-
-    baseline = entry("baseline", spread(100, 105, 110), spread(50, 51, 52))
-    fast = entry("fast", spread(111, 112, 130), spread(45, 51, 60))
+    baseline = entry("baseline", [100, 105, 110], [50, 51, 52])
+    fast = entry("fast", [120, 126, 131], [45, 51, 60])
     said = speed_findings([baseline, fast], baseline)
-    assert "faster: fast (1.07x)" in said[0] and "within noise: none" in said[0]
-    assert "faster: none" in said[1] and "within noise: fast (1.00x)" in said[1]
+    assert "faster: fast (1.20x, p = " in said[0] and "no difference shown: none" in said[0]
+    assert "faster: none" in said[1] and "no difference shown: fast (1.01x, p = 0.88)" in said[1]
+    busy = entry("fast", [120, 126, 131], [45, 51, 60], others=0.6)
+    said = speed_findings([baseline, busy], baseline)
+    assert len(said) == 1 and said[0].startswith("Timings were taken on a busy machine") and "60%" in said[0]
 
 
 def test_load_study_layers(tmp_path):

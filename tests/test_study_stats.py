@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from capitu.study.stats import compare_spreads, mean, paired_t_test, spread, std
+from capitu.study.stats import compare_rates, mean, paired_t_test, spread, std
 
 
 def test_paired_t_test_hand_computed():
@@ -37,9 +37,19 @@ def test_mean_and_sample_std():
     assert std([3.0]) == 0.0
 
 
-def test_timings_differ_only_when_ranges_do_not_overlap():
+def test_timings_differ_only_with_a_significant_paired_test_and_a_margin():
     base = spread([100.0, 110.0, 105.0])
     assert base["median"] == 105.0 and (base["min"], base["max"]) == (100.0, 110.0)
-    assert compare_spreads(spread([111.0, 120.0]), base) == "faster"
-    assert compare_spreads(spread([90.0, 99.0]), base) == "slower"
-    assert compare_spreads(spread([109.0, 130.0]), base) == "within noise"
+    baseline = [100.0, 110.0, 105.0]
+    # round by round 1.20x, 1.19x, 1.21x: the log ratios barely vary, so the test is decisive
+    faster = compare_rates([120.0, 131.0, 127.0], baseline)
+    logs = [math.log(a / b) for a, b in zip([120.0, 131.0, 127.0], baseline)]
+    t = mean(logs) / (std(logs) / math.sqrt(3))
+    assert faster["verdict"] == "faster" and faster["ratio"] == pytest.approx(math.exp(mean(logs)))
+    assert faster["p"] == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t))  # two-sided, 2 degrees of freedom
+    assert compare_rates([83.0, 92.0, 88.0], baseline)["verdict"] == "slower"
+    # the same 1.2x on average, but one round against it: not shown (the overlap rule would also say noise)
+    assert compare_rates([150.0, 99.0, 131.0], baseline)["verdict"] == "no difference shown"
+    # consistent but tiny (2%): below the margin
+    assert compare_rates([102.0, 112.2, 107.1], baseline)["verdict"] == "no difference shown"
+    assert compare_rates([120.0], [100.0])["p"] is None  # one round: no test

@@ -25,12 +25,20 @@ def line_styles(count: int):
     return [(colours[i % len(colours)], dashes[(i // len(colours)) % len(dashes)]) for i in range(count)]
 
 
-def validation_curves(curves: dict[str, list[tuple[int, float]]]) -> bytes:
-    """Validation loss against training tokens, one line per variant (mean over seeds)."""
+def reference_lines(axes, references: dict[str, float] | None) -> None:
+    """Each reference's value as a horizontal grey line, named at its right end."""
+    for (name, value), dash in zip((references or {}).items(), ("--", ":", "-.")):
+        axes.axhline(value, color="#555555", linestyle=dash, linewidth=1.1, label=f"reference: {name}")
+
+
+def validation_curves(curves: dict[str, list[tuple[int, float]]], references: dict[str, float] | None = None) -> bytes:
+    """Validation loss against training tokens, one line per variant (mean over seeds), and
+    the references' validation loss as horizontal lines."""
     figure, axes = plt.subplots(figsize=(8, 4.5))
     for (name, points), (colour, dash) in zip(curves.items(), line_styles(len(curves))):
         if points:
             axes.plot([t for t, _ in points], [v for _, v in points], dash, color=colour, label=name, linewidth=1.4)
+    reference_lines(axes, references)
     axes.set_xlabel("training tokens")
     axes.set_ylabel("validation loss (nats/token)")
     axes.set_title("Validation loss during training (mean over seeds)")
@@ -39,12 +47,15 @@ def validation_curves(curves: dict[str, list[tuple[int, float]]]) -> bytes:
     return to_png(figure)
 
 
-def perplexity_by_length(series: dict[str, dict[int, float]], context: int) -> bytes:
-    """Test perplexity against evaluation context length; unsupported lengths are absent."""
+def perplexity_by_length(series: dict[str, dict[int, float]], context: int,
+                         references: dict[str, float] | None = None) -> bytes:
+    """Test perplexity against evaluation context length; unsupported lengths are absent; the
+    references' perplexity per token of the same split as horizontal lines."""
     figure, axes = plt.subplots(figsize=(8, 4.5))
     for (name, points), (colour, dash) in zip(series.items(), line_styles(len(series))):
         lengths = sorted(points)
         axes.plot(lengths, [points[n] for n in lengths], dash, marker="o", color=colour, label=name, linewidth=1.4)
+    reference_lines(axes, references)
     axes.axvline(context, color="grey", linewidth=0.8, linestyle=":")
     axes.set_xscale("log", base=2)
     axes.set_yscale("log")

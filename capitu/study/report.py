@@ -14,16 +14,18 @@ import shlex
 from dataclasses import asdict
 from pathlib import Path
 
-from capitu.environment import git_commit, hardware, versions
+from capitu.environment import MachineLoad, git_commit, hardware, is_busy, versions
 from capitu.errors import UserError
 from capitu.folders import DataFolder, RunFolder, StudyFolder
 from capitu.pages import Block, Image, Items, Paragraph, Preformatted, Section, Table, render, render_markdown
 from capitu.paths import atomic_write_bytes, atomic_write_json
 from capitu.quality import training_vocabulary, writing_numbers
+from capitu.references import NAMES as REFERENCE_KEYS
+from capitu.references import label as reference_label
 from capitu.study import plots
 from capitu.study.config import StudyConfig
 from capitu.study.ladder import ladder, ladder_blocks, ladder_figure, ladder_findings
-from capitu.study.stats import compare_spreads, mean, paired_t_test, spread, std
+from capitu.study.stats import SPEED_ALPHA, SPEED_MARGIN, compare_rates, mean, paired_t_test, spread, std
 from capitu.study.variants import Variant
 from capitu.votes import ranking, read_votes
 
@@ -62,7 +64,8 @@ def decode_path_words(entries: list[dict]) -> str:
 
 def bench_summary(rounds: list[dict]) -> dict:
     """One bench result of the rounds: the first round's memory and shapes, the timings'
-    medians in place of its timings, and under "spread" each timing's median and range."""
+    medians in place of its timings, under "spread" each timing's median and range, and
+    whether other programs disturbed any round ("busy", "others")."""
     summary_ = copy.deepcopy(rounds[0])
     timings = {"train_tok_s": spread([r["train_tok_s"] for r in rounds])}
     for key in ("prefill_tok_s", "decode_tok_s"):
@@ -70,6 +73,10 @@ def bench_summary(rounds: list[dict]) -> dict:
         summary_[key] = {batch: value["median"] for batch, value in timings[key].items()}
     summary_["train_tok_s"] = timings["train_tok_s"]["median"]
     summary_["spread"] = {"rounds": len(rounds), **timings}
+    loads = [r.get(f"{task}_load") for r in rounds for task in ("train", "generate")]
+    shares = [load["others"] for load in loads if load and load.get("others") is not None]
+    summary_["others"] = max(shares) if shares else None  # the largest share of the cores other programs took
+    summary_["busy"] = any(is_busy(load) for load in loads)
     return summary_
 
 
@@ -93,6 +100,9 @@ def collect(out: Path, study: StudyConfig, variants: list[Variant]) -> dict:
                 "ppl_by_length": {str(n): lengths[n] for n in sorted(lengths)},
                 "train_tokens": saved["tokens"], "parameters": info["parameters"],
                 "train_seconds": records[-1].get("elapsed_s") if records else None,
+                # other programs' mean CPU (cores) while it trained: its seconds are not a timing if high
+                "train_others_cores": mean(others) if (others := [r["others_cores"] for r in records
+                                                                   if "others_cores" in r]) else None,
                 "val_curve": [[r["tokens"], r["val_loss"]] for r in records if "val_loss" in r],
             }
         per_seed = list(seeds.values())
@@ -124,7 +134,40 @@ def collect(out: Path, study: StudyConfig, variants: list[Variant]) -> dict:
             "test": "paired t-test on per-seed test loss (pairs: the same seed, so the same training batches)",
             **(paired_t_test(losses, base_losses) or {"t": None, "df": 0, "p": None}),
         }
-    return {"study": {**asdict(study), "seed_list": study.seed_list}, "variants": entries}
+    path = StudyFolder(out).references
+    refs = {k: v for k, v in read_json(path).items() if k != "settings"} if path.exists() else None
+    for entry in entries:
+        entry["vs_references"] = None if refs is None else {
+            key: entry["bpb"]["mean"] - refs[key]["bpb"] for key in REFERENCE_ROWS}
+    return {"study": {**asdict(study), "seed_list": study.seed_list}, "variants": entries, "references": refs}
+
+
+REFERENCE_ROWS = ("ppmd", "ngram")  # the references a variant is measured against (xz and PPMd alone: rows only)
+
+
+def reference_findings(results: dict) -> list[str]:
+    """Where the variants stand against the compressor and the n-gram model on the same test split."""
+    refs = results["references"]
+    if refs is None:
+        return []
+    entries = sorted(results["variants"], key=lambda e: e["bpb"]["mean"])
+    best = entries[0]
+    words = {"ppmd": f"PPMd primed with the training split ({refs['ppmd']['bpb']:.3f} bits/byte)",
+             "ngram": f"the Kneser-Ney {refs['ngram']['order']}-gram model ({refs['ngram']['bpb']:.3f})"}
+    standing = []
+    for key in REFERENCE_ROWS:
+        beating = [e["name"] for e in entries if e["vs_references"][key] < 0]
+        standing.append(f"{words[key]}: {len(beating)} of {len(entries)} variants beat it"
+                        + (f" ({', '.join(beating)})" if beating else ""))
+    said = [f"Against the references on the same test split ({refs['bytes']:,} bytes): " + "; ".join(standing)
+            + f". The best variant, {best['name']} ({best['bpb']['mean']:.3f} bits/byte), is "
+            f"{best['vs_references']['ppmd']:+.3f} from PPMd and {best['vs_references']['ngram']:+.3f} from the "
+            f"n-gram model; xz -9e on the text alone makes {refs['xz']['bpb']:.3f}."]
+    if best["vs_references"]["ppmd"] > 0 or best["vs_references"]["ngram"] > 0:
+        said.append("So the ranking below is made at a budget where the models are still weak: the same code "
+                    "given more time passes both references (the README's Training section: `capitu train "
+                    "--preset tiny --time 600`, one model in ten minutes on a laptop CPU).")
+    return said
 
 
 # ---- findings: sentences computed from the numbers --------------------------------------
@@ -202,25 +245,34 @@ def findings(results: dict) -> list[str]:
 
 
 def speed_findings(benched: list[dict], baseline: dict) -> list[str]:
-    """Each timing against the baseline's: faster or slower only where the ranges over the
-    bench rounds do not overlap."""
+    """Each timing against the baseline's, round by round (stats.compare_rates); none at all when
+    other programs disturbed the rounds."""
+    busy = [e["name"] for e in benched if e["bench"]["busy"]]
+    if busy:
+        worst = max(e["bench"]["others"] or 0.0 for e in benched)
+        return [f"Timings were taken on a busy machine: other programs took up to {worst:.0%} of the cores during "
+                f"the bench rounds ({', '.join(busy)}), so the speed columns are not results and no speed finding "
+                f"is drawn; run the study's bench again on a quiet machine (delete runs/*/bench.json and rerun the "
+                f"study command)."]
     spreads = baseline["bench"]["spread"]
-    measures = [("Training", lambda e: e["bench"]["spread"]["train_tok_s"])]
+    measures = [("Training", lambda e: e["bench"]["spread"]["train_tok_s"]["values"])]
     for batch in spreads["decode_tok_s"]:
-        measures.append((f"Decoding at batch {batch}", lambda e, b=batch: e["bench"]["spread"]["decode_tok_s"][b]))
+        measures.append((f"Decoding at batch {batch}",
+                         lambda e, b=batch: e["bench"]["spread"]["decode_tok_s"][b]["values"]))
     said = []
     for label, measure in measures:
-        verdicts = {"faster": [], "slower": [], "within noise": []}
+        verdicts = {"faster": [], "slower": [], "no difference shown": []}
         for e in benched:
             if e is not baseline:
-                ratio = measure(e)["median"] / measure(baseline)["median"]
-                verdicts[compare_spreads(measure(e), measure(baseline))].append(f"{e['name']} ({ratio:.2f}x)")
-        base = measure(baseline)
-        said.append(f"{label} (tokens/s, median of {spreads['rounds']} interleaved rounds; a difference counts "
-                    f"only where the ranges do not overlap): the baseline {base['median']:,.0f} "
-                    f"({base['min']:,.0f}-{base['max']:,.0f}); faster: {', '.join(verdicts['faster']) or 'none'}; "
-                    f"slower: {', '.join(verdicts['slower']) or 'none'}; within noise: "
-                    f"{', '.join(verdicts['within noise']) or 'none'}.")
+                test = compare_rates(measure(e), measure(baseline))
+                p = "n/a" if test["p"] is None else f"{test['p']:.2g}"
+                verdicts[test["verdict"]].append(f"{e['name']} ({test['ratio']:.2f}x, p = {p})")
+        base = spread(measure(baseline))
+        said.append(f"{label} (tokens/s over {spreads['rounds']} interleaved rounds; a difference counts only with a "
+                    f"paired t-test over the rounds on log tokens/s at p < {SPEED_ALPHA} and a ratio at least "
+                    f"{SPEED_MARGIN:.0%} from 1): the baseline {timing(base)}; faster: "
+                    f"{', '.join(verdicts['faster']) or 'none'}; slower: {', '.join(verdicts['slower']) or 'none'}; "
+                    f"no difference shown: {', '.join(verdicts['no difference shown']) or 'none'}.")
     return said
 
 
@@ -238,8 +290,10 @@ def timing(value: dict) -> str:
 
 
 def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    refs = results["references"]
     head = ["variant", "parameters", "train tokens", "test ppl", "bits/byte", "word ppl", "Δ ppl vs baseline",
-            "p (paired t)", "train tok/s", "decode tok/s b1", "decode tok/s b16", "train peak MiB", "KV B/token"]
+            "p (paired t)", *(["Δ bits/byte vs PPMd", "Δ vs n-gram"] if refs else []), "train tok/s",
+            "decode tok/s b1", "decode tok/s b16", "train peak MiB", "KV B/token"]
     rows = []
     for e in results["variants"]:
         test, bench = e["vs_baseline"], e["bench"]
@@ -254,8 +308,15 @@ def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
             speed = [timing(bench["spread"]["train_tok_s"]),
                      *(timing(decode[b]) if b in decode else "—" for b in ("1", "16")),
                      f"{bench['peak_train_bytes'] / MIB:,.0f}", f"{bench['kv_bytes_per_token']['shapes']:,}"]
+        distances = [f"{e['vs_references'][key]:+.4f}" for key in REFERENCE_ROWS] if refs else []
         rows.append([e["name"], f"{e['parameters']:,}", f"{e['budget']['tokens']:,}", cell(e["ppl"], 2),
-                     cell(e["bpb"], 4), cell(e["word_ppl"], 1), difference, p, *speed])
+                     cell(e["bpb"], 4), cell(e["word_ppl"], 1), difference, p, *distances, *speed])
+    for key in REFERENCE_KEYS if refs else ():
+        entry = refs[key]
+        ppl = f"{entry['ppl']:,.2f}" if "ppl" in entry else "—"
+        trained = "train split" if key in REFERENCE_ROWS else "none"
+        rows.append([f"reference: {reference_label(key, entry)}", "—", trained, ppl, f"{entry['bpb']:.4f}",
+                     f"{entry['word_ppl']:,.1f}", *["—"] * (len(head) - 6)])
     return head, rows
 
 
@@ -283,10 +344,15 @@ def budget_blocks(results: dict) -> list[Block]:
                      f"{mean(seconds):.1f}" if seconds else "—", f"{base_tokens:,}",
                      f"{round(base_tokens * base_flops / flops):,}",
                      f"{round(base_seconds * rate):,}" if rate and base_seconds else "—"])
-    return [Paragraph(f"Budget: {BUDGET_WORDS[kind]}. The last three columns give the training tokens each variant "
-                  f"would get under each budget, anchored on the baseline ({base_tokens:,} tokens, "
-                  f"{base_seconds:.1f} s): a variant with more FLOPs per token (the feed-forward LM, a widened "
-                  f"MLP) gets fewer tokens under equal FLOPs, and a slower one fewer under equal seconds."),
+    disturbed = sorted({e["name"] for e in entries for s in e["seeds"].values()
+                        if is_busy({"others_cores": s.get("train_others_cores")})})
+    warning = (f" Other programs ran beside the training of {', '.join(disturbed)} (more than "
+               f"{MachineLoad.BUSY_CORES} of a core on average): those training seconds are not timings."
+               if disturbed else "")
+    return [Paragraph(f"Budget: {BUDGET_WORDS[kind]}.{warning} The last three columns give the training tokens "
+                      f"each variant would get under each budget, anchored on the baseline ({base_tokens:,} tokens, "
+                      f"{base_seconds:.1f} s): a variant with more FLOPs per token (the feed-forward LM, a widened "
+                      f"MLP) gets fewer tokens under equal FLOPs, and a slower one fewer under equal seconds."),
             Table(head, rows)]
 
 
@@ -297,9 +363,14 @@ def length_table(results: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def generation_blocks(generations: dict, vocabulary: set[str] | None) -> list[Block]:
+def generation_blocks(generations: dict, vocabulary: set[str] | None, refs: dict | None = None) -> list[Block]:
     settings = generations["settings"]
     names = {path: name for name, path in settings["runs"].items()}
+    if refs is not None:  # the n-gram model's continuations, same prompts, sampling and seed
+        names["ngram"] = f"reference: Kneser-Ney {refs['ngram']['order']}-gram"
+        generations = {**generations, "results": [
+            {**entry, "outputs": {**entry["outputs"], "ngram": refs["generations"][entry["prompt"]]}}
+            for entry in generations["results"]]}
     blocks = [Paragraph(f"Each variant's first-seed run continues the same prompts with the same sampling seed "
                     f"({settings['seed']}): temperature {settings['temperature']}, top-k {settings['top_k']}, "
                     f"up to {settings['new_tokens']} new tokens.")]
@@ -354,6 +425,16 @@ def reproducibility(results: dict, variants: list[Variant], data: Path, command:
     return "\n".join(lines)
 
 
+def busy_note(entries: list[dict]) -> list[Block]:
+    """A plain warning above the table when other programs disturbed the bench rounds."""
+    busy = [e for e in entries if e["bench"] and e["bench"]["busy"]]
+    if not busy:
+        return []
+    return [Paragraph("Timings taken on a busy machine: other programs ran beside the bench rounds (up to "
+                      f"{max(e['bench']['others'] or 0.0 for e in busy):.0%} of the cores), so the tokens/s columns "
+                      "below are not results.")]
+
+
 def build_sections(results: dict, generations: dict, figures: dict[str, bytes], repro: str,
                    vocabulary: set[str] | None = None, votes: list[Block] | None = None) -> list[Section]:
     study = results["study"]
@@ -379,7 +460,7 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
         Section("Findings", [Items(results["findings"])]),
         *([Section("Ladder", ladder_blocks(results["ladder"], figures["ladder.png"]))] if "ladder" in results else []),
         Section("Budget", budget_blocks(results)),
-        Section("Results", [Table(head, rows),
+        Section("Results", [*busy_note(entries), Table(head, rows),
                             Paragraph("Perplexity by evaluation length (— : learned positions cannot go past their "
                                   "training context; the feed-forward LM reads a fixed window of n tokens, so it "
                                   "is scored at the training context only):"),
@@ -388,7 +469,7 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
                           Image("lengths.png", figures["lengths.png"], "Perplexity vs evaluation length")]
                 + [Image(name, figures[name], caption) for name, caption in
                    (("speed.png", "Throughput"), ("memory.png", "Memory")) if name in figures]),
-        Section("Generations", generation_blocks(generations, vocabulary)),
+        Section("Generations", generation_blocks(generations, vocabulary, results["references"])),
         *([Section("Blind votes", votes)] if votes else []),
         Section("Reproducibility", [Preformatted(repro)]),
     ]
@@ -403,8 +484,15 @@ def make_figures(results: dict) -> dict[str, bytes]:
         steps = min(len(c) for c in per_seed)
         curves[e["name"]] = [(per_seed[0][i][0], mean([c[i][1] for c in per_seed])) for i in range(steps)]
     lengths = {e["name"]: {int(n): s["mean"] for n, s in e["ppl_by_length"].items() if s} for e in entries}
-    figures = {"val_loss.png": plots.validation_curves(curves),
-               "lengths.png": plots.perplexity_by_length(lengths, entries[0]["context"])}
+    refs, val_lines, ppl_lines = results["references"], None, None
+    if refs is not None:
+        names = {"ppmd": "PPMd primed with train", "ngram": f"Kneser-Ney {refs['ngram']['order']}-gram"}
+        val_lines = {names[key]: refs["val_loss"][key] for key in REFERENCE_ROWS}
+        # PPMd's bits spread over the tokens the models score: its perplexity per token of the same text
+        ppl_lines = {names["ppmd"]: 2.0 ** (refs["ppmd"]["bits"] / refs["ngram"]["tokens"]),
+                     names["ngram"]: refs["ngram"]["ppl"]}
+    figures = {"val_loss.png": plots.validation_curves(curves, val_lines),
+               "lengths.png": plots.perplexity_by_length(lengths, entries[0]["context"], ppl_lines)}
     benched = [e for e in entries if e["bench"]]
     if benched:
         speed = [("training tokens/s", {e["name"]: e["bench"]["train_tok_s"] for e in benched})]
@@ -426,8 +514,9 @@ def make_figures(results: dict) -> dict[str, bytes]:
 
 CSV_FIELDS = ["variant", "kind", "pos", "kv_heads", "parameters", "seeds", "ppl_mean", "ppl_std", "loss_mean",
               "loss_std", "bpb_mean", "bpb_std", "bpc_mean", "bpc_std", "word_ppl_mean", "word_ppl_std",
-              "ppl_difference_vs_baseline", "p_vs_baseline", "train_tok_s", "prefill_tok_s_b1", "prefill_tok_s_b16",
-              "decode_tok_s_b1", "decode_tok_s_b16", "peak_train_bytes", "peak_generate_bytes", "kv_bytes_per_token"]
+              "ppl_difference_vs_baseline", "p_vs_baseline", "bpb_minus_ppmd", "bpb_minus_ngram", "train_tok_s",
+              "prefill_tok_s_b1", "prefill_tok_s_b16", "decode_tok_s_b1", "decode_tok_s_b16", "peak_train_bytes",
+              "peak_generate_bytes", "kv_bytes_per_token"]
 
 
 def csv_rows(results: dict) -> list[dict]:
@@ -436,7 +525,8 @@ def csv_rows(results: dict) -> list[dict]:
         test, bench = e["vs_baseline"] or {}, e["bench"] or {}
         row = {"variant": e["name"], "kind": e["kind"], "pos": e["pos"], "kv_heads": e["kv_heads"],
                "parameters": e["parameters"], "seeds": len(e["seeds"]),
-               "ppl_difference_vs_baseline": test.get("ppl_difference"), "p_vs_baseline": test.get("p")}
+               "ppl_difference_vs_baseline": test.get("ppl_difference"), "p_vs_baseline": test.get("p"),
+               **{f"bpb_minus_{key}": (e["vs_references"] or {}).get(key) for key in REFERENCE_ROWS}}
         for key in ("ppl", "loss", "bpb", "bpc", "word_ppl"):
             row[f"{key}_mean"], row[f"{key}_std"] = e[key]["mean"], e[key]["std"]
         if bench:
@@ -463,7 +553,7 @@ def write_report(out: Path, study: StudyConfig, variants: list[Variant], data: P
     if view is not None:  # a ladder grid
         results["ladder"] = view
         figures["ladder.png"] = ladder_figure(view)
-    results["findings"] = findings(results) + (ladder_findings(view) if view else [])
+    results["findings"] = reference_findings(results) + findings(results) + (ladder_findings(view) if view else [])
     votes = votes_blocks(StudyFolder(out).votes)
     sections = build_sections(results, generations, figures, repro, training_vocabulary(data), votes)
     title = f"capitu study: {study.preset}, {len(variants)} variants x {study.seeds} seed(s)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Callable
 from capitu.checkpoint import read_config
 from capitu.config import Config, load_config, to_dict
 from capitu.device import pick_device
+from capitu.environment import MachineLoad, is_busy
 from capitu.errors import UserError, warn
 from capitu.folders import DataFolder, RunFolder, StudyFolder
 from capitu.paths import atomic_write_json, check_output, clean_leftovers
@@ -162,12 +164,26 @@ def plan_budgets(out: Path, study: StudyConfig, configs: dict[str, Config], devi
     return budgets
 
 
-def measure_training_rate(config: Config, study: StudyConfig, device) -> float:
-    """Training tokens/s of `config`, timed in this process the way the trainer trains."""
+def measure_training_rate(config: Config, study: StudyConfig, device, attempts: int = 3) -> float:
+    """Training tokens/s of `config`, timed in this process the way the trainer trains: the best of
+    `attempts` measurements that other programs did not disturb (a seconds budget set from a
+    disturbed one would starve the variant measured in the slow spell)."""
     from capitu.bench import BenchOptions, measure_training
 
     options = BenchOptions(train_steps=max(study.bench_train_steps, 10))
-    return measure_training(copy.deepcopy(config), device, options, kernel=False)["train_tok_s"]
+    rates, loads = [], []
+    for _ in range(attempts):
+        with MachineLoad() as load:
+            rate = measure_training(copy.deepcopy(config), device, options, kernel=False)["train_tok_s"]
+        loads.append(load.result)
+        if not is_busy(load.result):
+            rates.append(rate)
+    if not rates:
+        worst = max((entry["others"] or 0.0) for entry in loads)
+        raise UserError(f"the machine is busy (other programs took up to {worst:.0%} of the cores while the "
+                        "seconds budget was measured); stop them and run again, or give the study another budget "
+                        "([study] budget = \"flops\" in --config)")
+    return max(rates)
 
 
 def generation_stage(out: Path, study: StudyConfig, runs: dict[str, Path], device) -> None:
@@ -183,6 +199,33 @@ def generation_stage(out: Path, study: StudyConfig, runs: dict[str, Path], devic
     sampling.validate()
     results = compare(list(runs.values()), study.prompts, study.new_tokens, sampling, study.sample_seed, device)
     atomic_write_json(path, {"settings": settings, "results": results})
+
+
+def references_stage(out: Path, study: StudyConfig, data: Path) -> None:
+    """The references on the study's test split (capitu references), the n-gram model's continuations of the
+    study's prompts, and PPMd's and the n-gram's validation loss (nats per token, the training curves' unit)."""
+    from capitu.generate import Sampling, complete
+    from capitu.ngram import NgramDecoder
+    from capitu.references import joined, ppmd_bits, references, split_documents
+    from capitu.tokenizer import load_tokenizer
+
+    folder = DataFolder(data)
+    settings = {"data_fingerprint": folder.meta.get("fingerprint"), "prompts": study.prompts,
+                "new_tokens": study.new_tokens, "temperature": study.temperature, "top_k": study.top_k,
+                "seed": study.sample_seed}
+    path = StudyFolder(out).references
+    if path.exists() and json.loads(path.read_text(encoding="utf-8"))["settings"] == settings:
+        return
+    result, model = references(data)
+    val_bits = ppmd_bits(joined(split_documents(folder, "val")), joined(split_documents(folder, "train")))
+    scored = folder.meta["splits"]["val"]["tokens"] - 1
+    result["val_loss"] = {"ppmd": val_bits * math.log(2) / scored,
+                          "ngram": result["ngram"]["val_loss_by_order"][str(model.order)]}
+    tokenizer = load_tokenizer(folder.tokenizer_path)
+    sampling = Sampling(temperature=study.temperature, top_k=study.top_k)
+    result["generations"] = {prompt: complete(NgramDecoder(model), tokenizer, prompt, study.new_tokens, sampling,
+                                              study.sample_seed) for prompt in study.prompts}
+    atomic_write_json(path, {"settings": settings, **result})
 
 
 def duration(seconds: float) -> str:
@@ -237,6 +280,8 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
         bench_stage(first_runs, study, device, say)
     say("generating")
     generation_stage(out, study, first_runs, torch_device)
+    say("references: PPMd, xz and the Kneser-Ney n-gram model on the same test split")
+    references_stage(out, study, data)
     report = write_report(out, study, variants, data, command or sys.argv, time.perf_counter() - started)
     say(f"study done in {duration(time.perf_counter() - started)}: {report}")
     return report

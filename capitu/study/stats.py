@@ -1,5 +1,5 @@
 """The statistics a study reports, from scipy.stats: summaries over seeds, the paired t-test
-with the confidence interval of the mean difference, and the overlap rule for timings."""
+with the confidence interval of the mean difference, and the paired test of timings."""
 
 from __future__ import annotations
 
@@ -43,10 +43,18 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": list(values)}
 
 
-def compare_spreads(a: dict, b: dict) -> str:
-    """'faster', 'slower' or 'within noise': a against b, by whether their ranges overlap."""
-    if a["min"] > b["max"]:
-        return "faster"
-    if a["max"] < b["min"]:
-        return "slower"
-    return "within noise"
+SPEED_ALPHA, SPEED_MARGIN = 0.05, 0.05
+
+
+def compare_rates(a: list[float], b: list[float]) -> dict:
+    """Timings a against b, round by round (round r of each ran close in time, so a slow spell of
+    the machine falls on both): the ratio is the geometric mean of a_r / b_r, and "faster" or
+    "slower" needs both a paired t-test on log a_r - log b_r with p < SPEED_ALPHA and a ratio
+    at least SPEED_MARGIN away from 1; anything else is "no difference shown"."""
+    test = paired_t_test([math.log(x) for x in a], [math.log(y) for y in b])
+    ratio = math.exp(mean([math.log(x / y) for x, y in zip(a, b)]))
+    p = test["p"] if test else None
+    verdict = "no difference shown"
+    if p is not None and p < SPEED_ALPHA and abs(ratio - 1) >= SPEED_MARGIN:
+        verdict = "faster" if ratio > 1 else "slower"
+    return {"ratio": ratio, "p": p, "rounds": len(a), "verdict": verdict}
