@@ -17,6 +17,7 @@ from typing import ClassVar
 from capitu.errors import UserError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+DEFAULT_VOCAB_SIZE = 4096  # capitu prepare's BPE vocabulary (benchmarks/tiny_sweep.py: the tiny preset's best)
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "relu2", "swiglu")

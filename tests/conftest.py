@@ -7,9 +7,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("CAPITU_CORPUS", REPO.parent / "shared" / "corpus"))
-# a model that trains a step in milliseconds on the prepared_char data
+# a model that trains a step in milliseconds on the prepared_char data (GPT-2's kind, AdamW: the tiny preset's
+# RoPE, untied head and Muon are set back to the defaults)
 TINY = [
-    "model.n_layer=2", "model.n_head=4", "model.n_embd=32", "model.block_size=32",
+    "model.n_layer=2", "model.n_head=4", "model.n_embd=32", "model.block_size=32", "model.pos=learned",
+    "model.tie_embeddings=true", "optim.name=adamw", "optim.min_lr_ratio=0.1",
     "optim.micro_batch=8", "optim.batch_tokens=256", "optim.warmup_steps=5", "optim.lr=0.01",
     "run.eval_every=10", "run.eval_windows=8", "run.log_every=5", "run.checkpoint_every=1000",
 ]

@@ -11,7 +11,7 @@ def test_presets_and_overrides_layer_in_order(tmp_path):
     config = load_config("tiny", file, ["model.pos=rope", "model.rope_base=500", "run.compile=true"])
     assert config.model.n_layer == 3 and config.model.pos == "rope" and config.model.rope_base == 500.0
     assert config.optim.lr == 1.0 and config.run.compile is True
-    assert config.model.n_embd == 128  # from the preset
+    assert config.model.n_embd == 256 and config.model.tie_embeddings is False  # from the preset
 
 
 @pytest.mark.parametrize(

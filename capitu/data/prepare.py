@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from capitu.config import DEFAULT_VOCAB_SIZE
 from capitu.data import registry
 from capitu.data.clean import clean_document
 from capitu.data.dedup import Document, deduplicate
@@ -36,7 +37,7 @@ class PrepareOptions:
     source: str
     out: Path
     tokenizer: str = "bpe"
-    vocab_size: int = 16384
+    vocab_size: int = DEFAULT_VOCAB_SIZE
     seed: int = 1337
     val_fraction: float = 0.05
     test_fraction: float = 0.05
