@@ -204,6 +204,8 @@ def add_eval(commands) -> None:
     p.add_argument("--text", type=Path, help="a text file or folder, cleaned and tokenized as prepare does")
     p.add_argument("--lengths", type=int_list("--lengths"), help="other context lengths, e.g. 128,256,512,1024,2048")
     p.add_argument("--stride", type=int, default=0, help="sliding-window step (default: the context, no overlap)")
+    p.add_argument("--pairs", type=Path, help="score minimal pairs (capitu pairs) instead of a split: accuracy "
+                   "overall and per phenomenon, with a unigram model of the training split beside it")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -215,6 +217,12 @@ def run_eval(args) -> None:
     from capitu.folders import RunFolder
     from capitu.paths import atomic_write_json
 
+    if args.pairs:
+        from capitu.evaluate import format_pairs, score_pairs
+
+        result = {"run": str(args.run), "pairs": score_pairs(args.run, args.pairs, args.device, not args.quiet)}
+        print(json.dumps(result, indent=1) if args.json else format_pairs(result), flush=True)
+        return
     lengths = list(args.lengths) if args.lengths else None
     if lengths and min(lengths) < 1:
         raise UserError("--lengths must be positive")
@@ -225,6 +233,36 @@ def run_eval(args) -> None:
         atomic_write_json(path, result)
     except OSError as error:  # a read-only run: the result above is all there is
         raise UserError(f"could not save {path}: {error.strerror or error} (the result is printed above)") from None
+
+
+def add_pairs(commands) -> None:
+    p = commands.add_parser(
+        "pairs", help="grammatical minimal pairs from Universal Dependencies treebanks (capitu eval --pairs)",
+        description="For each sentence of the CoNLL-U files and each agreement in it (subject-verb number and "
+        "person, determiner-noun and adjective-noun gender and number, predicative adjective or participle), "
+        "write the sentence and the same sentence with one word replaced by an attested form of its lemma that "
+        "breaks that agreement. Score a run on them with capitu eval RUN --pairs FILE.")
+    p.add_argument("--ud", type=Path, nargs="+", required=True, metavar="FILE.conllu", help="UD treebank files")
+    p.add_argument("--out", type=Path, required=True, help="the pairs, one JSON object per line")
+    p.set_defaults(handler=run_pairs)
+
+
+def run_pairs(args) -> None:
+    from collections import Counter
+
+    from capitu.pairs import minimal_pairs
+    from capitu.paths import atomic_write_bytes
+
+    if args.out.exists():
+        raise UserError(f"--out {args.out} exists; give a new file")
+    if not args.out.parent.is_dir():
+        raise UserError(f"--out {args.out}: no folder {args.out.parent}")
+    pairs = minimal_pairs(args.ud)
+    if not pairs:
+        raise UserError("no minimal pairs in the given files")
+    atomic_write_bytes(args.out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs).encode("utf-8"))
+    counts = Counter(p["phenomenon"] for p in pairs)
+    print(f"{args.out}: {len(pairs):,} pairs; " + ", ".join(f"{name} {n:,}" for name, n in sorted(counts.items())))
 
 
 def add_references(commands) -> None:
@@ -488,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import(commands)
     add_train(commands)
     add_eval(commands)
+    add_pairs(commands)
     add_references(commands)
     add_generate(commands)
     add_bench(commands)

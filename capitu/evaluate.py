@@ -151,3 +151,64 @@ def format_table(result: dict) -> str:
     for length, m in result.get("lengths", {}).items():
         lines.append(row(length, m) if m["supported"] else f"{length:>7} not supported ({m['reason']})")
     return "\n".join(lines)
+
+
+def pair_accuracy(right: list[bool], phenomena: list[str]) -> dict:
+    """Accuracy over all pairs and per phenomenon, each with its exact 95% binomial interval."""
+    from scipy.stats import binomtest
+
+    def summary(flags: list[bool]) -> dict:
+        k, n = sum(flags), len(flags)
+        interval = binomtest(k, n).proportion_ci(confidence_level=0.95)
+        return {"accuracy": k / n, "n": n, "right": k, "ci": [interval.low, interval.high]}
+
+    by_phenomenon: dict[str, list[bool]] = {}
+    for flag, name in zip(right, phenomena):
+        by_phenomenon.setdefault(name, []).append(flag)
+    return {**summary(right), "chance": 0.5,
+            "by_phenomenon": {name: summary(flags) for name, flags in sorted(by_phenomenon.items())}}
+
+
+@torch.no_grad()
+def score_pairs(run: Path, path: Path, device: str = "cpu", progress: bool = True) -> dict:
+    """Minimal pairs (capitu pairs): each sentence scored as a document (after end-of-text) by its
+    total log-probability; a pair is right when the good sentence scores higher. Beside the model,
+    a unigram model of the run's training split (add-one), what knowing which form is common gives."""
+    from capitu.pairs import read_pairs
+
+    pairs = read_pairs(path)
+    model, content = load_model(run, device)
+    tokenizer = load_tokenizer(RunFolder(run).tokenizer_path)
+    data = DataFolder(content.get("config", {}).get("data", {}).get("path", ""))
+    unigram = None
+    if data.is_prepared():
+        counts = np.bincount(np.asarray(data.tokens("train")), minlength=model.config.vocab_size) + 1.0
+        unigram = np.log(counts / counts.sum())
+
+    def scores(text: str) -> tuple[float, float | None]:
+        ids = np.array([tokenizer.eot_id] + tokenizer.encode(text), dtype=np.int64)
+        length = min(model.config.block_size, len(ids) - 1)
+        nll = negative_log_likelihood(model, ids, length, length, device, False)[0]
+        return -nll, (float(unigram[ids[1:]].sum()) if unigram is not None else None)
+
+    model_right, unigram_right = [], []
+    for pair in tqdm(pairs, desc="pairs", unit=" pairs", disable=None if progress else True):
+        (good, good_unigram), (bad, bad_unigram) = scores(pair["good"]), scores(pair["bad"])
+        model_right.append(good > bad)
+        if unigram is not None:
+            unigram_right.append(good_unigram > bad_unigram)
+    phenomena = [pair["phenomenon"] for pair in pairs]
+    return {"file": str(path), **pair_accuracy(model_right, phenomena),
+            "unigram": pair_accuracy(unigram_right, phenomena) if unigram is not None else None}
+
+
+def format_pairs(result: dict) -> str:
+    pairs = result["pairs"]
+    lines = [f"{result['run']} on {pairs['file']}: {pairs['right']:,} of {pairs['n']:,} minimal pairs right "
+             f"({pairs['accuracy']:.1%}, 95% interval {pairs['ci'][0]:.1%}-{pairs['ci'][1]:.1%}; chance 50%)",
+             "| phenomenon | pairs | model | 95% interval | unigram of the training split |", "|---|---|---|---|---|"]
+    for name, entry in pairs["by_phenomenon"].items():
+        unigram = pairs["unigram"]["by_phenomenon"][name]["accuracy"] if pairs["unigram"] else None
+        lines.append(f"| {name} | {entry['n']:,} | {entry['accuracy']:.1%} | {entry['ci'][0]:.1%}-{entry['ci'][1]:.1%} "
+                     f"| {'—' if unigram is None else f'{unigram:.1%}'} |")
+    return "\n".join(lines)
