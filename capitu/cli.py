@@ -283,6 +283,7 @@ def add_references(commands) -> None:
 
 
 def run_references(args) -> None:
+    from capitu.folders import DataFolder
     from capitu.generate import complete
     from capitu.ngram import NgramDecoder
     from capitu.references import format_references, references
@@ -293,7 +294,7 @@ def run_references(args) -> None:
     result, model = references(args.data, args.split, args.text, say=say)
     print(json.dumps(result, indent=1) if args.json else format_references(result), flush=True)
     if args.prompt:
-        tokenizer = load_tokenizer(args.data / "tokenizer.json")
+        tokenizer = load_tokenizer(DataFolder(args.data).tokenizer_path)
         for prompt in args.prompt:
             print(f"\n--- the {model.order}-gram model: {prompt!r}\n"
                   + complete(NgramDecoder(model), tokenizer, prompt, args.new_tokens, sampling, args.seed))

@@ -45,9 +45,13 @@ def document_counts(documents: list[str]) -> dict:
 
 
 def text_tokens(path: Path, tokenizer) -> tuple[np.ndarray, dict]:
-    """Tokens and denominators of a text file or folder, laid out as prepare does (each
-    document preceded by end-of-text)."""
-    documents = text_documents(path)
+    """Tokens and denominators of a text file or folder (document_tokens of text_documents)."""
+    return document_tokens(text_documents(path), tokenizer)
+
+
+def document_tokens(documents: list[str], tokenizer) -> tuple[np.ndarray, dict]:
+    """Tokens and denominators of documents, laid out as prepare does (each document preceded
+    by end-of-text)."""
     ids: list[int] = []
     for text in documents:
         ids.append(tokenizer.eot_id)

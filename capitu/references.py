@@ -23,7 +23,7 @@ import numpy as np
 
 from capitu.data.split import SPLITS
 from capitu.errors import UserError
-from capitu.evaluate import document_counts, metrics, text_documents, text_tokens
+from capitu.evaluate import document_counts, document_tokens, metrics, text_documents
 from capitu.folders import DataFolder
 from capitu.ngram import KneserNey, choose_order
 from capitu.tokenizer import load_tokenizer
@@ -80,7 +80,7 @@ def references(data: Path | str, split: str = "test", text: Path | None = None, 
     tokenizer = load_tokenizer(data.tokenizer_path)
     if text is not None:
         documents = text_documents(Path(text))
-        tokens, counts = text_tokens(Path(text), tokenizer)
+        tokens, counts = document_tokens(documents, tokenizer)
         source = str(text)
     else:
         documents = split_documents(data, split)
@@ -89,14 +89,15 @@ def references(data: Path | str, split: str = "test", text: Path | None = None, 
     seconds, result = {}, {"source": source, "bytes": counts["bytes"]}
     started = time.perf_counter()
     say("PPMd, primed with the training split")
-    primed = ppmd_bits(joined(documents), joined(split_documents(data, "train")))
+    scored_text = joined(documents)  # what the compressors read
+    primed = ppmd_bits(scored_text, joined(split_documents(data, "train")))
     ppmd = {"variant": "H", "order": PPMD_ORDER, "memory_mib": PPMD_MEMORY_MIB}
     result["ppmd"] = {**per_unit(primed, counts), **ppmd, "primed": "train"}
-    result["ppmd_alone"] = {**per_unit(ppmd_bits(joined(documents)), counts), **ppmd, "primed": None}
+    result["ppmd_alone"] = {**per_unit(ppmd_bits(scored_text), counts), **ppmd, "primed": None}
     seconds["ppmd"] = time.perf_counter() - started
     say("xz")
     started = time.perf_counter()
-    xz_bits = 8 * len(lzma.compress(joined(documents), preset=9 | lzma.PRESET_EXTREME))
+    xz_bits = 8 * len(lzma.compress(scored_text, preset=9 | lzma.PRESET_EXTREME))
     result["xz"] = {**per_unit(xz_bits, counts), "preset": "9e"}
     seconds["xz"] = time.perf_counter() - started
     say("Kneser-Ney n-gram: counting orders 2-6, the order chosen on validation")
