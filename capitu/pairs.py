@@ -8,7 +8,19 @@ adjective or passive participle with its subject in gender and number. A replace
 be attested in the given treebanks for that lemma with exactly the swapped feature; a pair is
 skipped when that form is also a form of the lemma with the original features (syncretism),
 when the word is part of a multiword token (`do` = `de` + `o`), when the agreement is not there
-in the original, or when the subject is coordinated or relative (its agreement is not local)."""
+in the original, or when the subject is coordinated or relative (its agreement is not local).
+
+What reading samples of the pairs found, and the rule each finding became (README, "Grammar"):
+- a noun whose form does not show the feature (`o/a presidente`, `o/os lápis`; the treebanks'
+  own forms, and the endings of COMMON_GENDER) agrees with either value: no gender or number
+  pair for its determiners, adjectives or predicates;
+- Portuguese lets a plural noun phrase take a first-person verb (`os cidadãos gostaríamos`, "we
+  citizens"): a plural first-person swap only with a personal pronoun subject (`eles`), and no
+  person swap of `ser` before its subject (`somos muitas as vozes`);
+- a predicate that is also a noun (`técnicos`) need not agree in gender: none;
+- a replacement must not change the spelling norm as well (`electrónica` -> `eletrônico`,
+  `européia` -> `europeias`): among the attested forms, the one closest in spelling, and for
+  adjectives and determiners only one that keeps all but the last two letters (a plural's `s` aside)."""
 
 from __future__ import annotations
 
@@ -97,6 +109,10 @@ def in_multiword(sentence: Sentence, word_id: int) -> bool:
     return any(first <= word_id <= last for first, (last, _, _) in sentence.multiword.items())
 
 
+# Nouns of these endings are mostly of both genders, the article alone telling (`o/a artista`, `o/a
+# presidente`, `o/a estudante`, `o/a ouvinte`): however rarely a treebank shows both, their form does not.
+COMMON_GENDER = ("ista", "ente", "ante", "inte")
+
 Lexicon = dict[tuple[str, str], dict[frozenset, Counter]]
 
 
@@ -109,28 +125,65 @@ def build_lexicon(sentences: list[Sentence]) -> Lexicon:
     return lexicon
 
 
+def shared_prefix(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def inflected(a: str, b: str) -> bool:
+    """Whether two forms differ as an inflection does, in their last letters only (a plural's
+    `s` aside: `seus`/`suas`), not in spelling (`electrónica`/`eletrônico`, `européia`/`europeias`)."""
+    if a.endswith("s") and b.endswith("s"):
+        a, b = a[:-1], b[:-1]
+    return shared_prefix(a, b) >= min(len(a), len(b)) - 2
+
+
+def also_spelled(forms: Counter, form: str, count: int) -> bool:
+    """Whether `form`, seen `count` times with some features, is also a form with the features
+    `forms` counts: seen with them at least a tenth as often (one annotation slip is not)."""
+    return forms.get(form, 0) > 0 and forms[form] >= count / 10
+
+
 def swapped_form(lexicon: Lexicon, word: Word, feature: str) -> str | None:
     """The attested form of the word's lemma with `feature` swapped and every other feature the
-    same; None if none is attested or if it is also a form with the original features."""
+    same, the closest in spelling; None if none is attested, if it is also a form with the
+    original features, or if it changes more than an inflection's ending would."""
     value = word.feats.get(feature)
     if value not in SWAPS[feature]:
         return None
     forms = lexicon.get((word.lemma.lower(), word.upos), {})
-    target = frozenset({**word.feats, feature: SWAPS[feature][value]}.items())
-    if not forms.get(target):
+    own = forms.get(frozenset(word.feats.items()), Counter())
+    swapped = forms.get(frozenset({**word.feats, feature: SWAPS[feature][value]}.items()), Counter())
+    original = word.form.lower()
+    usual = max(swapped.values(), default=0) / 10  # a form seen less often is more likely a slip of annotation
+    candidates = [f for f, n in swapped.items() if n >= usual and f != original and not also_spelled(own, f, n)]
+    if not candidates:
         return None
-    form = forms[target].most_common(1)[0][0]
-    if form in forms.get(frozenset(word.feats.items()), ()) or form == word.form.lower():
+    form = max(candidates, key=lambda f: (shared_prefix(f, original), swapped[f]))
+    if word.upos not in ("VERB", "AUX") and not inflected(form, original):
         return None
     return form[0].upper() + form[1:] if word.form[:1].isupper() else form
 
 
-def agreements(sentence: Sentence) -> list[tuple[str, Word, str]]:
+def shows(lexicon: Lexicon, word: Word, feature: str) -> bool:
+    """Whether the word's form shows its `feature`: its lemma has no form with the other value
+    spelled the same (`presidente` is both genders, `lápis` both numbers)."""
+    value = word.feats.get(feature)
+    form = word.form.lower()
+    if value not in SWAPS[feature] or feature == "Gender" and form.rstrip("s").endswith(COMMON_GENDER):
+        return False
+    forms = lexicon.get((word.lemma.lower(), word.upos), {})
+    own = forms.get(frozenset(word.feats.items()), Counter())
+    other = forms.get(frozenset({**word.feats, feature: SWAPS[feature][value]}.items()), Counter())
+    return not also_spelled(other, form, own.get(form, 1))
+
+
+def agreements(sentence: Sentence, lexicon: Lexicon) -> list[tuple[str, Word, str]]:
     """(phenomenon, the word to change, the feature) for each agreement in the sentence."""
     by_id = {w.id: w for w in sentence.words}
     children = defaultdict(list)
     for word in sentence.words:
         children[word.head].append(word)
+    nouns = {lemma for lemma, upos in lexicon if upos == "NOUN"}
     found = []
     for word in sentence.words:
         head = by_id.get(word.head)
@@ -143,17 +196,21 @@ def agreements(sentence: Sentence) -> list[tuple[str, Word, str]]:
             if verb is not None and verb.feats.get("Number") == word.feats.get("Number", verb.feats.get("Number")):
                 found.append(("subject-verb number", verb, "Number"))
                 subject_person = word.feats.get("Person", "3")
-                if verb.feats.get("Person") == subject_person:
+                we_the_nouns = verb.feats.get("Number") == "Plur" and word.feats.get("PronType") != "Prs"
+                ser_first = verb.lemma.lower() == "ser" and verb.id < word.id
+                if verb.feats.get("Person") == subject_person and not (
+                        subject_person == "3" and we_the_nouns) and not ser_first:
                     found.append(("subject-verb person", verb, "Person"))
             predicate = head if head.upos == "ADJ" or head.feats.get("VerbForm") == "Part" else None
-            if predicate is not None and any(c.deprel in ("cop", "aux:pass") for c in children[head.id]):
+            if predicate is not None and predicate.lemma.lower() not in nouns \
+                    and any(c.deprel in ("cop", "aux:pass") for c in children[head.id]):
                 for feature in ("Gender", "Number"):
-                    if feature in word.feats and predicate.feats.get(feature) == word.feats[feature]:
+                    if shows(lexicon, word, feature) and predicate.feats.get(feature) == word.feats[feature]:
                         found.append((f"predicative {feature.lower()}", predicate, feature))
         if head.upos == "NOUN" and (word.deprel, word.upos) in (("det", "DET"), ("amod", "ADJ")):
             kind = "determiner-noun" if word.upos == "DET" else "adjective-noun"
             for feature in ("Gender", "Number"):
-                if feature in word.feats and head.feats.get(feature) == word.feats[feature]:
+                if shows(lexicon, head, feature) and head.feats.get(feature) == word.feats.get(feature):
                     found.append((f"{kind} {feature.lower()}", word, feature))
     return found
 
@@ -168,7 +225,7 @@ def minimal_pairs(paths: list[Path]) -> list[dict]:
             good = surface(sentence)
             if sentence.text and good != sentence.text:
                 continue  # spacing not rebuilt exactly: skip rather than guess
-            for phenomenon, word, feature in agreements(sentence):
+            for phenomenon, word, feature in agreements(sentence, lexicon):
                 form = None if in_multiword(sentence, word.id) else swapped_form(lexicon, word, feature)
                 if form is None or (sentence.sent_id, word.id, feature) in seen:
                     continue

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_run, run_cli
 
-from capitu.pairs import minimal_pairs, read_conllu, surface
+from capitu.pairs import Word, build_lexicon, inflected, minimal_pairs, read_conllu, shows, surface, swapped_form
 
 # Hand-written sentences in UD's format: the lexicon the pairs draw on is theirs.
 CONLLU = """# sent_id = s1
@@ -87,6 +87,62 @@ def test_each_pair_breaks_one_attested_agreement(treebank):
         assert len(good) == len(bad) and sum(a != b for a, b in zip(good, bad)) == 1, pair
     by_id = {s.sent_id: s.text for s in read_conllu(treebank)}
     assert all(p["good"] == by_id[p["sent_id"]] for p in pairs)
+
+
+def word(form, lemma, upos, feats):
+    return Word(1, form, lemma, upos, dict(f.split("=") for f in feats.split("|")), 0, "root", True)
+
+
+def sentence_of(*words):
+    """CoNLL-U lines of one sentence from (form, lemma, upos, feats, head, deprel) tuples."""
+    lines = ["# sent_id = t", "# text = " + " ".join(w[0] for w in words)]
+    lines += ["\t".join([str(i), form, lemma, upos, "_", feats, str(head), rel, "_", "_"])
+              for i, (form, lemma, upos, feats, head, rel) in enumerate(words, 1)]
+    return "\n".join(lines) + "\n\n"
+
+
+def test_what_reading_the_pairs_found_is_skipped(tmp_path):
+    """Each rule a reading of 40 pairs per phenomenon found (pairs.py's docstring), on a case of its own."""
+    plur3 = "Mood=Ind|Number=Plur|Person=3|Tense=Pres|VerbForm=Fin"
+    plur1 = "Mood=Ind|Number=Plur|Person=1|Tense=Pres|VerbForm=Fin"
+    text = (sentence_of(("Os", "o", "DET", "Gender=Masc|Number=Plur|PronType=Art", 2, "det"),
+                        ("cidadãos", "cidadão", "NOUN", "Gender=Masc|Number=Plur", 3, "nsubj"),
+                        ("querem", "querer", "VERB", plur3, 0, "root"))
+            + sentence_of(("Eles", "ele", "PRON", "Gender=Masc|Number=Plur|Person=3|PronType=Prs", 2, "nsubj"),
+                          ("querem", "querer", "VERB", plur3, 0, "root"))
+            + sentence_of(("Nós", "eu", "PRON", "Number=Plur|Person=1|PronType=Prs", 2, "nsubj"),
+                          ("queremos", "querer", "VERB", plur1, 0, "root"))
+            + sentence_of(("A", "o", "DET", "Gender=Fem|Number=Sing|PronType=Art", 2, "det"),
+                          ("artista", "artista", "NOUN", "Gender=Fem|Number=Sing", 0, "root"))
+            + sentence_of(("O", "o", "DET", "Gender=Masc|Number=Sing|PronType=Art", 2, "det"),
+                          ("livro", "livro", "NOUN", "Gender=Masc|Number=Sing", 0, "root")))
+    path = tmp_path / "rules.conllu"
+    path.write_text(text, encoding="utf-8")
+    found = {(p["good"], p["phenomenon"], p["replacement"]) for p in minimal_pairs([path])}
+    assert ("Eles querem", "subject-verb person", "queremos") in found  # a pronoun: "eles queremos" is wrong
+    assert not any(g == "Os cidadãos querem" and name.endswith("person") for g, name, _ in found)  # "we citizens"
+    assert ("O livro", "determiner-noun gender", "A") in found
+    assert not any(g == "A artista" and name.endswith("gender") for g, name, _ in found)  # o/a artista
+
+    lexicon = build_lexicon(read_conllu(path))
+    assert shows(lexicon, word("livro", "livro", "NOUN", "Gender=Masc|Number=Sing"), "Gender")
+    assert not shows(lexicon, word("presidente", "presidente", "NOUN", "Gender=Fem|Number=Sing"), "Gender")
+    assert inflected("seus", "suas") and inflected("mau", "má") and inflected("português", "portuguesa")
+    assert not inflected("electrónica", "eletrônico") and not inflected("européia", "europeias")
+
+
+def test_one_slip_of_annotation_neither_blocks_nor_makes_a_pair(tmp_path):
+    masc, fem = "Gender=Masc|Number=Sing|PronType=Art", "Gender=Fem|Number=Sing|PronType=Art"
+    text = "".join(sentence_of(("o", "o", "DET", masc, 2, "det"), ("dia", "dia", "NOUN", "Gender=Masc|Number=Sing",
+                                                                       0, "root")) for _ in range(12))
+    text += sentence_of(("a", "o", "DET", fem, 2, "det"), ("casa", "casa", "NOUN", "Gender=Fem|Number=Sing", 0,
+                                                              "root")) * 12
+    text += sentence_of(("a", "o", "DET", masc, 2, "det"), ("mar", "mar", "NOUN", "Gender=Masc|Number=Sing", 0, "root"))
+    path = tmp_path / "slip.conllu"
+    path.write_text(text, encoding="utf-8")
+    lexicon = build_lexicon(read_conllu(path))
+    assert swapped_form(lexicon, word("o", "o", "DET", masc), "Gender") == "a"  # one "a" tagged Masc: a slip
+    assert swapped_form(lexicon, word("a", "o", "DET", fem), "Gender") == "o"
 
 
 def test_cli_writes_pairs_and_refuses_bad_input(treebank, tmp_path, capsys):
