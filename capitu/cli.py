@@ -200,12 +200,13 @@ def add_eval(commands) -> None:
         description="Score RUN over a whole split (non-overlapping windows of its training context, or "
         "sliding windows with --stride) or over any text (--text), optionally at other context lengths.")
     p.add_argument("run", type=Path, help="a run folder (or its best/ folder)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="default test")
+    p.add_argument("--split", choices=["train", "val", "test"], help="default test (with --pairs: none, unless given)")
     p.add_argument("--text", type=Path, help="a text file or folder, cleaned and tokenized as prepare does")
     p.add_argument("--lengths", type=int_list("--lengths"), help="other context lengths, e.g. 128,256,512,1024,2048")
     p.add_argument("--stride", type=int, default=0, help="sliding-window step (default: the context, no overlap)")
-    p.add_argument("--pairs", type=Path, help="score minimal pairs (capitu pairs) instead of a split: accuracy "
-                   "overall and per phenomenon, with a unigram model of the training split beside it")
+    p.add_argument("--pairs", type=Path, help="score minimal pairs (capitu pairs): accuracy overall and per "
+                   "phenomenon, with a unigram model of the training split beside it; alone unless --split or "
+                   "--text is given too")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -213,22 +214,25 @@ def add_eval(commands) -> None:
 
 
 def run_eval(args) -> None:
-    from capitu.evaluate import evaluate_run, format_table
+    from capitu.evaluate import evaluate_run, format_pairs, format_table, score_pairs
     from capitu.folders import RunFolder
     from capitu.paths import atomic_write_json
 
-    if args.pairs:
-        from capitu.evaluate import format_pairs, score_pairs
-
-        result = {"run": str(args.run), "pairs": score_pairs(args.run, args.pairs, args.device, not args.quiet)}
+    pairs = score_pairs(args.run, args.pairs, args.device, not args.quiet) if args.pairs else None
+    if pairs and not (args.split or args.text):
+        result = {"run": str(args.run), "pairs": pairs}
         print(json.dumps(result, indent=1) if args.json else format_pairs(result), flush=True)
         return
+    split = args.split or "test"
     lengths = list(args.lengths) if args.lengths else None
     if lengths and min(lengths) < 1:
         raise UserError("--lengths must be positive")
-    result = evaluate_run(args.run, args.split, args.text, lengths, args.stride, args.device, not args.quiet)
-    print(json.dumps(result, indent=1) if args.json else format_table(result), flush=True)
-    path = RunFolder(args.run).evaluation_path(None if args.text else args.split)
+    result = evaluate_run(args.run, split, args.text, lengths, args.stride, args.device, not args.quiet)
+    if pairs:
+        result["pairs"] = pairs
+    table = format_table(result) + ("\n" + format_pairs(result) if pairs else "")
+    print(json.dumps(result, indent=1) if args.json else table, flush=True)
+    path = RunFolder(args.run).evaluation_path(None if args.text else split)
     try:
         atomic_write_json(path, result)
     except OSError as error:  # a read-only run: the result above is all there is

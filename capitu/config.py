@@ -113,7 +113,7 @@ def check_type(value, kind, key: str):
         return float(value)
     if kind in (int, float, str, bool) and type(value) is kind:
         return value
-    if typing.get_origin(kind) is list and isinstance(value, list):
+    if typing.get_origin(kind) in (list, dict) and isinstance(value, typing.get_origin(kind)):
         return value
     raise UserError(f"{key} must be of type {getattr(kind, '__name__', kind)}, got {value!r}")
 

@@ -109,6 +109,12 @@ def metrics(nll: float, scored: int, counts: dict) -> dict:
     }
 
 
+def evaluate_tokens(model, tokens: np.ndarray, counts: dict, device, progress: bool, stride: int = 0) -> dict:
+    """The metrics of `tokens` (laid out as prepare does) at the model's training context."""
+    block = model.config.block_size
+    return metrics(*negative_log_likelihood(model, tokens, block, stride or block, device, progress), counts)
+
+
 def evaluate_run(run: Path, split: str = "test", text: Path | None = None, lengths: list[int] | None = None,
                  stride: int = 0, device: str = "cpu", progress: bool = True) -> dict:
     run = Path(run)
@@ -130,7 +136,7 @@ def evaluate_run(run: Path, split: str = "test", text: Path | None = None, lengt
     if not 0 < stride <= block:
         raise UserError(f"--stride must be between 1 and the context length {block}")
     result = {"run": str(run), "source": source, "context": block, "stride": stride,
-              **metrics(*negative_log_likelihood(model, tokens, block, stride, device, progress), counts)}
+              **evaluate_tokens(model, tokens, counts, device, progress, stride)}
     if lengths:
         result["lengths"] = {}
         for length in lengths:
@@ -174,6 +180,54 @@ def pair_accuracy(right: list[bool], phenomena: list[str]) -> dict:
 
 
 @torch.no_grad()
+def sentence_log_probs(model, tokenizer, texts: list[str], device, batch_size: int = 64) -> list[float]:
+    """Each text's total log-probability (nats) as a document: its tokens after end-of-text. Texts
+    that fit the model's context run in batches, right-padded (a causal model's earlier positions
+    do not see the padding); a longer one slides windows of the context by half of it, so each
+    token is scored once with at least half a context before it."""
+    block = model.config.block_size
+    ids = [[tokenizer.eot_id] + tokenizer.encode(text) for text in texts]
+    scores = [0.0] * len(texts)
+    fitting = sorted((i for i in range(len(ids)) if len(ids[i]) - 1 <= block), key=lambda i: len(ids[i]))
+    for start in range(0, len(fitting), batch_size):
+        batch = fitting[start:start + batch_size]
+        width = max(len(ids[i]) for i in batch)
+        padded = torch.tensor([ids[i] + [tokenizer.eot_id] * (width - len(ids[i])) for i in batch], device=device)
+        logits, _ = model(padded[:, :-1])  # (B, width - 1, V)
+        picked = torch.log_softmax(logits.float(), -1).gather(2, padded[:, 1:, None])[..., 0]  # (B, width - 1)
+        lengths = torch.tensor([len(ids[i]) - 1 for i in batch], device=device)
+        mask = torch.arange(width - 1, device=device)[None, :] < lengths[:, None]
+        for i, value in zip(batch, (picked * mask).sum(1).tolist()):
+            scores[i] = value
+    for i in range(len(ids)):
+        if len(ids[i]) - 1 > block:
+            scores[i] = -negative_log_likelihood(model, np.array(ids[i]), block, max(1, block // 2), device, False)[0]
+    return scores
+
+
+def unigram_log_probs(data: DataFolder, vocab_size: int):
+    """log p(token) of an add-one unigram model of the data's training split (indexable by token ids)."""
+    counts = np.bincount(np.asarray(data.tokens("train")), minlength=vocab_size) + 1.0
+    return np.log(counts / counts.sum())
+
+
+def unigram_right(pairs: list[dict], tokenizer, unigram) -> list[bool]:
+    def score(text: str) -> float:
+        return float(unigram[tokenizer.encode(text)].sum())
+
+    return [score(pair["good"]) > score(pair["bad"]) for pair in pairs]
+
+
+def pairs_right(model, tokenizer, pairs: list[dict], device, progress: bool = False) -> list[bool]:
+    """For each minimal pair, whether the model gives the good sentence the higher log-probability."""
+    texts = [text for pair in pairs for text in (pair["good"], pair["bad"])]
+    chunk = 2048  # sentences per progress step
+    scores: list[float] = []
+    for start in tqdm(range(0, len(texts), chunk), desc="pairs", unit=" chunks", disable=None if progress else True):
+        scores += sentence_log_probs(model, tokenizer, texts[start:start + chunk], device)
+    return [good > bad for good, bad in zip(scores[::2], scores[1::2])]
+
+
 def score_pairs(run: Path, path: Path, device: str = "cpu", progress: bool = True) -> dict:
     """Minimal pairs (capitu pairs): each sentence scored as a document (after end-of-text) by its
     total log-probability; a pair is right when the good sentence scores higher. Beside the model,
@@ -184,26 +238,13 @@ def score_pairs(run: Path, path: Path, device: str = "cpu", progress: bool = Tru
     model, content = load_model(run, device)
     tokenizer = load_tokenizer(RunFolder(run).tokenizer_path)
     data = DataFolder(content.get("config", {}).get("data", {}).get("path", ""))
+    phenomena = [pair["phenomenon"] for pair in pairs]
     unigram = None
     if data.is_prepared():
-        counts = np.bincount(np.asarray(data.tokens("train")), minlength=model.config.vocab_size) + 1.0
-        unigram = np.log(counts / counts.sum())
-
-    def scores(text: str) -> tuple[float, float | None]:
-        ids = np.array([tokenizer.eot_id] + tokenizer.encode(text), dtype=np.int64)
-        length = min(model.config.block_size, len(ids) - 1)
-        nll = negative_log_likelihood(model, ids, length, length, device, False)[0]
-        return -nll, (float(unigram[ids[1:]].sum()) if unigram is not None else None)
-
-    model_right, unigram_right = [], []
-    for pair in tqdm(pairs, desc="pairs", unit=" pairs", disable=None if progress else True):
-        (good, good_unigram), (bad, bad_unigram) = scores(pair["good"]), scores(pair["bad"])
-        model_right.append(good > bad)
-        if unigram is not None:
-            unigram_right.append(good_unigram > bad_unigram)
-    phenomena = [pair["phenomenon"] for pair in pairs]
-    return {"file": str(path), **pair_accuracy(model_right, phenomena),
-            "unigram": pair_accuracy(unigram_right, phenomena) if unigram is not None else None}
+        unigram = pair_accuracy(unigram_right(pairs, tokenizer, unigram_log_probs(data, model.config.vocab_size)),
+                                phenomena)
+    return {"file": str(path), **pair_accuracy(pairs_right(model, tokenizer, pairs, device, progress), phenomena),
+            "unigram": unigram}
 
 
 def format_pairs(result: dict) -> str:

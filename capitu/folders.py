@@ -70,6 +70,7 @@ class RunFolder:
         self.metrics_path = self.path / self.METRICS
         self.best = self.path / "best"
         self.bench_path = self.path / "bench.json"  # a study's bench rounds of this model
+        self.generalization_path = self.path / "eval_generalization.json"  # a study's other texts and minimal pairs
 
     def evaluation_path(self, split: str | None) -> Path:
         """What capitu eval saved: eval_SPLIT.json, or eval_text.json for a --text."""
@@ -107,6 +108,7 @@ class StudyFolder:
         self.budgets = self.path / "budgets.json"  # each variant's training tokens under the study's budget
         self.generations = self.path / "generations.json"
         self.references = self.path / "references.json"  # PPMd, xz and the n-gram model on the same test split
+        self.generalization = self.path / "generalization"  # the other texts' tokens and the minimal pairs
         self.votes = self.path / self.VOTES
 
     def run(self, name: str, seed: int) -> Path:

@@ -186,3 +186,8 @@ def test_eval_pairs_counts_the_pairs_the_model_prefers(tmp_path, prepared_bpe, c
     assert low <= pairs["accuracy"] <= high and (high < 1 or sum(right) == 3)
     assert pairs["unigram"]["n"] == 3 and math.isfinite(pairs["unigram"]["accuracy"])
     assert np.isclose(pairs["chance"], 0.5)
+    # with a split too, eval's other keys stay beside "pairs"
+    code, out, err = run_cli(["eval", tmp_path / "run", "--pairs", path, "--split", "val", "--json", "--quiet"],
+                             capsys)
+    both = json.loads(out)
+    assert code == 0 and both["pairs"]["accuracy"] == pairs["accuracy"] and both["bpb"] > 0, err

@@ -31,6 +31,11 @@ bench_train_steps = 1
 bench_repeats = 1
 bench_rounds = 2
 budget = "{budget}"
+ud = "{folder}/mini.conllu"
+
+[study.eval_texts]
+written = ["{folder}/written.txt"]
+poetry = ["{folder}/poetry"]
 
 [[variant]]
 name = "baseline"
@@ -39,13 +44,24 @@ name = "baseline"
 name = "rope"
 set = ["model.pos=rope"]
 """
-SECTIONS = ["Setup", "Findings", "Budget", "Results", "Plots", "Generations", "Reproducibility"]
+SECTIONS = ["Setup", "Findings", "Budget", "Results", "Generalization", "Plots", "Generations", "Reproducibility"]
+
+
+# Texts unlike the training data, written here: the study scores every run on them
+WRITTEN = ("O navio saiu do porto ao amanhecer, e os marinheiros cantavam enquanto a cidade desaparecia no "
+           "nevoeiro.\n\nNa aldeia, as mulheres esperavam notícias que só chegavam com o correio da semana.\n")
 
 
 def micro_config(folder, seeds=2, tokens=2048, eval_every=4, bench="true", budget="tokens"):
+    from test_pairs import CONLLU
+
+    (folder / "mini.conllu").write_text(CONLLU, encoding="utf-8")
+    (folder / "written.txt").write_text(WRITTEN * 3, encoding="utf-8")
+    (folder / "poetry").mkdir(exist_ok=True)
+    (folder / "poetry" / "a.txt").write_text("Tudo vale a pena\nSe a alma não é pequena.\n" * 8, encoding="utf-8")
     path = folder / "study.toml"
-    path.write_text(MICRO.format(seeds=seeds, tokens=tokens, eval_every=eval_every, bench=bench, budget=budget),
-                    encoding="utf-8")
+    path.write_text(MICRO.format(seeds=seeds, tokens=tokens, eval_every=eval_every, bench=bench, budget=budget,
+                                 folder=folder.as_posix()), encoding="utf-8")
     return path
 
 
@@ -118,8 +134,9 @@ def test_report_numbers_equal_the_runs_eval_json(micro_study):
         rates = sorted(r["train_tok_s"] for r in rounds)
         median = sum(rates) / 2  # the median of two
         assert entry["bench"]["spread"]["train_tok_s"]["values"] == [r["train_tok_s"] for r in rounds]
-        assert rows[variant][10] == f"{median:,.0f} ({rates[0]:,.0f}-{rates[1]:,.0f})"
-        assert rows[variant][14] == f"{rounds[0]['kv_bytes_per_token']['shapes']:,}"
+        assert rows[variant][12] == f"{median:,.0f} ({rates[0]:,.0f}-{rates[1]:,.0f})"
+        assert rows[variant][16] == f"{rounds[0]['kv_bytes_per_token']['shapes']:,}"
+        assert rows[variant][10] == f"{entry['grammar']['mean']:.1%} ± {entry['grammar']['std']:.1%}"
         for column, key in ((8, "ppmd"), (9, "ngram")):  # the distance to each reference, from the two files
             assert float(rows[variant][column]) == pytest.approx(bpb - results["references"][key]["bpb"], abs=1e-4)
         assert all(r["decode_path"] == "compiled" and r["compile_s"] > 0 for r in rounds)  # the default path
@@ -129,6 +146,40 @@ def test_report_numbers_equal_the_runs_eval_json(micro_study):
     p = 1 - 2 / math.pi * math.atan(abs(t))
     assert float(rows["rope"][7]) == pytest.approx(p, rel=2e-3, abs=1e-3)
     assert float(csv_rows["rope"]["p_vs_baseline"]) == pytest.approx(p, rel=1e-9)
+
+
+def test_generalization_numbers_equal_capitu_eval_on_the_same_texts_and_pairs(micro_study, capsys):
+    """Each run's out-of-domain bits per byte and grammar accuracy in results.json, results.csv and the report, against
+    `capitu eval --text` and `capitu eval --pairs` run separately on the same inputs."""
+    folder = micro_study.parent
+    results = json.loads((micro_study / "results.json").read_text())
+    report = (micro_study / "report.md").read_text(encoding="utf-8")
+    csv_rows = {row["variant"]: row for row in csv.DictReader((micro_study / "results.csv").open())}
+    found = results["generalization"]
+    assert set(found["texts"]) == {"written", "poetry"} and found["pairs"]["n"] == len(
+        (micro_study / "generalization" / "pairs.jsonl").read_text().splitlines())
+    for variant in ("baseline", "rope"):
+        entry = next(e for e in results["variants"] if e["name"] == variant)
+        accuracies = []
+        for seed in (1337, 1338):
+            run = micro_study / "runs" / f"{variant}-s{seed}"
+            code, out, err = run_cli(["eval", run, "--text", folder / "written.txt", "--json", "--quiet"], capsys)
+            assert code == 0, err
+            assert entry["out_of_domain"]["written"]["bpb"]["per_seed"][str(seed)] == pytest.approx(
+                json.loads(out)["bpb"], rel=1e-9)
+            code, out, err = run_cli(["eval", run, "--pairs", micro_study / "generalization" / "pairs.jsonl",
+                                      "--json", "--quiet"], capsys)
+            assert code == 0, err
+            accuracies.append(json.loads(out)["pairs"]["accuracy"])
+        assert entry["grammar"]["values"] == accuracies and entry["grammar"]["per_seed"]["1338"] == accuracies[1]
+        assert float(csv_rows[variant]["grammar_mean"]) == pytest.approx(sum(accuracies) / 2)
+        assert float(csv_rows[variant]["bpb_written_mean"]) == pytest.approx(
+            entry["out_of_domain"]["written"]["bpb"]["mean"])
+        ratio = entry["out_of_domain"]["poetry"]["bpb"]["mean"] / entry["bpb"]["mean"]
+        assert f"x{ratio:.3f}" in table_rows(report, "variant | test split bits/byte")[variant]
+    assert "reference: unigram of the training split" in table_rows(report, f"variant | all ({found['pairs']['n']:,})")
+    assert any(line.startswith("Grammar, minimal pairs") for line in results["findings"])
+    assert any(line.startswith("Out of domain, written") for line in results["findings"])
 
 
 def test_the_references_stand_in_the_table_findings_generations_and_plots(micro_study, prepared_bpe):

@@ -43,6 +43,7 @@ class PrepareOptions:
     test_fraction: float = 0.05
     min_paragraph_chars: int = 64
     min_document_chars: int = 200
+    exclude: list[str] = field(default_factory=list)  # SHA-256 of texts to leave out (a study's evaluation texts)
     strict: bool = False
     force: bool = False
     cache_dir: Path = field(default_factory=registry.default_cache_dir)
@@ -64,6 +65,8 @@ class PrepareOptions:
         fields = asdict(self)
         for name in ("source", "out", "strict", "force", "cache_dir", "progress"):
             fields.pop(name)
+        if not self.exclude:
+            fields.pop("exclude")
         if self.tokenizer == "char":
             fields.pop("vocab_size")
         return fields
@@ -105,6 +108,8 @@ def read_documents(source: Path, options: PrepareOptions) -> list[Document]:
     # would bury the one-line error that may follow them
     bars_off = None if options.progress else True
     for raw in tqdm(iter_documents(source, inputs), desc="read", unit=" files", disable=bars_off):
+        if raw.data is not None and registry.sha256_bytes(raw.data) in options.exclude:
+            continue
         problem = raw.problem
         if raw.data is not None:
             text, encoding = decode_text(raw.data)

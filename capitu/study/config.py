@@ -28,6 +28,13 @@ class StudyConfig:
     vocab_size: int = 16384  # when the study prepares its data from --source
     tokenizer: str = "bpe"
     eval_lengths: list[int] = field(default_factory=lambda: [128, 512, 1024])  # besides the training context
+    # generalization (capitu/study/generalization.py): every run is also scored on these texts (name -> text files or
+    # folders; documents of the training split left out) and on minimal pairs, built from the CoNLL-U treebanks in
+    # `ud` unless `pairs` names a pairs file (capitu pairs); a path that is not there is skipped with a warning
+    eval_texts: dict[str, list[str]] = field(default_factory=dict)
+    ud: str = "../shared/eval/ud-portuguese"
+    pairs: str = ""
+    pairs_per_phenomenon: int = 0  # 0: every pair; else a fixed random sample of at most this many per phenomenon
     prompts: list[str] = field(default_factory=lambda: list(PROMPTS))
     new_tokens: int = 60
     temperature: float = 0.8
@@ -55,6 +62,13 @@ class StudyConfig:
             raise UserError(f"study.budget must be one of {', '.join(BUDGETS)}, got '{self.budget}'")
         if self.budget == "seconds" and not self.seconds > 0:
             raise UserError("study.budget = \"seconds\" needs study.seconds > 0 (training seconds per run)")
+        if not all(name.replace("-", "").replace("_", "").isalnum() for name in self.eval_texts):
+            raise UserError(f"study.eval_texts: names are letters, digits, - and _, got {', '.join(self.eval_texts)}")
+        if not all(isinstance(paths, list) and paths and all(isinstance(p, str) for p in paths)
+                   for paths in self.eval_texts.values()):
+            raise UserError("study.eval_texts maps a name to a list of paths, e.g. { poetry = [\"texts/poems\"] }")
+        if self.pairs_per_phenomenon < 0:
+            raise UserError(f"study.pairs_per_phenomenon must be >= 0, got {self.pairs_per_phenomenon}")
         if any(length < 1 for length in self.eval_lengths):
             raise UserError(f"study.eval_lengths must be positive, got {self.eval_lengths}")
 

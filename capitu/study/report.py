@@ -22,7 +22,7 @@ from capitu.paths import atomic_write_bytes, atomic_write_json
 from capitu.quality import training_vocabulary, writing_numbers
 from capitu.references import NAMES as REFERENCE_KEYS
 from capitu.references import label as reference_label
-from capitu.study import plots
+from capitu.study import generalization, plots
 from capitu.study.config import StudyConfig
 from capitu.study.ladder import ladder, ladder_blocks, ladder_figure, ladder_findings
 from capitu.study.stats import SPEED_ALPHA, SPEED_MARGIN, compare_rates, mean, paired_t_test, spread, std
@@ -139,7 +139,8 @@ def collect(out: Path, study: StudyConfig, variants: list[Variant]) -> dict:
     for entry in entries:
         entry["vs_references"] = None if refs is None else {
             key: entry["bpb"]["mean"] - refs[key]["bpb"] for key in REFERENCE_ROWS}
-    return {"study": {**asdict(study), "seed_list": study.seed_list}, "variants": entries, "references": refs}
+    return {"study": {**asdict(study), "seed_list": study.seed_list}, "variants": entries, "references": refs,
+            "generalization": generalization.collect(out, study, entries)}
 
 
 REFERENCE_ROWS = ("ppmd", "ngram")  # the references a variant is measured against (xz and PPMd alone: rows only)
@@ -291,8 +292,10 @@ def timing(value: dict) -> str:
 
 def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
     refs = results["references"]
+    grammar = bool((results.get("generalization") or {}).get("pairs"))
     head = ["variant", "parameters", "train tokens", "test ppl", "bits/byte", "word ppl", "Δ ppl vs baseline",
-            "p (paired t)", *(["Δ bits/byte vs PPMd", "Δ vs n-gram"] if refs else []), "train tok/s",
+            "p (paired t)", *(["Δ bits/byte vs PPMd", "Δ vs n-gram"] if refs else []),
+            *(["grammar (minimal pairs)", "p grammar (paired t)"] if grammar else []), "train tok/s",
             "decode tok/s b1", "decode tok/s b16", "train peak MiB", "KV B/token"]
     rows = []
     for e in results["variants"]:
@@ -309,8 +312,14 @@ def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
                      *(timing(decode[b]) if b in decode else "—" for b in ("1", "16")),
                      f"{bench['peak_train_bytes'] / MIB:,.0f}", f"{bench['kv_bytes_per_token']['shapes']:,}"]
         distances = [f"{e['vs_references'][key]:+.4f}" for key in REFERENCE_ROWS] if refs else []
+        grammar_cells = []
+        if grammar:
+            grammar_test = e["grammar"].get("vs_baseline")
+            grammar_cells = [generalization.percent(e["grammar"]),
+                             "—" if test is None else "n/a (1 seed)" if grammar_test is None else
+                             f"{grammar_test['p']:.3g}"]
         rows.append([e["name"], f"{e['parameters']:,}", f"{e['budget']['tokens']:,}", cell(e["ppl"], 2),
-                     cell(e["bpb"], 4), cell(e["word_ppl"], 1), difference, p, *distances, *speed])
+                     cell(e["bpb"], 4), cell(e["word_ppl"], 1), difference, p, *distances, *grammar_cells, *speed])
     for key in REFERENCE_KEYS if refs else ():
         entry = refs[key]
         ppl = f"{entry['ppl']:,.2f}" if "ppl" in entry else "—"
@@ -455,16 +464,25 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
                                     f"{decode_path_words(entries)}")])
     head, rows = main_table(results)
     length_head, length_rows = length_table(results)
+    found = results.get("generalization")
+    general = [Paragraph(generalization.describe(found))] if found else []
+    if found and found["texts"]:
+        general += [Paragraph("Bits per byte on texts unlike the training data, and over the test split's "
+                              "(mean ± sd over seeds):"), Table(*generalization.text_table(found, entries))]
+    if found and found["pairs"]:
+        general += [Paragraph("Minimal pairs right, per phenomenon (mean ± sd over seeds; pairs in brackets; "
+                              "chance 50%):"), Table(*generalization.grammar_table(found, entries))]
     sections = [
         intro,
         Section("Findings", [Items(results["findings"])]),
         *([Section("Ladder", ladder_blocks(results["ladder"], figures["ladder.png"]))] if "ladder" in results else []),
         Section("Budget", budget_blocks(results)),
-        Section("Results", [*busy_note(entries), Table(head, rows),
-                            Paragraph("Perplexity by evaluation length (— : learned positions cannot go past their "
-                                  "training context; the feed-forward LM reads a fixed window of n tokens, so it "
-                                  "is scored at the training context only):"),
-                            Table(length_head, length_rows)]),
+        Section("Results", [*busy_note(entries), Table(head, rows)]),
+        Section("Generalization", [*general,
+                                   Paragraph("Perplexity by evaluation length (— : learned positions cannot go past "
+                                             "their training context; the feed-forward LM reads a fixed window of n "
+                                             "tokens, so it is scored at the training context only):"),
+                                   Table(length_head, length_rows)]),
         Section("Plots", [Image("val_loss.png", figures["val_loss.png"], "Validation loss vs training tokens"),
                           Image("lengths.png", figures["lengths.png"], "Perplexity vs evaluation length")]
                 + [Image(name, figures[name], caption) for name, caption in
@@ -538,7 +556,7 @@ def csv_rows(results: dict) -> list[dict]:
                 row[f"decode_tok_s_b{batch}"] = bench["decode_tok_s"].get(batch)
         for length, s in e["ppl_by_length"].items():
             row[f"ppl_at_{length}"] = s["mean"] if s else None
-        rows.append(row)
+        rows.append({**row, **generalization.csv_fields(e)})
     return rows
 
 
@@ -553,7 +571,9 @@ def write_report(out: Path, study: StudyConfig, variants: list[Variant], data: P
     if view is not None:  # a ladder grid
         results["ladder"] = view
         figures["ladder.png"] = ladder_figure(view)
-    results["findings"] = reference_findings(results) + findings(results) + (ladder_findings(view) if view else [])
+    results["findings"] = (reference_findings(results) + findings(results)
+                           + generalization.findings(results["generalization"], results["variants"], study.seeds)
+                           + (ladder_findings(view) if view else []))
     votes = votes_blocks(StudyFolder(out).votes)
     sections = build_sections(results, generations, figures, repro, training_vocabulary(data), votes)
     title = f"capitu study: {study.preset}, {len(variants)} variants x {study.seeds} seed(s)"
@@ -562,8 +582,7 @@ def write_report(out: Path, study: StudyConfig, variants: list[Variant], data: P
         atomic_write_bytes(out / "plots" / name, png)
     atomic_write_json(out / "results.json", results)
     rows = csv_rows(results)
-    by_length = sorted({k for row in rows for k in row} - set(CSV_FIELDS), key=lambda k: int(k.split("_")[-1]))
-    fields = CSV_FIELDS + by_length
+    fields = CSV_FIELDS + [k for k in dict.fromkeys(k for row in rows for k in row) if k not in CSV_FIELDS]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()

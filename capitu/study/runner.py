@@ -43,12 +43,14 @@ def record_plan(out: Path, study: StudyConfig, variants: list[Variant], data: st
 
 
 def prepare_data(out: Path, study: StudyConfig, data: Path | None, source: str | None, progress: bool) -> Path:
+    """The study's data: --data as it is, or --source prepared into OUT/data without the evaluation texts."""
     if data is not None:
         return Path(data)
     from capitu.data.prepare import PrepareOptions, prepare
+    from capitu.study.generalization import held_out
 
     prepare(PrepareOptions(source=source, out=out / "data", tokenizer=study.tokenizer, vocab_size=study.vocab_size,
-                           progress=progress))
+                           exclude=held_out(study), progress=progress))
     return out / "data"
 
 
@@ -90,15 +92,16 @@ def train_stage(config: Config, run: Path, progress: bool) -> str:
     return done
 
 
-def evaluate_stage(run: Path, lengths: list[int], progress: bool, device) -> None:
+def evaluate_stage(run: Path, out: Path, lengths: list[int], progress: bool, device) -> None:
+    """The test split (at the training context and `lengths`), then the other texts and the minimal pairs."""
     from capitu.evaluate import evaluate_run
+    from capitu.study import generalization
 
     path = RunFolder(run).evaluation_path("test")
-    if path.exists():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        if set(previous.get("lengths", {})) == {str(n) for n in lengths}:
-            return
-    atomic_write_json(path, evaluate_run(run, "test", lengths=lengths or None, device=device, progress=progress))
+    previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    if previous is None or set(previous.get("lengths", {})) != {str(n) for n in lengths}:
+        atomic_write_json(path, evaluate_run(run, "test", lengths=lengths or None, device=device, progress=progress))
+    generalization.evaluate_run(run, out, device, progress)
 
 
 def bench_rounds_done(run: Path) -> list[dict]:
@@ -238,6 +241,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
               device: str = "auto", say: Callable[[str], None] = partial(print, flush=True)) -> Path:
     """Run (or continue) the study in `out` on `device` (training, evaluation, bench and generation), telling `say`
     how far it is; returns the path of report.md."""
+    from capitu.study.generalization import prepare_inputs
     from capitu.study.report import write_report
 
     started = time.perf_counter()
@@ -257,6 +261,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
     configs = {variant.name: variant_config(base, variant) for variant in variants}
     check_distinct(configs)
     budgets = plan_budgets(out, study, configs, torch_device)
+    prepare_inputs(out, study, data)
     for name, config in configs.items():
         config.run.tokens, config.run.steps = budgets[name]["tokens"], 0
     jobs = [(variant.name, seed) for seed in study.seed_list for variant in variants]
@@ -271,7 +276,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
         done = train_stage(config, run, progress)
         # the feed-forward LM reads a fixed window of n tokens: its perplexity has no context length
         lengths = [n for n in study.eval_lengths if n != config.model.block_size] if config.model.kind == "gpt" else []
-        evaluate_stage(run, lengths, progress, torch_device)
+        evaluate_stage(run, out, lengths, progress, torch_device)
         say(f"    {done}, evaluated ({duration(time.perf_counter() - job_started)})")
         if done != "trained already":
             timed.append(time.perf_counter() - job_started)
