@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from capitu.checkpoint import load_model
 from capitu.data.clean import clean_document
+from capitu.data.registry import sha256_bytes
 from capitu.data.sources import decode_text, iter_documents, list_inputs
 from capitu.data.split import SPLITS
 from capitu.errors import UserError
@@ -26,13 +27,20 @@ from capitu.folders import DataFolder, RunFolder
 from capitu.tokenizer import load_tokenizer
 
 
-def text_documents(path: Path) -> list[str]:
-    """The documents of a text file or folder, cleaned as prepare cleans them."""
+def hashed_documents(path: Path) -> list[tuple[str, str]]:
+    """(SHA-256 of the file's bytes, as prepare's manifest records it; the text, cleaned as prepare cleans it) of
+    every document of a text file or folder."""
     documents = []
     for raw in iter_documents(path, list_inputs(path)):
         text = decode_text(raw.data)[0] if raw.data is not None else None
         if text is not None:
-            documents.append(clean_document(text, Counter()))
+            documents.append((sha256_bytes(raw.data), clean_document(text, Counter())))
+    return documents
+
+
+def text_documents(path: Path) -> list[str]:
+    """The documents of a text file or folder, cleaned as prepare cleans them."""
+    documents = [text for _, text in hashed_documents(path)]
     if not documents or not any(documents):
         raise UserError(f"nothing readable in {path}" if not documents else f"{path} holds no text to score")
     return documents

@@ -17,26 +17,17 @@ from capitu.errors import UserError, warn
 from capitu.folders import DataFolder, RunFolder, StudyFolder
 from capitu.paths import atomic_write_bytes, atomic_write_json
 from capitu.study.config import StudyConfig
-from capitu.study.stats import mean, paired_t_test, std
+from capitu.study.stats import mean, paired_t_test, summary
 
 ALPHA = 0.05
 PAIRS_SEED = 2026  # the sample of pairs per phenomenon, the same for every study
 
 
 def raw_documents(paths: list[str]) -> list[tuple[str, str]]:
-    """(SHA-256 of the file's bytes, as prepare records it; the text cleaned as prepare cleans it) of every document
-    under `paths`."""
-    from capitu.data.clean import clean_document
-    from capitu.data.registry import sha256_bytes
-    from capitu.data.sources import decode_text, iter_documents, list_inputs
+    """(SHA-256, cleaned text) of every document under `paths` (evaluate.hashed_documents)."""
+    from capitu.evaluate import hashed_documents
 
-    documents = []
-    for path in map(Path, paths):
-        for raw in iter_documents(path, list_inputs(path)):
-            text = decode_text(raw.data)[0] if raw.data is not None else None
-            if text is not None:
-                documents.append((sha256_bytes(raw.data), clean_document(text, Counter())))
-    return documents
+    return [document for path in paths for document in hashed_documents(Path(path))]
 
 
 def present_sets(study: StudyConfig, say: Callable[[str], None] = warn) -> dict[str, list[str]]:
@@ -149,10 +140,6 @@ def evaluate_run(run: Path, out: Path, device, progress: bool) -> None:
 
 
 # ---- the report ---------------------------------------------------------------------------
-
-def summary(values: list[float]) -> dict:
-    return {"mean": mean(values), "std": std(values), "values": list(values)}
-
 
 def collect(out: Path, study: StudyConfig, entries: list[dict]) -> dict | None:
     """Add each variant's grammar and out-of-domain numbers (per seed, mean ± sd, paired t-tests against the baseline
@@ -280,7 +267,8 @@ def text_table(generalization: dict, entries: list[dict]) -> tuple[list[str], li
 
 
 def describe(generalization: dict) -> str:
-    parts = [f"{name}: {', '.join(text['paths'])} ({text['documents']} documents, {text['bytes']:,} bytes"
+    parts = [f"{name}: {', '.join(text['paths'])} ({text['documents']} document{'s' * (text['documents'] != 1)}, "
+             f"{text['bytes']:,} bytes"
              + (f"; {text['left_out']} left out, in the training split" if text["left_out"] else "") + ")"
              for name, text in generalization["texts"].items()]
     pairs = generalization["pairs"]

@@ -25,7 +25,7 @@ from capitu.references import label as reference_label
 from capitu.study import generalization, plots
 from capitu.study.config import StudyConfig
 from capitu.study.ladder import ladder, ladder_blocks, ladder_figure, ladder_findings
-from capitu.study.stats import SPEED_ALPHA, SPEED_MARGIN, compare_rates, mean, paired_t_test, spread, std
+from capitu.study.stats import SPEED_ALPHA, SPEED_MARGIN, compare_rates, mean, paired_t_test, spread, summary
 from capitu.study.variants import Variant
 from capitu.votes import ranking, read_votes
 
@@ -39,10 +39,6 @@ def read_json(path: Path) -> dict:
     except (OSError, ValueError) as error:
         raise UserError(f"the report needs {path}, which is missing or unreadable ({error}); run the study "
                         "again") from None
-
-
-def summary(values: list[float]) -> dict:
-    return {"mean": mean(values), "std": std(values), "values": list(values)}
 
 
 def decode_path_words(entries: list[dict]) -> str:

@@ -20,6 +20,11 @@ def std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def summary(values: list[float]) -> dict:
+    """Mean, sample standard deviation and the values, as a study reports a measure over seeds."""
+    return {"mean": mean(values), "std": std(values), "values": list(values)}
+
+
 def paired_t_test(a: list[float], b: list[float]) -> dict | None:
     """Paired t-test of mean(a - b) = 0 over matched pairs (here: the same seed, so the same training batches), with
     the 95% confidence interval of the mean difference. None with fewer than two pairs."""
