@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from capitu.config import Config, from_dict, to_dict
-from capitu.device import autocast_context, peak_memory_bytes, pick_device, synchronize, use_tf32
+from capitu.device import autocast_context, grad_scaler, peak_memory_bytes, pick_device, synchronize, use_tf32
 from capitu.environment import MachineLoad, is_busy
 from capitu.errors import UserError
 
@@ -82,13 +82,13 @@ def measure_training(config: Config, device: torch.device, options: BenchOptions
 
     model = build_model(config.model).to(device).train()
     optimizer = make_optimizer(model, config.optim, device.type)
-    autocast = autocast_context(device, config.run.dtype)
+    autocast, scaler = autocast_context(device, config.run.dtype), grad_scaler(device, config.run.dtype)
     batch, block = config.optim.micro_batch, config.model.block_size
     generator = torch.Generator().manual_seed(0)
 
     def step():
         x = torch.randint(0, config.model.vocab_size, (batch, block + 1), generator=generator).to(device)
-        optimizer_step(model, optimizer, [(x[:, :-1], x[:, 1:])], autocast, config.optim.grad_clip)
+        optimizer_step(model, optimizer, [(x[:, :-1], x[:, 1:])], autocast, config.optim.grad_clip, scaler=scaler)
 
     for _ in range(3):  # warm-up: allocations, kernel selection, oneDNN's bf16 kernels built on first use
         step()

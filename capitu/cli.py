@@ -451,17 +451,21 @@ def add_study(commands) -> None:
     p.add_argument("--tokens", type=int, help="the baseline's training tokens (study.tokens; default: the preset's "
                    "study setting)")
     p.add_argument("--device", default="auto", help="cpu, cuda or mps for every stage (default: the best available)")
+    p.add_argument("--shard", help="K/N: train and evaluate only the K-th of N disjoint shares of the runs (one "
+                   "process per GPU or per node, all into the same --out, at once); then the same command without "
+                   "--shard benches and reports")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run_study_command)
 
 
 def run_study_command(args) -> None:
     from capitu.study.config import load_study
-    from capitu.study.runner import run_study
+    from capitu.study.runner import parse_shard, run_study
 
+    shard = parse_shard(args.shard) if args.shard is not None else None
     study, variants = load_study(args.preset, args.config, args.seeds, args.grid, args.tokens)
     run_study(study, variants, args.out, data=args.data, source=args.source, command=["capitu", *sys.argv[1:]],
-              progress=not args.quiet, device=args.device)
+              progress=not args.quiet, device=args.device, shard=shard)
 
 
 def add_serve(commands) -> None:

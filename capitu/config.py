@@ -194,7 +194,7 @@ def from_dict(cls, values: dict):
 
 
 OPTIMIZERS = ("adamw", "muon")
-DTYPES = ("auto", "float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -236,7 +236,7 @@ class RunConfig:
     time: float = 0.0  # budget in seconds of training (0: none)
     seed: int = 1337
     device: str = "auto"  # auto (cuda, mps, cpu), or a torch device name
-    dtype: str = "auto"  # auto: bf16 autocast where bf16 matmuls are native (CUDA, AVX-512 BF16/AMX CPUs), else fp32
+    dtype: str = "auto"  # auto: bf16 where native (CUDA >= 8.0, AVX-512 BF16/AMX), fp16 on older CUDA, else fp32
     compile: bool = False
     eval_every: int = 100  # steps between validations
     eval_windows: int = 32  # validation windows, the same ones every time

@@ -41,19 +41,23 @@ def use_tf32(device: torch.device, on: bool = True) -> None:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 matmuls run natively: CUDA's own check; on CPU, AVX-512 BF16 or AMX
-    (elsewhere oneDNN emulates bf16, slower than fp32)."""
+    """Whether bf16 matmuls run natively: CUDA cards of compute capability 8.0 or more (Ampere on;
+    `torch.cuda.is_bf16_supported()` also says yes on a T4 or V100, which emulate it); on CPU,
+    AVX-512 BF16 or AMX (elsewhere oneDNN emulates bf16, slower than fp32)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return False
 
 
 def resolve_dtype(device: torch.device, dtype: str) -> str:
-    """run.dtype as used: `auto` is bfloat16 autocast where the device has bf16 matmuls, else float32."""
+    """run.dtype as used: `auto` is bfloat16 autocast where the device has native bf16 matmuls, float16 (with a
+    gradient scaler) on older CUDA cards (T4, V100), float32 elsewhere."""
     if dtype == "auto":
-        return "bfloat16" if bf16_supported(device) else "float32"
+        if bf16_supported(device):
+            return "bfloat16"
+        return "float16" if device.type == "cuda" else "float32"
     return dtype
 
 
@@ -61,9 +65,23 @@ def autocast_context(device: torch.device, dtype: str):
     dtype = resolve_dtype(device, dtype)
     if dtype == "float32":
         return contextlib.nullcontext()
-    if dtype == "bfloat16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise UserError(f"run.dtype must be auto, float32 or bfloat16, got '{dtype}'")
+    if dtype in ("bfloat16", "float16"):
+        return torch.autocast(device.type, dtype=getattr(torch, dtype))
+    raise UserError(f"run.dtype must be auto, float32, bfloat16 or float16, got '{dtype}'")
+
+
+def grad_scaler(device: torch.device, dtype: str) -> torch.amp.GradScaler:
+    """Loss scaling for float16, whose 5 exponent bits lose small gradients to zero: the loss is multiplied before
+    the backward pass and the gradients divided back; a step whose gradients overflowed is skipped and the scale
+    halved. A no-op for the other dtypes."""
+    return torch.amp.GradScaler(device.type, enabled=resolve_dtype(device, dtype) == "float16")
+
+
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """What a model is cast to for generation: on CUDA bf16 where it is native, else float16; float32 elsewhere."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if bf16_supported(device) else torch.float16
 
 
 def synchronize(device: torch.device) -> None:

@@ -160,9 +160,12 @@ class TextStream:
 
 
 def for_generation(model, device: torch.device):
-    """The model on `device` in eval mode; on CUDA in bf16, and so its KV cache."""
+    """The model on `device` in eval mode; on CUDA in bf16 where the card has it natively, else float16 (and so its
+    KV cache)."""
+    from capitu.device import inference_dtype
+
     model = model.to(device).eval()
-    return model.to(dtype=torch.bfloat16) if device.type == "cuda" else model
+    return model.to(dtype=inference_dtype(device)) if device.type == "cuda" else model
 
 
 def load_for_generation(run, device: torch.device, compile: bool = True):

@@ -272,6 +272,36 @@ def test_study_stopped_mid_way_resumes(prepared_bpe, tmp_path):
     assert (out / "report.md").exists()
 
 
+def test_two_shards_at_once_then_the_report_equal_the_study_run_whole(micro_study, prepared_bpe, tmp_path, capsys):
+    """--shard 1/2 and 2/2 started together into one folder, then the command without --shard: the same per-seed
+    bits per byte as micro_study (the same settings, run whole), and nothing trained twice."""
+    config = micro_config(tmp_path, bench="false")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "capitu", "study", "--config", str(config), "--data", str(prepared_bpe),
+               "--out", str(out), "--quiet", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    shards = [subprocess.Popen(command + ["--shard", f"{k}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env) for k in (1, 2)]
+    outputs = [shard.communicate(timeout=600) for shard in shards]
+    assert all(shard.returncode == 0 for shard in shards), [err for _, err in outputs]
+    assert all("run(s)" in printed and "trained" in printed for printed, _ in outputs)
+    trained = sorted(line.split("]")[1].strip() for printed, _ in outputs for line in printed.splitlines()
+                     if line.startswith("["))
+    assert len(trained) == 4 and len({line.split(" (")[0] for line in trained}) == 4  # disjoint, all of them
+    assert not (out / "report.md").exists()
+    final = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert final.returncode == 0, final.stderr
+    assert final.stdout.count("trained already") == 4
+    whole = json.loads((micro_study / "results.json").read_text())
+    sharded = json.loads((out / "results.json").read_text())
+    for a, b in zip(whole["variants"], sharded["variants"]):
+        assert a["name"] == b["name"] and a["bpb"]["values"] == b["bpb"]["values"]
+    for bad in ("3/2", "x", "0/2"):
+        code, _, err = run_cli(["study", "--config", config, "--data", prepared_bpe, "--out", tmp_path / "o",
+                                "--shard", bad], capsys)
+        assert code == 2 and err.count("\n") == 1 and "--shard must be K/N" in err
+
+
 def test_flops_budget_gives_each_variant_the_baselines_flops(prepared_bpe, tmp_path):
     from capitu.models import build_model
     from capitu.study.runner import base_config, plan_budgets

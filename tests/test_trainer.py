@@ -37,9 +37,10 @@ def test_loss_falls_below_a_unigram_model(prepared_char, tmp_path):
     assert last["val_loss"] < unigram - 0.2, (last["val_loss"], unigram)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_exact_resume_is_bit_identical(optimizer, prepared_char, tmp_path):
-    settings = ["run.steps=12", "model.dropout=0.1", f"optim.name={optimizer}"]
+@pytest.mark.parametrize("optimizer, dtype", [("adamw", "float32"), ("muon", "float32"), ("adamw", "float16")])
+def test_exact_resume_is_bit_identical(optimizer, dtype, prepared_char, tmp_path):
+    """float16 too: autocast and the gradient scaler run on CPU, and the scaler's state is in the checkpoint."""
+    settings = ["run.steps=12", "model.dropout=0.1", f"optim.name={optimizer}", f"run.dtype={dtype}"]
     train(config_for(prepared_char, *settings), tmp_path / "straight", progress=False)
     paused = train(config_for(prepared_char, *settings), tmp_path / "halves", pause_at=6, progress=False)
     assert paused["step"] == 6
@@ -51,6 +52,10 @@ def test_exact_resume_is_bit_identical(optimizer, prepared_char, tmp_path):
     halves = {m["step"]: m["train_loss"] for m in metrics(tmp_path / "halves")}
     assert set(straight) <= set(halves) and 6 in halves  # the pause logs its step too
     assert all(halves[step] == loss for step, loss in straight.items())
+    if dtype == "float16":
+        state = torch.load(next((tmp_path / "halves" / "checkpoints").iterdir()) / "train_state.pt", weights_only=True)
+        assert state["scaler"]["scale"] > 0 and json.loads((tmp_path / "straight" / "run.json").read_text())[
+            "dtype"] == "float16"
 
 
 def test_compiled_training_follows_the_eager_losses(prepared_char, tmp_path):

@@ -5,6 +5,7 @@ continues where it stopped (a half-trained run resumes from its checkpoint)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -26,6 +27,13 @@ from capitu.paths import atomic_write_json, check_output, clean_leftovers
 from capitu.study.config import StudyConfig
 from capitu.study.variants import Variant, variant_config
 from capitu.train.checkpoints import checkpoint_folders
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; start shards one after another there
+    fcntl = None
+
+SETUP_LOCK = ".setup.lock"
 
 
 def record_plan(out: Path, study: StudyConfig, variants: list[Variant], data: str) -> None:
@@ -236,11 +244,37 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """`K/N` as (K, N) with 1 <= K <= N."""
+    number, _, count = text.partition("/")
+    if not (number.isdigit() and count.isdigit() and 1 <= int(number) <= int(count)):
+        raise UserError(f"--shard must be K/N with 1 <= K <= N (the K-th of N shares of the runs), got '{text}'")
+    return int(number), int(count)
+
+
+@contextlib.contextmanager
+def setup_lock(out: Path):
+    """Shards started at once into one folder set the study up (plan, data, budgets, generalization inputs) one at a
+    time: the first does the work, the others find its files. An advisory lock (POSIX `flock`), none elsewhere."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / SETUP_LOCK, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path | None = None,
               source: str | None = None, command: list[str] | None = None, progress: bool = True,
-              device: str = "auto", say: Callable[[str], None] = partial(print, flush=True)) -> Path:
+              device: str = "auto", say: Callable[[str], None] = partial(print, flush=True),
+              shard: tuple[int, int] | None = None) -> Path | None:
     """Run (or continue) the study in `out` on `device` (training, evaluation, bench and generation), telling `say`
-    how far it is; returns the path of report.md."""
+    how far it is; returns the path of report.md. With `shard` (K, N), only train and evaluate the runs whose place
+    in the study's list is K modulo N (shards may run at once into the same `out`), and return None: the same call
+    without a shard then benches and reports, training nothing that is done."""
     from capitu.study.generalization import prepare_inputs
     from capitu.study.report import write_report
 
@@ -250,21 +284,26 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
         raise UserError("give the data: --data DIR (a prepared folder) or --source SRC (prepared into OUT/data)")
     if data is not None and not DataFolder(data).is_prepared():
         raise UserError(f"--data {data} is not a prepared folder (no meta.json); prepare it or use --source")
-    check_output(out, new=not StudyFolder(out).plan.is_file())
-    clean_leftovers(out)
-    record_plan(out, study, variants, str(data) if data is not None else f"source:{source}")
-    data = prepare_data(out, study, data, source, progress)
-    base = base_config(study, data)
-    if device != "auto":
-        base.run.device = device
-    torch_device = pick_device(device)
-    configs = {variant.name: variant_config(base, variant) for variant in variants}
-    check_distinct(configs)
-    budgets = plan_budgets(out, study, configs, torch_device)
-    prepare_inputs(out, study, data)
+    check_output(out, new=False)
+    if not StudyFolder(out).plan.is_file() and out.is_dir() and any(p.name != SETUP_LOCK for p in out.iterdir()):
+        raise UserError(f"--out {out} is not empty; give a new or empty folder")
+    with setup_lock(out):
+        clean_leftovers(out)
+        record_plan(out, study, variants, str(data) if data is not None else f"source:{source}")
+        data = prepare_data(out, study, data, source, progress)
+        base = base_config(study, data)
+        if device != "auto":
+            base.run.device = device
+        torch_device = pick_device(device)
+        configs = {variant.name: variant_config(base, variant) for variant in variants}
+        check_distinct(configs)
+        budgets = plan_budgets(out, study, configs, torch_device)
+        prepare_inputs(out, study, data)
     for name, config in configs.items():
         config.run.tokens, config.run.steps = budgets[name]["tokens"], 0
     jobs = [(variant.name, seed) for seed in study.seed_list for variant in variants]
+    if shard is not None:
+        jobs = jobs[shard[0] - 1::shard[1]]
     timed: list[float] = []
     for number, (name, seed) in enumerate(jobs, 1):
         run = StudyFolder(out).run(name, seed)
@@ -280,6 +319,10 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
         say(f"    {done}, evaluated ({duration(time.perf_counter() - job_started)})")
         if done != "trained already":
             timed.append(time.perf_counter() - job_started)
+    if shard is not None:
+        say(f"shard {shard[0]}/{shard[1]} done: {len(jobs)} run(s) in {duration(time.perf_counter() - started)}; when "
+            "every shard is done, the same command without --shard benches and reports")
+        return None
     first_runs = {variant.name: StudyFolder(out).run(variant.name, study.first_seed) for variant in variants}
     if study.bench:
         bench_stage(first_runs, study, device, say)

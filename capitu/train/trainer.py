@@ -23,7 +23,15 @@ from tqdm import tqdm
 
 from capitu.checkpoint import restore_weights, save_model
 from capitu.config import Config, from_dict, to_dict
-from capitu.device import autocast_context, peak_flops, peak_memory_bytes, pick_device, resolve_dtype, use_tf32
+from capitu.device import (
+    autocast_context,
+    grad_scaler,
+    peak_flops,
+    peak_memory_bytes,
+    pick_device,
+    resolve_dtype,
+    use_tf32,
+)
 from capitu.environment import MachineLoad, git_commit, versions
 from capitu.errors import UserError
 from capitu.folders import DataFolder, RunFolder
@@ -77,6 +85,7 @@ class Session:
     optimizer: object
     sampler: WindowSampler
     autocast: object
+    scaler: torch.amp.GradScaler  # float16's loss scaling (disabled for the other dtypes)
     accumulation: int
     step_tokens: int
     steps: int
@@ -145,21 +154,31 @@ def read_saved_config(folder: Path) -> dict:
 
 
 def optimizer_step(model, optimizer, micro_batches, autocast, grad_clip: float, trained=None,
-                   last_syncs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   last_syncs: bool = False, scaler=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over `micro_batches` ([(x, y)], gradients averaged): forward and backward through
     `trained` (the model, compiled or in DDP), clipping, the update. Returns the micro-batches' losses (n,) and the
     gradient norm, left on the device: reading them waits for the device, so the loop reads them only when it logs.
-    With `last_syncs` (DDP), gradients are all-reduced on the last micro-batch only."""
+    With `last_syncs` (DDP), gradients are all-reduced on the last micro-batch only. With an enabled `scaler`
+    (float16), the loss is scaled for the backward pass and the gradients unscaled before clipping; a step whose
+    gradients overflowed is skipped."""
+    scaling = scaler is not None and scaler.is_enabled()
     trained = model if trained is None else trained
     losses = []
     for number, (x, y) in enumerate(micro_batches):
         sync = not last_syncs or number == len(micro_batches) - 1
         with (contextlib.nullcontext() if sync else trained.no_sync()), autocast:
             _, loss = trained(x, y)
-            (loss / len(micro_batches)).backward()
+            share = loss / len(micro_batches)
+            (scaler.scale(share) if scaling else share).backward()
         losses.append(loss.detach())
+    if scaling:
+        scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
-    optimizer.step()
+    if scaling:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return torch.stack(losses), grad_norm
 
@@ -225,11 +244,14 @@ def setup(config: Config, run: RunFolder, checkpoint: tuple[Path, dict] | None, 
     sampler = WindowSampler(train_tokens, block, config.run.seed)
     val_starts = evaluation_starts(len(val_tokens), block, config.run.eval_windows)
     progress = Progress()
+    scaler = grad_scaler(device, config.run.dtype)
     if checkpoint is not None:
         folder, state = checkpoint
         restore_weights(model, RunFolder(folder).weights)
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
+        if state.get("scaler"):  # a disabled scaler (not float16) saves an empty state
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and state["rng_cuda"]:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -253,7 +275,8 @@ def setup(config: Config, run: RunFolder, checkpoint: tuple[Path, dict] | None, 
         run.keep_metrics_until(progress.step)
     return Session(config=config, run=run, device=device, ddp=ddp, data=data, train_tokens=train_tokens,
                    val_tokens=val_tokens, val_starts=val_starts, model=model, trained=trained, optimizer=optimizer,
-                   sampler=sampler, autocast=autocast_context(device, config.run.dtype), accumulation=accumulation,
+                   sampler=sampler, autocast=autocast_context(device, config.run.dtype), scaler=scaler,
+                   accumulation=accumulation,
                    step_tokens=step_tokens, steps=steps, progress=progress)
 
 
@@ -301,6 +324,7 @@ def save_best(session: Session, val_loss: float) -> None:
 def save_state(session: Session) -> None:
     """A checkpoint of everything a resume needs (main process)."""
     state = {"optimizer": session.optimizer.state_dict(), "sampler": session.sampler.state_dict(),
+             "scaler": session.scaler.state_dict(),
              "rng_cpu": torch.get_rng_state(),
              "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
              **asdict(session.progress)}
@@ -340,7 +364,7 @@ def run_loop(session: Session, pause_at: int, show_progress: bool) -> dict:
             session.optimizer.set_schedule(factor)
             losses, grad_norm = optimizer_step(session.model, session.optimizer, micro_batches(session),
                                                session.autocast, config.optim.grad_clip, session.trained,
-                                               last_syncs=session.ddp.world > 1)
+                                               last_syncs=session.ddp.world > 1, scaler=session.scaler)
             progress.step += 1
             progress.tokens += session.step_tokens
             before, progress.elapsed = progress.elapsed, time.perf_counter() - started
