@@ -50,7 +50,7 @@ def test_unknown_preset_and_bad_file(tmp_path):
     ("optim.min_lr_ratio=2", "optim.min_lr_ratio must be in [0, 1], got 2.0"),
     ("model.dropout=1", "model.dropout must be in [0, 1), got 1.0"),
     ("model.n_kv_head=-1", "model.n_kv_head must be >= 0, got -1"),
-    ("run.dtype=float16", "run.dtype must be one of auto, float32, bfloat16, got 'float16'"),
+    ("run.dtype=float8", "run.dtype must be one of auto, float32, bfloat16, float16, got 'float8'"),
 ])
 def test_every_numeric_setting_is_range_checked(override, message):
     with pytest.raises(UserError) as error:
