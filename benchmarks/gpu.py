@@ -20,6 +20,10 @@ is rewritten after every line, so a run cut short keeps what it measured):
    run.compile on: `small` preset, Muon, --smoke-seconds on a prepared folder (--data);
    the loss must fall.
 5. `capitu bench` at the same shape, compiled and `--no-compile`: the JSON fields a user sees.
+6. float16 forced on a bf16 card (what a T4 or V100 gets from run.dtype = "auto"): the same
+   run (`--fp16-steps` steps of the `--parity-preset` shape, the same seed and batches) in
+   float32, bfloat16 and float16 with its gradient scaler, on a prepared folder (--data): the
+   losses side by side, the scaler's last scale and the steps it skipped.
 
 MFU is given against the datasheet's dense bf16 rate and against a bf16 matrix product
 measured at the start of the run.
@@ -58,7 +62,9 @@ parser.add_argument("--parity-preset", default="tiny")
 parser.add_argument("--smoke-preset", default="small")
 parser.add_argument("--new-tokens", type=int, default=128)
 parser.add_argument("--no-compile", action="store_true", help="skip the compiled contenders (a quick dry run)")
-parser.add_argument("--only", default="1,2,3,4,5", help="the sections to run, e.g. 2,3 (default all)")
+parser.add_argument("--only", default="1,2,3,4,5,6", help="the sections to run, e.g. 2,3 (default all)")
+parser.add_argument("--fp16-steps", type=int, default=300, help="training steps of each dtype in section 6")
+parser.add_argument("--fp16-set", action="append", default=[], help="more --set overrides for section 6 (a dry run)")
 args = parser.parse_args()
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 card = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (a dry run)"
@@ -376,10 +382,33 @@ def cli_bench():
             f"{rates['decode_tok_s']} | {result.get('train_tok_s', 0):,.0f} |")
 
 
+# ---- 6. float16 with its gradient scaler, forced on a bf16 card ------------------------------
+def float16_check():
+    say("| run.dtype | train loss, first -> last | last validation loss | tokens/s | scaler scale at the end |")
+    say("|---|---|---|---|---|")
+    for dtype in ("float32", "bfloat16", "float16"):
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder) / "run"
+            overrides = [f"run.dtype={dtype}", f"run.steps={args.fp16_steps}", "run.eval_every=50",
+                         "run.log_every=10", f"run.checkpoint_every={args.fp16_steps}", *args.fp16_set]
+            run_command([sys.executable, "-m", "capitu", "train", "--data", str(args.data), "--preset",
+                         args.parity_preset, "--out", str(out), "--quiet", "--device", device.type,
+                         *[item for override in overrides for item in ("--set", override)]])
+            records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            state = torch.load(next((out / "checkpoints").iterdir()) / "train_state.pt", weights_only=True)
+        losses = [r["train_loss"] for r in records if "train_loss" in r]
+        validation = [r["val_loss"] for r in records if "val_loss" in r]
+        rate = statistics.median(r["tokens_per_s"] for r in records if "tokens_per_s" in r)
+        scale = state.get("scaler", {}).get("scale")
+        say(f"| {dtype} | {losses[0]:.3f} -> {losses[-1]:.3f} | {validation[-1]:.4f} | {rate:,.0f} | "
+            f"{'—' if scale is None else f'{scale:g}'} |")
+
+
 sections = [(f"1. Parity of the compiled decode step ({args.parity_preset} shape)", parity),
             (f"2. Decode ({args.preset} shape)", decode), (f"3. Training ({args.preset} shape)", training),
             (f"4. Smoke training: `{args.smoke_preset}`, torchrun, compiled, Muon, {args.smoke_seconds:.0f} s", smoke),
-            (f"5. `capitu bench` ({args.preset} shape), compiled and not", cli_bench)]
+            (f"5. `capitu bench` ({args.preset} shape), compiled and not", cli_bench),
+            (f"6. float16 with loss scaling against bf16 and fp32 ({args.parity_preset} shape)", float16_check)]
 for number, (title, body) in enumerate(sections, 1):
-    if str(number) in args.only.split(",") and (body is not smoke or args.data):
+    if str(number) in args.only.split(",") and (body not in (smoke, float16_check) or args.data):
         section(title, body)
