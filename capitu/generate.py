@@ -164,8 +164,7 @@ def for_generation(model, device: torch.device):
     KV cache)."""
     from capitu.device import inference_dtype
 
-    model = model.to(device).eval()
-    return model.to(dtype=inference_dtype(device)) if device.type == "cuda" else model
+    return model.to(device, dtype=inference_dtype(device)).eval()
 
 
 def load_for_generation(run, device: torch.device, compile: bool = True):

@@ -73,13 +73,13 @@ def check_writable(path: Path) -> None:
         raise UserError(f"cannot write to {existing}: {error.strerror or error}") from None
 
 
-def check_output(path: Path, new: bool, flag: str = "--out") -> Path:
-    """Check an output folder before any work: not a file, empty or missing when `new`, and
-    writable. Returns it as a Path."""
+def check_output(path: Path, new: bool, flag: str = "--out", ignore: tuple[str, ...] = ()) -> Path:
+    """Check an output folder before any work: not a file, empty (but for the names in `ignore`)
+    or missing when `new`, and writable. Returns it as a Path."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file; give a folder")
-    if new and path.is_dir() and any(path.iterdir()):
+    if new and path.is_dir() and any(entry.name not in ignore for entry in path.iterdir()):
         raise UserError(f"{flag} {path} is not empty; give a new or empty folder")
     check_writable(path)
     return path

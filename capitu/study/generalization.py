@@ -5,6 +5,7 @@ once (RUN/eval_generalization.json), and the report gets its tables, findings an
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from collections import Counter
@@ -95,10 +96,9 @@ def prepare_inputs(out: Path, study: StudyConfig, data: Path) -> dict:
             warn(f"study: eval text set {name} skipped: every document of it is in the training split")
             continue
         tokens, counts = document_tokens(kept, tokenizer)
-        buffer = Path(folder / f"{name}.npy.tmp")
-        with open(buffer, "wb") as handle:
-            np.save(handle, tokens)
-        buffer.replace(folder / f"{name}.npy")
+        buffer = io.BytesIO()
+        np.save(buffer, tokens)
+        atomic_write_bytes(folder / f"{name}.npy", buffer.getvalue())
         texts[name] = {"paths": paths, "left_out": len(documents) - len(kept), **counts}
     pairs = None
     built = build_pairs(study)

@@ -257,14 +257,10 @@ def setup_lock(out: Path):
     """Shards started at once into one folder set the study up (plan, data, budgets, generalization inputs) one at a
     time: the first does the work, the others find its files. An advisory lock (POSIX `flock`), none elsewhere."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / SETUP_LOCK, "a") as handle:
+    with open(out / SETUP_LOCK, "a") as handle:  # closing the file releases the lock
         if fcntl is not None:
             fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path | None = None,
@@ -284,9 +280,8 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
         raise UserError("give the data: --data DIR (a prepared folder) or --source SRC (prepared into OUT/data)")
     if data is not None and not DataFolder(data).is_prepared():
         raise UserError(f"--data {data} is not a prepared folder (no meta.json); prepare it or use --source")
-    check_output(out, new=False)
-    if not StudyFolder(out).plan.is_file() and out.is_dir() and any(p.name != SETUP_LOCK for p in out.iterdir()):
-        raise UserError(f"--out {out} is not empty; give a new or empty folder")
+    # a shard started at the same moment may have made the folder and its lock file, and nothing else yet
+    check_output(out, new=not StudyFolder(out).plan.is_file(), ignore=(SETUP_LOCK,))
     with setup_lock(out):
         clean_leftovers(out)
         record_plan(out, study, variants, str(data) if data is not None else f"source:{source}")
