@@ -454,16 +454,29 @@ def add_study(commands) -> None:
     p.add_argument("--shard", help="K/N: train and evaluate only the K-th of N disjoint shares of the runs (one "
                    "process per GPU or per node, all into the same --out, at once); then the same command without "
                    "--shard benches and reports")
+    p.add_argument("--jobs", type=int, default=1, help="N: train the runs in N processes at once (the same command "
+                   "with --shard 1/N ... N/N; one GPU each where there are several, else they share one), then "
+                   "bench and report (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run_study_command)
 
 
 def run_study_command(args) -> None:
     from capitu.study.config import load_study
-    from capitu.study.runner import parse_shard, run_study
+    from capitu.study.jobs import run_shards
+    from capitu.study.runner import check_study_inputs, parse_shard, run_study
 
     shard = parse_shard(args.shard) if args.shard is not None else None
     study, variants = load_study(args.preset, args.config, args.seeds, args.grid, args.tokens)
+    if args.jobs != 1:
+        if args.jobs < 1 or shard is not None:
+            raise UserError(f"--jobs must be a positive number, and not given with --shard; got --jobs {args.jobs}")
+        check_study_inputs(args.out, args.data, args.source)
+        given = {"--preset": args.preset, "--config": args.config, "--data": args.data, "--source": args.source,
+                 "--out": args.out, "--seeds": args.seeds, "--grid": args.grid, "--tokens": args.tokens,
+                 "--device": args.device}
+        run_shards([str(item) for key, value in given.items() if value is not None for item in (key, value)],
+                   args.jobs, args.device, lambda line: print(line, flush=True))
     run_study(study, variants, args.out, data=args.data, source=args.source, command=["capitu", *sys.argv[1:]],
               progress=not args.quiet, device=args.device, shard=shard)
 

@@ -63,7 +63,7 @@ class Decoder:
         self.device = device = model.transformer.wte.weight.device
         self.cache = model.new_cache(batch, self.window)
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # the step's input, written in place
-        self.path, self.reason, self.compile_s, self.reduction = "eager", "--no-compile", 0.0, False
+        self.path, self.reason, self.compile_s, self.reduction = "eager", "compiling turned off", 0.0, False
         self.eager = self.run_step = self.forward_with(model)
         if compile:
             if reduction is None:

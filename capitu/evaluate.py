@@ -29,7 +29,13 @@ from capitu.tokenizer import load_tokenizer
 
 def hashed_documents(path: Path) -> list[tuple[str, str]]:
     """(SHA-256 of the file's bytes, as prepare's manifest records it; the text, cleaned as prepare cleans it) of
-    every document of a text file or folder."""
+    every document of a text file or folder. A CoNLL-U treebank file is one document: its sentences' text, a line
+    each (the news and Wikipedia Portuguese of the UD treebanks, as a text to score)."""
+    if path.is_file() and path.name.lower().endswith(".conllu"):
+        from capitu.pairs import read_conllu
+
+        text = "\n".join(sentence.text for sentence in read_conllu(path) if sentence.text)
+        return [(sha256_bytes(path.read_bytes()), clean_document(text, Counter()))]
     documents = []
     for raw in iter_documents(path, list_inputs(path)):
         text = decode_text(raw.data)[0] if raw.data is not None else None

@@ -35,7 +35,7 @@ def test_bench_preset_json(capsys):
         load = result[f"{task}_load"]
         assert load["cores"] == os.cpu_count() and (load["others"] is None or 0 <= load["others"] <= 1)
     assert result["decode_path"] == "eager" and result["compile_s"] == 0
-    assert result["decode_path_reason"] == "--no-compile"
+    assert result["decode_path_reason"] == "compiling turned off"
 
 
 def test_bench_decodes_compiled_by_default_and_reports_its_path(capsys):

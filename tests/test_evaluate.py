@@ -99,3 +99,17 @@ def test_bad_input_exits_2(prepared_char, tmp_path, capsys):
     (tmp_path / "run" / "model.safetensors").write_bytes(b"broken")
     code, _, err = run_cli(["eval", tmp_path / "run", "--quiet"], capsys)
     assert code == 2 and "corrupt" in err
+
+
+def test_a_conllu_treebank_is_one_document_of_its_sentences_a_line_each(tmp_path):
+    """[study.eval_texts] may name UD treebanks: their sentences (# text) are the text scored, in file order."""
+    import hashlib
+
+    from test_pairs import CONLLU
+
+    from capitu.evaluate import hashed_documents
+
+    path = tmp_path / "mini.conllu"
+    path.write_text(CONLLU, encoding="utf-8")
+    texts = [line.removeprefix("# text = ") for line in CONLLU.splitlines() if line.startswith("# text = ")]
+    assert hashed_documents(path) == [(hashlib.sha256(path.read_bytes()).hexdigest(), "\n".join(texts))]

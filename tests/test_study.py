@@ -302,6 +302,44 @@ def test_two_shards_at_once_then_the_report_equal_the_study_run_whole(micro_stud
         assert code == 2 and err.count("\n") == 1 and "--shard must be K/N" in err
 
 
+def test_jobs_runs_the_shards_then_reports_as_the_study_run_whole(micro_study, prepared_bpe, tmp_path, capsys):
+    """--jobs 2: two shard processes at once (their lines relayed with a prefix), then bench and report in the
+    calling process; the same per-seed bits per byte as micro_study."""
+    config = micro_config(tmp_path, bench="false")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "capitu", "study", "--config", str(config), "--data", str(prepared_bpe),
+               "--out", str(out), "--quiet", "--device", "cpu"]
+    done = subprocess.run(command + ["--jobs", "2"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for k in (1, 2):
+        assert sum(line.startswith(f"[shard {k}/2] [") for line in lines) == 2  # two runs each
+        assert any(line.startswith(f"[shard {k}/2] shard {k}/2 done") for line in lines)
+    assert sum("trained already" in line for line in lines if not line.startswith("[shard")) == 4
+    whole = json.loads((micro_study / "results.json").read_text())
+    jobs = json.loads((out / "results.json").read_text())
+    assert [v["bpb"]["values"] for v in whole["variants"]] == [v["bpb"]["values"] for v in jobs["variants"]]
+    for bad in (["--jobs", "0"], ["--jobs", "2", "--shard", "1/2"]):
+        code, _, err = run_cli(["study", "--config", config, "--data", prepared_bpe, "--out", tmp_path / "o", *bad],
+                               capsys)
+        assert code == 2 and err.count("\n") == 1 and "--jobs must be a positive number" in err
+
+
+def test_references_computed_beside_the_training_are_the_studys(micro_study, prepared_bpe, tmp_path):
+    """On a GPU the references run in another process while the block trains: the same file as computed in line."""
+    from capitu.study.runner import references_beside
+
+    study, _ = load_study("tiny", micro_config(tmp_path))
+    (tmp_path / "out").mkdir()
+    with references_beside(tmp_path / "out", study, prepared_bpe, wanted=True):
+        pass  # the block would train; leaving it waits for the references
+    beside = json.loads((tmp_path / "out" / "references.json").read_text())
+    in_line = json.loads((micro_study / "references.json").read_text())
+    assert beside.pop("seconds").keys() == in_line.pop("seconds").keys()  # timings differ, the figures may not
+    assert beside == in_line
+
+
 def test_flops_budget_gives_each_variant_the_baselines_flops(prepared_bpe, tmp_path):
     from capitu.models import build_model
     from capitu.study.runner import base_config, plan_budgets

@@ -44,6 +44,7 @@ class StudyConfig:
     bench_train_steps: int = 5
     bench_repeats: int = 1  # generation runs per batch size in one bench; the fastest counts
     bench_rounds: int = 3  # benches per variant, interleaved across variants: the spread of the timings
+    bench_compile: bool = True  # decode through the compiled step (its compiling is not timed, but takes a while)
 
     @property
     def seed_list(self) -> list[int]:

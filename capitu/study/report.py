@@ -53,8 +53,8 @@ def decode_path_words(entries: list[dict]) -> str:
                      f"(compiling took {min(seconds):.1f}-{max(seconds):.1f} s in the first round, not counted in "
                      "tokens/s)")
     if eager:
-        words.append("eagerly for " + ", ".join(f"{e['name']} ({e['bench'].get('decode_path_reason', 'eager')})"
-                                                for e in eager))
+        reasons = ", ".join(f"{e['name']} ({e['bench'].get('decode_path_reason', 'eager')})" for e in eager)
+        words.append(("eagerly for " if compiled else "Decoding ran eagerly for ") + reasons)
     return ("; ".join(words) + ".") if words else ""
 
 
@@ -454,10 +454,12 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
                                     f"at the training context ({entries[0]['context']}) unless stated; "
                                     f"mean ± sample standard deviation over seeds; each variant is compared with "
                                     f"the baseline by a paired t-test over seeds on test loss. Speed and memory "
-                                    f"come from `capitu bench` on the first seed's model, {study['bench_rounds']} "
-                                    f"rounds interleaved across variants: timings are the median (range) of the "
-                                    f"rounds (CPU memory: peak resident memory of the measuring process). "
-                                    f"{decode_path_words(entries)}")])
+                                    f"come from `capitu bench` on the first seed's model, "
+                                    + ("one round " if study["bench_rounds"] == 1 else
+                                       f"{study['bench_rounds']} rounds interleaved across variants: timings are "
+                                       "the median (range) of the rounds ")
+                                    + "(CPU memory: peak resident memory of the measuring process). "
+                                    + decode_path_words(entries))])
     head, rows = main_table(results)
     length_head, length_rows = length_table(results)
     found = results.get("generalization")

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import json
 import math
+import multiprocessing
 import shutil
 import sys
 import time
@@ -122,7 +123,8 @@ def bench_stage(runs: dict[str, Path], study: StudyConfig, device: str, say: Cal
     round 2...), so that a slow spell of the machine falls on all of them; each round is saved as it ends."""
     from capitu.bench import BenchOptions, bench, config_of_run
 
-    options = BenchOptions(train_steps=study.bench_train_steps, repeats=study.bench_repeats, device=device)
+    options = BenchOptions(train_steps=study.bench_train_steps, repeats=study.bench_repeats, device=device,
+                           compile=study.bench_compile)
     for round_number in range(1, study.bench_rounds + 1):
         for name, run in runs.items():
             rounds = bench_rounds_done(run)
@@ -212,6 +214,18 @@ def generation_stage(out: Path, study: StudyConfig, runs: dict[str, Path], devic
     atomic_write_json(path, {"settings": settings, "results": results})
 
 
+def references_settings(study: StudyConfig, data: Path) -> dict:
+    return {"data_fingerprint": DataFolder(data).meta.get("fingerprint"), "prompts": study.prompts,
+            "new_tokens": study.new_tokens, "temperature": study.temperature, "top_k": study.top_k,
+            "seed": study.sample_seed}
+
+
+def references_done(out: Path, study: StudyConfig, data: Path) -> bool:
+    path = StudyFolder(out).references
+    return path.exists() and json.loads(path.read_text(encoding="utf-8"))["settings"] == references_settings(study,
+                                                                                                              data)
+
+
 def references_stage(out: Path, study: StudyConfig, data: Path) -> None:
     """The references on the study's test split (capitu references), the n-gram model's continuations of the
     study's prompts, and PPMd's and the n-gram's validation loss (nats per token, the training curves' unit)."""
@@ -221,11 +235,7 @@ def references_stage(out: Path, study: StudyConfig, data: Path) -> None:
     from capitu.tokenizer import load_tokenizer
 
     folder = DataFolder(data)
-    settings = {"data_fingerprint": folder.meta.get("fingerprint"), "prompts": study.prompts,
-                "new_tokens": study.new_tokens, "temperature": study.temperature, "top_k": study.top_k,
-                "seed": study.sample_seed}
-    path = StudyFolder(out).references
-    if path.exists() and json.loads(path.read_text(encoding="utf-8"))["settings"] == settings:
+    if references_done(out, study, data):
         return
     result, model = references(data)
     val_bits = ppmd_bits(joined(split_documents(folder, "val")), joined(split_documents(folder, "train")))
@@ -236,7 +246,27 @@ def references_stage(out: Path, study: StudyConfig, data: Path) -> None:
     sampling = Sampling(temperature=study.temperature, top_k=study.top_k)
     result["generations"] = {prompt: complete(NgramDecoder(model), tokenizer, prompt, study.new_tokens, sampling,
                                               study.sample_seed) for prompt in study.prompts}
-    atomic_write_json(path, {"settings": settings, **result})
+    atomic_write_json(StudyFolder(out).references, {"settings": references_settings(study, data), **result})
+
+
+@contextlib.contextmanager
+def references_beside(out: Path, study: StudyConfig, data: Path, wanted: bool):
+    """With `wanted`, the references (minutes of one CPU core on a large corpus: docs/gpu.md) are computed in another
+    process while the block trains on a GPU; leaving the block waits for them. A failure there is not lost: the later
+    call of `references_stage` finds no file, computes them again and says what went wrong."""
+    if not wanted or references_done(out, study, data):
+        yield
+        return
+    process = multiprocessing.get_context("spawn").Process(target=references_stage, args=(out, study, data),
+                                                           daemon=True)
+    process.start()
+    try:
+        yield
+        process.join()
+    finally:
+        if process.is_alive():  # interrupted: the file is written atomically, so nothing half-made is left
+            process.terminate()
+            process.join()
 
 
 def duration(seconds: float) -> str:
@@ -263,6 +293,36 @@ def setup_lock(out: Path):
         yield
 
 
+def train_jobs(jobs: list[tuple[str, int]], configs: dict[str, Config], study: StudyConfig, out: Path, device,
+               progress: bool, say: Callable[[str], None], started: float) -> None:
+    """Train (or resume, or skip) and evaluate each (variant, seed) of `jobs`, saying how far it is."""
+    timed: list[float] = []
+    for number, (name, seed) in enumerate(jobs, 1):
+        run = StudyFolder(out).run(name, seed)
+        config = copy.deepcopy(configs[name])
+        config.run.seed = seed
+        eta = f", about {duration(sum(timed) / len(timed) * (len(jobs) - number + 1))} left" if timed else ""
+        say(f"[{number}/{len(jobs)}] {name} seed {seed} ({duration(time.perf_counter() - started)} so far{eta})")
+        job_started = time.perf_counter()
+        done = train_stage(config, run, progress)
+        # the feed-forward LM reads a fixed window of n tokens: its perplexity has no context length
+        lengths = [n for n in study.eval_lengths if n != config.model.block_size] if config.model.kind == "gpt" else []
+        evaluate_stage(run, out, lengths, progress, device)
+        say(f"    {done}, evaluated ({duration(time.perf_counter() - job_started)})")
+        if done != "trained already":
+            timed.append(time.perf_counter() - job_started)
+
+
+def check_study_inputs(out: Path, data: Path | None, source: str | None) -> None:
+    """One line for inputs a study cannot start from."""
+    if (data is None) == (source is None):
+        raise UserError("give the data: --data DIR (a prepared folder) or --source SRC (prepared into OUT/data)")
+    if data is not None and not DataFolder(data).is_prepared():
+        raise UserError(f"--data {data} is not a prepared folder (no meta.json); prepare it or use --source")
+    # a shard started at the same moment may have made the folder and its lock file, and nothing else yet
+    check_output(Path(out), new=not StudyFolder(out).plan.is_file(), ignore=(SETUP_LOCK,))
+
+
 def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path | None = None,
               source: str | None = None, command: list[str] | None = None, progress: bool = True,
               device: str = "auto", say: Callable[[str], None] = partial(print, flush=True),
@@ -276,12 +336,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
 
     started = time.perf_counter()
     out = Path(out)
-    if (data is None) == (source is None):
-        raise UserError("give the data: --data DIR (a prepared folder) or --source SRC (prepared into OUT/data)")
-    if data is not None and not DataFolder(data).is_prepared():
-        raise UserError(f"--data {data} is not a prepared folder (no meta.json); prepare it or use --source")
-    # a shard started at the same moment may have made the folder and its lock file, and nothing else yet
-    check_output(out, new=not StudyFolder(out).plan.is_file(), ignore=(SETUP_LOCK,))
+    check_study_inputs(out, data, source)
     with setup_lock(out):
         clean_leftovers(out)
         record_plan(out, study, variants, str(data) if data is not None else f"source:{source}")
@@ -299,21 +354,10 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
     jobs = [(variant.name, seed) for seed in study.seed_list for variant in variants]
     if shard is not None:
         jobs = jobs[shard[0] - 1::shard[1]]
-    timed: list[float] = []
-    for number, (name, seed) in enumerate(jobs, 1):
-        run = StudyFolder(out).run(name, seed)
-        config = copy.deepcopy(configs[name])
-        config.run.seed = seed
-        eta = f", about {duration(sum(timed) / len(timed) * (len(jobs) - number + 1))} left" if timed else ""
-        say(f"[{number}/{len(jobs)}] {name} seed {seed} ({duration(time.perf_counter() - started)} so far{eta})")
-        job_started = time.perf_counter()
-        done = train_stage(config, run, progress)
-        # the feed-forward LM reads a fixed window of n tokens: its perplexity has no context length
-        lengths = [n for n in study.eval_lengths if n != config.model.block_size] if config.model.kind == "gpt" else []
-        evaluate_stage(run, out, lengths, progress, torch_device)
-        say(f"    {done}, evaluated ({duration(time.perf_counter() - job_started)})")
-        if done != "trained already":
-            timed.append(time.perf_counter() - job_started)
+    # the references need no GPU: on one, they are computed beside the training (by one shard only)
+    beside = torch_device.type != "cpu" and (shard is None or shard[0] == 1)
+    with references_beside(out, study, data, beside):
+        train_jobs(jobs, configs, study, out, torch_device, progress, say, started)
     if shard is not None:
         say(f"shard {shard[0]}/{shard[1]} done: {len(jobs)} run(s) in {duration(time.perf_counter() - started)}; when "
             "every shard is done, the same command without --shard benches and reports")

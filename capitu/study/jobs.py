@@ -1,0 +1,69 @@
+"""`capitu study --jobs N`: the study's runs in N processes at once, each the same command with `--shard K/N`.
+
+On a machine with several GPUs, process K gets GPU (K - 1) mod G alone (CUDA_VISIBLE_DEVICES); on one GPU the N
+processes share it, which pays where one small model's training leaves it idle between kernels (the launch-bound
+regime: docs/gpu.md). The shards set the study up one at a time (runner.setup_lock); the caller then runs the same
+command without --shard, which trains nothing that is done and benches, samples and reports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable
+
+from capitu.errors import UserError
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices a child may be given, by index or by the ids of CUDA_VISIBLE_DEVICES; none without CUDA.
+    Counted through NVML where torch can, so that this process does not take a CUDA context it will not use."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed:
+        return [item.strip() for item in listed.split(",") if item.strip()]
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def relay(stream, prefix: str, say: Callable[[str], None]) -> None:
+    for line in stream:
+        say(prefix + line.rstrip("\n"))
+
+
+def run_shards(argv: list[str], jobs: int, device: str, say: Callable[[str], None]) -> None:
+    """Run `capitu study` with `argv` (its arguments, without --shard) as shards 1..`jobs` at once, quietly, and wait
+    for all; one that fails stops the others (a stopped run resumes from its checkpoint) and is a UserError."""
+    gpus = visible_gpus() if device in ("auto", "cuda") else []
+    children = []
+    try:
+        for number in range(1, jobs + 1):
+            env = dict(os.environ)
+            if len(gpus) > 1:
+                env["CUDA_VISIBLE_DEVICES"] = gpus[(number - 1) % len(gpus)]
+            command = [sys.executable, "-m", "capitu", "study", *argv, "--shard", f"{number}/{jobs}", "--quiet"]
+            child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     bufsize=1)
+            reader = threading.Thread(target=relay, args=(child.stdout, f"[shard {number}/{jobs}] ", say),
+                                      daemon=True)
+            reader.start()
+            children.append((number, child, reader))
+        while True:
+            for number, child, _ in children:
+                if child.poll() not in (None, 0):
+                    raise UserError(f"shard {number}/{jobs} stopped with exit code {child.returncode} (its output "
+                                    "is above); run the same command again to continue")
+            if all(child.poll() is not None for _, child, _ in children):
+                break
+            time.sleep(0.5)
+    finally:
+        for _, child, _ in children:
+            if child.poll() is None:
+                child.terminate()  # the trainer saves a checkpoint on SIGTERM
+        for _, child, reader in children:
+            child.wait()
+            reader.join(timeout=5)
