@@ -15,7 +15,8 @@ is rewritten after every line, so a run cut short keeps what it measured):
 3. Training tokens/s and MFU at the `gpt2` shape (batch 16 x 1024, bf16 autocast, fused
    AdamW): capitu eager and compiled against HF GPT2LMHeadModel eager and compiled, the same
    batches, interleaved rounds (median), and capitu compiled at GPT-2's vocabulary padded to
-   50,304 (nanoGPT's); then where a compiled step's GPU time goes.
+   50,304 (nanoGPT's), and with its logits materialised before the cross-entropy (its fused
+   loss left out), both ways; then where a compiled step's GPU time goes.
 4. A smoke training through the command line under torchrun (NCCL, world 1) with
    run.compile on: `small` preset, Muon, --smoke-seconds on a prepared folder (--data);
    the loss must fall.
@@ -309,7 +310,12 @@ def training():
     if not args.no_compile:
         plan += [("HF compiled", lambda: LogitsThenLoss(hf_twin(config), hf=True), True, config),
                  ("capitu compiled", lambda: GPT(config), True, config),
-                 ("capitu compiled, vocabulary padded to 50,304", lambda: GPT(padded), True, padded)]
+                 ("capitu compiled, vocabulary padded to 50,304", lambda: GPT(padded), True, padded),
+                 # the profile's other lead: the fused loss's fp32 passes over the logits; here inductor fuses
+                 # the cross-entropy of materialised bf16 logits instead
+                 ("capitu compiled, logits then cross-entropy", lambda: LogitsThenLoss(GPT(config)), True, config),
+                 ("capitu compiled, padded, logits then cross-entropy", lambda: LogitsThenLoss(GPT(padded)), True,
+                  padded)]
     contenders = []
     for name, build, compiled, shape in plan:
         try:

@@ -6,8 +6,9 @@ learn the most Portuguese in a fixed number of CPU seconds per run.
             "model.n_layer=2 model.block_size=128 optim.batch_tokens=1024 optim.micro_batch=8" \\
         --candidate ...
 
-Every candidate is a name and overrides on top of the tiny preset and `--set` (which
-may name `vocab=N` to pick the data folder prepared at that vocabulary). First each
+Every candidate is a name and overrides on top of `--preset` (tiny) and `--set` (which
+may name `vocab=N` to pick the data folder prepared at that vocabulary). `--device cuda`
+sweeps on a GPU (docs/gpu.md has the GPU study's sweep command). First each
 candidate's training tokens/s is measured (interleaved rounds, the median), then each is
 trained for `--seconds` x that rate tokens, and scored on the whole test split: bits per
 byte, the figure the study reports. Prints one line per candidate as it ends.
@@ -35,9 +36,11 @@ parser.add_argument("--tokens", type=int, default=0, help="train every candidate
 parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the rate measurement")
 parser.add_argument("--seed", type=int, default=1337)
 parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="overrides for every candidate")
+parser.add_argument("--preset", default="tiny", help="the preset the candidates start from")
+parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
 args = parser.parse_args()
 folders = dict(item.split("=", 1) for item in args.data)
-device = pick_device("cpu")
+device = pick_device(args.device)
 
 
 def config_of(overrides: str):
@@ -46,8 +49,9 @@ def config_of(overrides: str):
     items = [item for item in items if not item.startswith("vocab=")]
     data = Path(folders[vocab]).resolve()
     meta = json.loads((data / "meta.json").read_text())
-    config = load_config("tiny", overrides=[*items, f"data.path={json.dumps(str(data))}", f"run.seed={args.seed}",
-                                            f"model.vocab_size={meta['tokenizer']['vocab_size']}"])
+    config = load_config(args.preset, overrides=[*items, f"data.path={json.dumps(str(data))}", f"run.seed={args.seed}",
+                                                 f"model.vocab_size={meta['tokenizer']['vocab_size']}",
+                                                 f"run.device={args.device}"])
     config.run.steps, config.run.checkpoint_every, config.run.eval_every = 0, 10**9, 10**9
     return config
 

@@ -1,0 +1,78 @@
+"""How many training processes one GPU should run at once (`capitu study --jobs N`): N processes train the same
+model at the same moment (random tokens, the trainer's own step), and their tokens/s are added up.
+
+    python benchmarks/shared_gpu.py --preset small --set model.n_layer=8 ... --processes 1 2 3 4 --seconds 15
+
+A small model's eager step leaves a GPU idle between kernels while the host launches the next; other processes'
+kernels can fill those gaps. Where the sum stops growing, more processes only share the same work. Prints one line
+per N as it ends.
+"""
+
+import argparse
+import multiprocessing
+import time
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--preset", default="small")
+parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
+parser.add_argument("--vocab-size", type=int, default=16384)
+parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 3, 4])
+parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds of each round")
+parser.add_argument("--device", default="cuda")
+
+
+def trainer(args, barrier, results):
+    import torch
+
+    from capitu.config import load_config
+    from capitu.device import autocast_context, grad_scaler, pick_device, synchronize, use_tf32
+    from capitu.models import build_model
+    from capitu.train.optim import make_optimizer
+    from capitu.train.trainer import optimizer_step
+
+    config = load_config(args.preset, overrides=[*args.set, f"model.vocab_size={args.vocab_size}"])
+    device = pick_device(args.device)
+    use_tf32(device)
+    model = build_model(config.model).to(device).train()
+    optimizer = make_optimizer(model, config.optim, device.type)
+    autocast, scaler = autocast_context(device, config.run.dtype), grad_scaler(device, config.run.dtype)
+    batch, block = config.optim.micro_batch, config.model.block_size
+    x = torch.randint(0, config.model.vocab_size, (batch, block + 1), device=device)
+
+    def step():
+        optimizer_step(model, optimizer, [(x[:, :-1], x[:, 1:])], autocast, config.optim.grad_clip, scaler=scaler)
+
+    for _ in range(5):
+        step()
+    synchronize(device)
+    barrier.wait()
+    started, steps = time.perf_counter(), 0
+    while time.perf_counter() - started < args.seconds:
+        step()
+        steps += 1
+        if steps % 10 == 0:
+            synchronize(device)
+    synchronize(device)
+    results.put(steps * batch * block / (time.perf_counter() - started))
+
+
+def main():
+    args = parser.parse_args()
+    context = multiprocessing.get_context("spawn")
+    print(f"{'processes':>9} {'tokens/s each':>24} {'sum':>12} {'vs first':>9}", flush=True)
+    alone = None
+    for count in args.processes:
+        barrier, results = context.Barrier(count), context.Queue()
+        workers = [context.Process(target=trainer, args=(args, barrier, results)) for _ in range(count)]
+        for worker in workers:
+            worker.start()
+        rates = sorted(results.get() for _ in workers)
+        for worker in workers:
+            worker.join()
+        alone = alone or sum(rates)
+        print(f"{count:>9} {', '.join(f'{r:,.0f}' for r in rates):>24} {sum(rates):>12,.0f} "
+              f"{sum(rates) / alone:>8.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
