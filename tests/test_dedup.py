@@ -50,3 +50,10 @@ def test_documents_left_too_short_are_dropped():
     documents = [doc("a", LONG_A + "\n" + LONG_B + "\n" + LONG_C), doc("b", "Curto.\n" + LONG_A)]
     deduplicate(documents, min_paragraph_chars=40, min_document_chars=20, stats=stats, max_duplicate_share=1.0)
     assert documents[1].removed == "too little left after paragraph deduplication"
+
+
+def test_marks_computed_in_worker_processes_equal_those_computed_in_line():
+    from capitu.data.dedup import all_marks, marks_of
+
+    texts = ["Olá, mundo. " * 400 + "\nUma linha comprida, com muitas palavras diferentes.\n" * 30, "curto", ""] * 3
+    assert all_marks(texts, 20, parallel_chars=0) == [marks_of(text, 20) for text in texts]

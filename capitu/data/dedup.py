@@ -12,8 +12,10 @@ near-copy and is removed whole."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 NOT_WORD = re.compile(r"[\W_]+")
@@ -68,6 +70,31 @@ def collapse_blank_lines(lines: list[str]) -> str:
     return "\n".join(out).strip("\n")
 
 
+@dataclass
+class Marks:
+    """What deduplication compares of a document, computed before any of it is removed."""
+    normalized_chars: int
+    whole: bytes
+    sentences: list[tuple[bytes, int]]
+    paragraphs: list[bytes | None]
+
+
+def marks_of(text: str, min_paragraph_chars: int) -> Marks:
+    normalized = normalize(text)
+    return Marks(len(normalized), fingerprint(normalized), sentence_marks(text),
+                 paragraph_fingerprints(text, min_paragraph_chars))
+
+
+def all_marks(texts: list[str], min_paragraph_chars: int, parallel_chars: int = 8_000_000) -> list[Marks]:
+    """Each text's marks: in worker processes, one per core, when the texts are large enough to pay for them (the
+    normalising is most of deduplication's time, and each document's is its own)."""
+    workers = min(os.cpu_count() or 1, len(texts))
+    if workers < 2 or sum(map(len, texts)) < parallel_chars:
+        return [marks_of(text, min_paragraph_chars) for text in texts]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(marks_of, texts, [min_paragraph_chars] * len(texts)))
+
+
 def deduplicate(
     documents: list[Document],
     min_paragraph_chars: int,
@@ -79,29 +106,28 @@ def deduplicate(
     seen_documents: dict[bytes, str] = {}
     seen_paragraphs: set[bytes] = set()
     seen_sentences: set[bytes] = set()
-    for document in sorted(documents, key=lambda d: (-len(d.text), d.name)):
-        if len(normalize(document.text)) == 0:
+    ordered = sorted(documents, key=lambda d: (-len(d.text), d.name))
+    for document, marks in zip(ordered, all_marks([d.text for d in ordered], min_paragraph_chars)):
+        if marks.normalized_chars == 0:
             document.removed = "empty"
             stats["empty_documents_removed"] += 1
             continue
-        whole = fingerprint(normalize(document.text))
-        if whole in seen_documents:
-            document.removed = f"duplicate of {seen_documents[whole]}"
+        if marks.whole in seen_documents:
+            document.removed = f"duplicate of {seen_documents[marks.whole]}"
             stats["duplicate_documents_removed"] += 1
             continue
-        seen_documents[whole] = document.name
-        sentences = sentence_marks(document.text)
-        shared = sum(length for mark, length in sentences if mark in seen_sentences)
-        share = shared / max(1, sum(length for _, length in sentences))
+        seen_documents[marks.whole] = document.name
+        shared = sum(length for mark, length in marks.sentences if mark in seen_sentences)
+        share = shared / max(1, sum(length for _, length in marks.sentences))
         if share > max_duplicate_share:
             document.removed = f"near-duplicate: {share:.0%} of its sentences are in other documents"
             stats["near_duplicate_documents_removed"] += 1
             continue
-        seen_sentences.update(mark for mark, _ in sentences)
+        seen_sentences.update(mark for mark, _ in marks.sentences)
         lines = document.text.split("\n")
         kept, new_marks = [], set()
         duplicates = duplicate_characters = 0
-        for line, mark in zip(lines, paragraph_fingerprints(document.text, min_paragraph_chars)):
+        for line, mark in zip(lines, marks.paragraphs):
             if mark is not None and (mark in seen_paragraphs or mark in new_marks):
                 duplicates += 1
                 duplicate_characters += len(line)
@@ -112,8 +138,10 @@ def deduplicate(
         seen_paragraphs |= new_marks
         stats["duplicate_paragraphs_removed"] += duplicates
         stats["duplicate_paragraph_characters_removed"] += duplicate_characters
+        left = marks.normalized_chars
         if duplicates:
             document.text = collapse_blank_lines(kept)
-        if len(normalize(document.text)) < min_document_chars:
+            left = len(normalize(document.text))
+        if left < min_document_chars:
             document.removed = "too little left after paragraph deduplication"
             stats["emptied_documents_removed"] += 1
