@@ -1,9 +1,12 @@
 """`capitu study --jobs N`: the study's runs in N processes at once, each the same command with `--shard K/N`.
 
 On a machine with several GPUs, process K gets GPU (K - 1) mod G alone (CUDA_VISIBLE_DEVICES); on one GPU the N
-processes share it, which pays where one small model's training leaves it idle between kernels (the launch-bound
-regime: docs/gpu.md). The shards set the study up one at a time (runner.setup_lock); the caller then runs the same
-command without --shard, which trains nothing that is done and benches, samples and reports."""
+processes share it, which can pay where one small model's eager training leaves it idle between kernels
+(benchmarks/shared_gpu.py measures it). On a CPU each keeps torch's threads: fewer would change the runs' sums in
+their last bits (a run is reproducible for a given number of threads), so --jobs gives the study run whole, bit for
+bit, and gains nothing on a CPU whose cores one run already uses. The shards set the study up one at a time
+(runner.setup_lock); the caller then runs the same command without --shard, which trains nothing that is done and
+benches, samples and reports."""
 
 from __future__ import annotations
 
