@@ -35,7 +35,12 @@ if ! python3 -c "import pyppmd" 2>/dev/null && compgen -G ".gpu/whl/*.whl" >/dev
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .gpu/whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-[ -e ../shared ] || ln -s "$PWD/.gpu/shared" ../shared
+repo=$PWD
+# the study's paths are ../shared/...: where the folder above the repository holds none (and cannot be given a link
+# to .gpu/shared), run from a folder whose parent has one
+if [ ! -e ../shared ] && ! ln -s "$repo/.gpu/shared" ../shared 2>/dev/null; then
+    mkdir -p /tmp/capitu-root/work && ln -sfn "$repo/.gpu/shared" /tmp/capitu-root/shared && cd /tmp/capitu-root/work
+fi
 source=${SOURCE:-../shared/corpus}
 whole=/tmp/capitu-whole   # the corpus prepared as the study prepares it, for the sweep and the checks
 started=$(date +%s)
@@ -55,7 +60,7 @@ for stage in "$@"; do
         base="model.pos=learned model.tie_embeddings=true model.dropout=0.0 optim.name=muon optim.lr=3e-3
               optim.muon_lr=1e-2 optim.warmup_steps=50 optim.min_lr_ratio=0.1 optim.batch_tokens=32768"
         # shellcheck disable=SC2086
-        python3 benchmarks/study_sweep.py --device cuda --preset small --seconds "${SWEEP_SECONDS:-25}" --rounds 2 \
+        python3 "$repo/benchmarks/study_sweep.py" --device cuda --preset small --seconds "${SWEEP_SECONDS:-25}" --rounds 2 \
             --data "16384=$whole" ${SWEEP_ARGS:-} \
             --candidate "8L 512 ctx256" "$base model.n_layer=8 model.n_head=8 model.n_embd=512 model.block_size=256 optim.micro_batch=128" \
             --candidate "6L 384 ctx256" "$base model.n_layer=6 model.n_head=6 model.n_embd=384 model.block_size=256 optim.micro_batch=128" \
@@ -66,7 +71,7 @@ for stage in "$@"; do
             2>&1 | tee "$out/sweep.log"
         ;;
     shared)
-        python3 benchmarks/shared_gpu.py --preset small --processes 1 2 3 4 --seconds 12 \
+        python3 "$repo/benchmarks/shared_gpu.py" --preset small --processes 1 2 3 4 --seconds 12 \
             --set model.n_layer=8 --set model.n_head=8 --set model.n_embd=512 --set model.block_size=256 \
             --set optim.name=muon --set optim.micro_batch=128 2>&1 | tee "$out/shared.log"
         ;;
@@ -81,7 +86,7 @@ for stage in "$@"; do
         ;;
     checks)
         prepared
-        python3 benchmarks/gpu.py --only 6,3 --data "$whole" --out "$out/gpu.md" 2>&1 | tail -n 5
+        python3 "$repo/benchmarks/gpu.py" --only 6,3 --data "$whole" --out "$out/gpu.md" 2>&1 | tail -n 5
         ;;
     *)
         echo "unknown stage $stage (sweep, shared, study, checks)" >&2
