@@ -22,26 +22,15 @@ parser.add_argument("--device", default="cuda")
 
 
 def trainer(args, barrier, results):
-    import torch
-
+    from capitu.bench import training_step
     from capitu.config import load_config
-    from capitu.device import autocast_context, grad_scaler, pick_device, synchronize, use_tf32
-    from capitu.models import build_model
-    from capitu.train.optim import make_optimizer
-    from capitu.train.trainer import optimizer_step
+    from capitu.device import pick_device, synchronize, use_tf32
 
     config = load_config(args.preset, overrides=[*args.set, f"model.vocab_size={args.vocab_size}"])
     device = pick_device(args.device)
-    use_tf32(device)
-    model = build_model(config.model).to(device).train()
-    optimizer = make_optimizer(model, config.optim, device.type)
-    autocast, scaler = autocast_context(device, config.run.dtype), grad_scaler(device, config.run.dtype)
+    use_tf32(device)  # as the trainer does
+    _, _, step = training_step(config, device)
     batch, block = config.optim.micro_batch, config.model.block_size
-    x = torch.randint(0, config.model.vocab_size, (batch, block + 1), device=device)
-
-    def step():
-        optimizer_step(model, optimizer, [(x[:, :-1], x[:, 1:])], autocast, config.optim.grad_clip, scaler=scaler)
-
     for _ in range(5):
         step()
     synchronize(device)

@@ -73,9 +73,9 @@ def sdpa_kernel(call) -> str:
     return ", ".join(found) or "none"
 
 
-def measure_training(config: Config, device: torch.device, options: BenchOptions, kernel: bool = True) -> dict:
-    """Training tokens/s of the trainer's own step (one micro-batch each), from the median of `options.train_steps`
-    timed steps after warm-up steps, the peak memory, and (with `kernel`) the SDPA kernel the model's attention runs."""
+def training_step(config: Config, device: torch.device):
+    """(model, autocast, step): `step()` is one trainer's optimizer step of the model on one micro-batch of random
+    tokens (speed does not depend on them)."""
     from capitu.models import build_model
     from capitu.train.optim import make_optimizer
     from capitu.train.trainer import optimizer_step
@@ -90,6 +90,14 @@ def measure_training(config: Config, device: torch.device, options: BenchOptions
         x = torch.randint(0, config.model.vocab_size, (batch, block + 1), generator=generator).to(device)
         optimizer_step(model, optimizer, [(x[:, :-1], x[:, 1:])], autocast, config.optim.grad_clip, scaler=scaler)
 
+    return model, autocast, step
+
+
+def measure_training(config: Config, device: torch.device, options: BenchOptions, kernel: bool = True) -> dict:
+    """Training tokens/s of the trainer's own step (one micro-batch each), from the median of `options.train_steps`
+    timed steps after warm-up steps, the peak memory, and (with `kernel`) the SDPA kernel the model's attention runs."""
+    model, autocast, step = training_step(config, device)
+    batch, block = config.optim.micro_batch, config.model.block_size
     for _ in range(3):  # warm-up: allocations, kernel selection, oneDNN's bf16 kernels built on first use
         step()
     seconds = []

@@ -21,8 +21,7 @@ from capitu.errors import UserError
 
 
 def visible_gpus() -> list[str]:
-    """The CUDA devices a child may be given, by index or by the ids of CUDA_VISIBLE_DEVICES; none without CUDA.
-    Counted through NVML where torch can, so that this process does not take a CUDA context it will not use."""
+    """The CUDA devices a child may be given, by index or by the ids of CUDA_VISIBLE_DEVICES; none without CUDA."""
     import torch
 
     if not torch.cuda.is_available():

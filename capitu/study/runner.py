@@ -222,8 +222,9 @@ def references_settings(study: StudyConfig, data: Path) -> dict:
 
 def references_done(out: Path, study: StudyConfig, data: Path) -> bool:
     path = StudyFolder(out).references
-    return path.exists() and json.loads(path.read_text(encoding="utf-8"))["settings"] == references_settings(study,
-                                                                                                              data)
+    if not path.exists():
+        return False
+    return json.loads(path.read_text(encoding="utf-8"))["settings"] == references_settings(study, data)
 
 
 def references_stage(out: Path, study: StudyConfig, data: Path) -> None:
