@@ -12,6 +12,7 @@ near-copy and is removed whole."""
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import re
 from collections import Counter
@@ -91,7 +92,9 @@ def all_marks(texts: list[str], min_paragraph_chars: int, parallel_chars: int = 
     workers = min(os.cpu_count() or 1, len(texts))
     if workers < 2 or sum(map(len, texts)) < parallel_chars:
         return [marks_of(text, min_paragraph_chars) for text in texts]
-    with ProcessPoolExecutor(workers) as pool:
+    # spawned, not forked: the calling process may run threads (torch's, tqdm's), and a child forked from a threaded
+    # process can deadlock on a lock one of them held (Python 3.12 warns of it; 3.14 no longer forks by default)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(marks_of, texts, [min_paragraph_chars] * len(texts)))
 
 
