@@ -56,7 +56,8 @@ for stage in "$@"; do
     case $stage in
     sweep)
         prepared
-        # the study's settings (capitu/presets/study/small.toml) against smaller, larger, longer and faster ones
+        # the study's settings (capitu/presets/study/small.toml) against smaller, larger, longer and faster ones; the
+        # compiled one trains the eager rate's tokens, so its train seconds (compiling included) say what compiling buys
         base="model.pos=learned model.tie_embeddings=true model.dropout=0.0 optim.name=muon optim.lr=3e-3
               optim.muon_lr=1e-2 optim.warmup_steps=50 optim.min_lr_ratio=0.1 optim.batch_tokens=32768"
         study="$base model.n_layer=8 model.n_head=8 model.n_embd=512 model.block_size=256 optim.micro_batch=128"
@@ -68,7 +69,7 @@ for stage in "$@"; do
             --candidate "12L 768 ctx256" "$study model.n_layer=12 model.n_head=12 model.n_embd=768 optim.micro_batch=64" \
             --candidate "8L 512 ctx512" "$study model.block_size=512 optim.micro_batch=64" \
             --candidate "8L 512 ctx256 muon2e-2" "$study optim.muon_lr=2e-2" \
-            --candidate "8L 512 ctx256 b64k" "$study optim.batch_tokens=65536" \
+            --candidate "8L 512 ctx256 compiled" "$study run.compile=true" \
             2>&1 | tee "$out/sweep.log"
         ;;
     shared)
