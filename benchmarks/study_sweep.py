@@ -56,24 +56,41 @@ def config_of(overrides: str):
     return config
 
 
+def why(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
 configs = {name: config_of(overrides) for name, overrides in args.candidate}
 rates = {name: [] for name in configs}
+failed = {}  # name: why; one candidate failing (out of memory, say) must not cost the others their lines
 for _ in range(args.rounds if not args.tokens else 0):
     for name, config in configs.items():
+        if name in failed:
+            continue
         options = BenchOptions(train_steps=max(3, 8192 // config.optim.batch_tokens))
-        rates[name].append(measure_training(config, device, options, kernel=False)["train_tok_s"])
+        try:
+            rates[name].append(measure_training(config, device, options, kernel=False)["train_tok_s"])
+        except Exception as error:  # noqa: BLE001
+            failed[name] = why(error)
 print(f"{args.tokens:,} tokens per run" if args.tokens else
       f"{args.seconds:g} s per run; tokens/s: median of {args.rounds} interleaved rounds", flush=True)
 print(f"{'candidate':<28} {'tok/s':>8} {'tokens':>10} {'train s':>8} {'test loss':>9} {'test bpb':>9}", flush=True)
 for name, config in configs.items():
+    if name in failed:
+        print(f"{name:<28} failed: {failed[name]}", flush=True)
+        continue
     rate = statistics.median(rates[name]) if rates[name] else 0.0
     step = config.optim.batch_tokens
     config.run.tokens = args.tokens or max(step, round(args.seconds * rate / step) * step)
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        train(config, Path(folder) / "run", progress=False)
-        seconds = time.perf_counter() - started
-        result = evaluate_run(Path(folder) / "run", "test", device=device, progress=False)
+        try:
+            train(config, Path(folder) / "run", progress=False)
+            seconds = time.perf_counter() - started
+            result = evaluate_run(Path(folder) / "run", "test", device=device, progress=False)
+        except Exception as error:  # noqa: BLE001
+            print(f"{name:<28} failed: {why(error)}", flush=True)
+            continue
     print(f"{name:<28} {rate or config.run.tokens / seconds:>8,.0f} {config.run.tokens:>10,} {seconds:>8.1f} "
           f"{result['loss']:>9.4f} "
           f"{result['bpb']:>9.4f}", flush=True)
