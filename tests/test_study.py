@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
@@ -324,6 +325,41 @@ def test_jobs_runs_the_shards_then_reports_as_the_study_run_whole(micro_study, p
         code, _, err = run_cli(["study", "--config", config, "--data", prepared_bpe, "--out", tmp_path / "o", *bad],
                                capsys)
         assert code == 2 and err.count("\n") == 1 and "--jobs must be a positive number" in err
+
+
+def study_processes(out) -> list[int]:
+    """The processes whose command line names the study folder `out` (Linux's /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(out).encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:  # ended while being read
+            pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the shards' processes through /proc")
+def test_jobs_stopped_by_sigterm_stop_their_shards(prepared_bpe, tmp_path):
+    """SIGTERM to `capitu study --jobs 2` (a scheduler's cancel, `timeout`) stops the shards too, rather than leaving
+    them training; the error is one line, exit code 2."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "capitu", "study", "--config", str(micro_config(tmp_path, seeds=1, tokens=10**8)),
+               "--data", str(prepared_bpe), "--out", str(out), "--quiet", "--device", "cpu", "--jobs", "2"]
+    parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        for line in parent.stdout:
+            if line.startswith("[shard 1/2] [1/"):  # shard 1 is training its first run
+                break
+        parent.send_signal(signal.SIGTERM)
+        _, err = parent.communicate(timeout=120)
+        assert parent.returncode == 2 and err.count("\n") == 1 and "stopped by SIGTERM" in err, err
+        assert study_processes(out) == []
+    finally:
+        for pid in study_processes(out):
+            os.kill(pid, signal.SIGKILL)
+        parent.kill()
 
 
 def test_references_computed_beside_the_training_are_the_studys(micro_study, prepared_bpe, tmp_path):

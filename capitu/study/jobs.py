@@ -11,6 +11,7 @@ benches, samples and reports."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -42,6 +43,10 @@ def run_shards(argv: list[str], jobs: int, device: str, say: Callable[[str], Non
     for all; one that fails stops the others (a stopped run resumes from its checkpoint) and is a UserError."""
     gpus = visible_gpus() if device in ("auto", "cuda") else []
     children = []
+    # SIGTERM (a scheduler's cancel, `timeout`) would end this process alone and leave the shards training: it is
+    # made an error here, so that the `finally` below stops them too
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stopped) if main_thread else None
     try:
         for number in range(1, jobs + 1):
             env = dict(os.environ)
@@ -66,6 +71,13 @@ def run_shards(argv: list[str], jobs: int, device: str, say: Callable[[str], Non
         for _, child, _ in children:
             if child.poll() is None:
                 child.terminate()  # the trainer saves a checkpoint on SIGTERM
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         for _, child, reader in children:
             child.wait()
             reader.join(timeout=5)
+
+
+def stopped(signum, _frame) -> None:
+    raise UserError(f"stopped by {signal.Signals(signum).name}, and the shards with it (each saves its run's "
+                    "checkpoint); run the same command again to continue")
