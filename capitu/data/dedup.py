@@ -88,7 +88,9 @@ def marks_of(text: str, min_paragraph_chars: int) -> Marks:
 
 def all_marks(texts: list[str], min_paragraph_chars: int, parallel_chars: int = 8_000_000) -> list[Marks]:
     """Each text's marks: in worker processes, one per core, when the texts are large enough to pay for them (the
-    normalising is most of deduplication's time, and each document's is its own)."""
+    normalising is most of deduplication's time, and each document's is its own). The workers are spawned, so they
+    import the caller's main module again: a script that prepares a large corpus needs `if __name__ == "__main__":`
+    around its work, as with any use of multiprocessing that spawns."""
     workers = min(os.cpu_count() or 1, len(texts))
     if workers < 2 or sum(map(len, texts)) < parallel_chars:
         return [marks_of(text, min_paragraph_chars) for text in texts]
