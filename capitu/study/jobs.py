@@ -43,10 +43,13 @@ def run_shards(argv: list[str], jobs: int, device: str, say: Callable[[str], Non
     for all; one that fails stops the others (a stopped run resumes from its checkpoint) and is a UserError."""
     gpus = visible_gpus() if device in ("auto", "cuda") else []
     children = []
-    # SIGTERM (a scheduler's cancel, `timeout`) would end this process alone and leave the shards training: it is
-    # made an error here, so that the `finally` below stops them too
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, stopped) if main_thread else None
+    # SIGTERM (a scheduler's cancel, `timeout`) would end this process alone and leave the shards training. While they
+    # run, it and Ctrl-C only note the signal; the loop below turns that into an error, and the `finally` stops them.
+    # (Not an exception raised from the handler: one raised inside a library's `except Exception`, or a `__del__`,
+    # is lost, and the process goes on.)
+    received: list[int] = []
+    catch = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in catch}
     try:
         for number in range(1, jobs + 1):
             env = dict(os.environ)
@@ -59,7 +62,7 @@ def run_shards(argv: list[str], jobs: int, device: str, say: Callable[[str], Non
                                       daemon=True)
             reader.start()
             children.append((number, child, reader))
-        while True:
+        while not received:
             for number, child, _ in children:
                 if child.poll() not in (None, 0):
                     raise UserError(f"shard {number}/{jobs} stopped with exit code {child.returncode} (its output "
@@ -67,17 +70,16 @@ def run_shards(argv: list[str], jobs: int, device: str, say: Callable[[str], Non
             if all(child.poll() is not None for _, child, _ in children):
                 break
             time.sleep(0.5)
+        if received:
+            raise UserError(f"stopped by {signal.Signals(received[0]).name}, and the shards with it (each saves its "
+                            "run's checkpoint); run the same command again to continue")
     finally:
         for _, child, _ in children:
             if child.poll() is None:
                 child.terminate()  # the trainer saves a checkpoint on SIGTERM
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for _, child, reader in children:
             child.wait()
             reader.join(timeout=5)
 
-
-def stopped(signum, _frame) -> None:
-    raise UserError(f"stopped by {signal.Signals(signum).name}, and the shards with it (each saves its run's "
-                    "checkpoint); run the same command again to continue")
