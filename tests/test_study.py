@@ -362,6 +362,35 @@ def test_jobs_stopped_by_sigterm_stop_their_shards(prepared_bpe, tmp_path):
         parent.kill()
 
 
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="sees the shard wait for the lock through /proc/locks")
+def test_a_shard_looks_at_the_folder_only_under_the_setup_lock(prepared_bpe, tmp_path):
+    """Another shard holding the setup lock may have a file half-written and no plan yet: a shard started beside it
+    waits for the lock before it judges the folder, instead of calling it not empty."""
+    import fcntl
+
+    from capitu.folders import StudyFolder
+    from capitu.study.runner import SETUP_LOCK
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / SETUP_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other shard, setting the study up
+        (out / ".study.json.tmp").write_text("{")  # its plan, being written
+        command = [sys.executable, "-m", "capitu", "study", "--config", str(micro_config(tmp_path, seeds=1)),
+                   "--data", str(prepared_bpe), "--out", str(out), "--quiet", "--device", "cpu", "--shard", "2/2"]
+        shard = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(REPO)})
+        deadline = time.monotonic() + 120
+        while shard.poll() is None and time.monotonic() < deadline:  # until it waits for the lock, or has ended
+            if any("->" in line and f" {shard.pid} " in line for line in Path("/proc/locks").read_text().splitlines()):
+                break
+            time.sleep(0.05)
+        (out / ".study.json.tmp").unlink()  # the other shard gave up: the folder is empty again
+    _, err = shard.communicate(timeout=600)
+    assert shard.returncode == 0, err
+    assert StudyFolder(out).plan.is_file() and StudyFolder(out).run("rope", 1337).is_dir()  # shard 2/2: the 2nd run
+
+
 def test_references_computed_beside_the_training_are_the_studys(micro_study, prepared_bpe, tmp_path):
     """On a GPU the references run in another process while the block trains: the same file as computed in line."""
     from capitu.study.runner import references_beside
