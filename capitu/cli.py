@@ -464,14 +464,15 @@ def add_study(commands) -> None:
 def run_study_command(args) -> None:
     from capitu.study.config import load_study
     from capitu.study.jobs import run_shards
-    from capitu.study.runner import check_study_inputs, parse_shard, run_study
+    from capitu.study.runner import check_study_folder, check_study_inputs, parse_shard, run_study
 
     shard = parse_shard(args.shard) if args.shard is not None else None
     study, variants = load_study(args.preset, args.config, args.seeds, args.grid, args.tokens)
     if args.jobs != 1:
         if args.jobs < 1 or shard is not None:
             raise UserError(f"--jobs must be a positive number, and not given with --shard; got --jobs {args.jobs}")
-        check_study_inputs(args.out, args.data, args.source)
+        check_study_inputs(args.data, args.source)
+        check_study_folder(args.out)
         given = {"--preset": args.preset, "--config": args.config, "--data": args.data, "--source": args.source,
                  "--out": args.out, "--seeds": args.seeds, "--grid": args.grid, "--tokens": args.tokens,
                  "--device": args.device}

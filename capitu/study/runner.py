@@ -314,14 +314,12 @@ def train_jobs(jobs: list[tuple[str, int]], configs: dict[str, Config], study: S
             timed.append(time.perf_counter() - job_started)
 
 
-def check_study_inputs(out: Path, data: Path | None, source: str | None, folder: bool = True) -> None:
-    """One line for inputs a study cannot start from; with `folder`, the output folder's too."""
+def check_study_inputs(data: Path | None, source: str | None) -> None:
+    """One line for data a study cannot start from."""
     if (data is None) == (source is None):
         raise UserError("give the data: --data DIR (a prepared folder) or --source SRC (prepared into OUT/data)")
     if data is not None and not DataFolder(data).is_prepared():
         raise UserError(f"--data {data} is not a prepared folder (no meta.json); prepare it or use --source")
-    if folder:
-        check_study_folder(out)
 
 
 def check_study_folder(out: Path) -> None:
@@ -342,9 +340,11 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
 
     started = time.perf_counter()
     out = Path(out)
+    check_study_inputs(data, source)
     # shards started at once look at the folder only under the lock: before it, one may be seeing another's setup
     # half-way (a file being written, the plan not yet there)
-    check_study_inputs(out, data, source, folder=shard is None)
+    if shard is None:
+        check_study_folder(out)
     with setup_lock(out):
         if shard is not None:
             check_study_folder(out)
