@@ -66,6 +66,16 @@ def micro_config(folder, seeds=2, tokens=2048, eval_every=4, bench="true", budge
     return path
 
 
+def study_command(config, data, out, *more) -> list[str]:
+    """`capitu study` on the micro config, as a child process (with `child_env()`) runs it."""
+    return [sys.executable, "-m", "capitu", "study", "--config", str(config), "--data", str(data), "--out", str(out),
+            "--quiet", *more]
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
 @pytest.fixture(scope="module")
 def micro_study(prepared_bpe, tmp_path_factory):
     folder = tmp_path_factory.mktemp("study")
@@ -241,9 +251,7 @@ def test_report_html_is_self_contained(micro_study):
 def test_study_stopped_mid_way_resumes(prepared_bpe, tmp_path):
     config = micro_config(tmp_path, seeds=1, tokens=256 * 400, eval_every=100, bench="false")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "capitu", "study", "--config", str(config), "--data", str(prepared_bpe),
-               "--out", str(out), "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command, env = study_command(config, prepared_bpe, out), child_env()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     checkpoints = out / "runs" / "rope-s1337" / "checkpoints"
     deadline = time.monotonic() + 120
@@ -278,9 +286,7 @@ def test_two_shards_at_once_then_the_report_equal_the_study_run_whole(micro_stud
     bits per byte as micro_study (the same settings, run whole), and nothing trained twice."""
     config = micro_config(tmp_path, bench="false")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "capitu", "study", "--config", str(config), "--data", str(prepared_bpe),
-               "--out", str(out), "--quiet", "--device", "cpu"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command, env = study_command(config, prepared_bpe, out, "--device", "cpu"), child_env()
     shards = [subprocess.Popen(command + ["--shard", f"{k}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env) for k in (1, 2)]
     outputs = [shard.communicate(timeout=600) for shard in shards]
@@ -308,10 +314,8 @@ def test_jobs_runs_the_shards_then_reports_as_the_study_run_whole(micro_study, p
     calling process; the same per-seed bits per byte as micro_study."""
     config = micro_config(tmp_path, bench="false")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "capitu", "study", "--config", str(config), "--data", str(prepared_bpe),
-               "--out", str(out), "--quiet", "--device", "cpu"]
-    done = subprocess.run(command + ["--jobs", "2"], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    command = study_command(config, prepared_bpe, out, "--device", "cpu", "--jobs", "2")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=child_env())
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     for k in (1, 2):
@@ -344,10 +348,9 @@ def test_jobs_stopped_by_sigterm_stop_their_shards(prepared_bpe, tmp_path):
     """SIGTERM to `capitu study --jobs 2` (a scheduler's cancel, `timeout`) stops the shards too, rather than leaving
     them training; the error is one line, exit code 2."""
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "capitu", "study", "--config", str(micro_config(tmp_path, seeds=1, tokens=10**8)),
-               "--data", str(prepared_bpe), "--out", str(out), "--quiet", "--device", "cpu", "--jobs", "2"]
-    parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    command = study_command(micro_config(tmp_path, seeds=1, tokens=10**8), prepared_bpe, out, "--device", "cpu",
+                            "--jobs", "2")
+    parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     try:
         for line in parent.stdout:
             if line.startswith("[shard 1/2] [1/"):  # shard 1 is training its first run
@@ -376,10 +379,8 @@ def test_a_shard_looks_at_the_folder_only_under_the_setup_lock(prepared_bpe, tmp
     with open(out / SETUP_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the other shard, setting the study up
         (out / ".study.json.tmp").write_text("{")  # its plan, being written
-        command = [sys.executable, "-m", "capitu", "study", "--config", str(micro_config(tmp_path, seeds=1)),
-                   "--data", str(prepared_bpe), "--out", str(out), "--quiet", "--device", "cpu", "--shard", "2/2"]
-        shard = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(REPO)})
+        command = study_command(micro_config(tmp_path, seeds=1), prepared_bpe, out, "--device", "cpu", "--shard", "2/2")
+        shard = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
         deadline = time.monotonic() + 120
         while shard.poll() is None and time.monotonic() < deadline:  # until it waits for the lock, or has ended
             if any("->" in line and f" {shard.pid} " in line for line in Path("/proc/locks").read_text().splitlines()):
