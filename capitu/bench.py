@@ -191,7 +191,7 @@ def worker() -> None:
         torch.cuda.reset_peak_memory_stats(device)
     start_bytes = peak_memory_bytes(device)
     try:
-        with MachineLoad() as load:
+        with MachineLoad(device.type) as load:
             if job["task"] == "train":
                 result = measure_training(config, device, options)
             else:

@@ -41,16 +41,18 @@ def hardware() -> str:
 class MachineLoad:
     """How busy the rest of the machine was while a block ran: the CPU time other programs took
     over the block's wall time, in cores and as a share of all cores (from /proc/stat, less this
-    process's own CPU time), and the 1-minute load average at the end. Where /proc/stat is missing (macOS,
-    Windows), only the load average.
+    process's own CPU time), the cores the block's work left free for them (`spare_cores`), and the
+    1-minute load average at the end. Where /proc/stat is missing (macOS, Windows), only the load
+    average.
 
-        with MachineLoad() as load:
+        with MachineLoad("cpu") as load:
             ...
-        load.result  # {"others": 0.02, "others_cores": 0.04, "loadavg": 1.9, "cores": 2}
+        load.result  # {"others": 0.02, "others_cores": 0.04, "spare_cores": 0, "loadavg": 1.9, "cores": 2}
     """
 
-    # other programs kept this many cores busy on average: PyTorch runs each operation on every core and waits
-    # for the slowest thread at its end, so a neighbour on any one core slows all of it (benchmarks/busy_neighbour.py)
+    # other programs kept this many cores busy on average beyond the spare ones: PyTorch runs each CPU operation on
+    # all its threads and waits for the slowest at its end, so a neighbour on any of their cores slows all of it
+    # (benchmarks/busy_neighbour.py)
     BUSY_CORES = 0.3
 
     @staticmethod
@@ -67,7 +69,8 @@ class MachineLoad:
     def sample(cls) -> tuple[float, float | None, float]:
         return time.perf_counter(), cls.busy_seconds(), sum(os.times()[:4])
 
-    def __init__(self):
+    def __init__(self, device_type: str = "cpu"):
+        self.spare = spare_cores(device_type)
         self.start = self.sample()
 
     def __enter__(self) -> MachineLoad:
@@ -87,14 +90,23 @@ class MachineLoad:
             others_cores = max(0.0, (busy - busy0) - (own - own0)) / max(wall - wall0, 1e-9)
         loadavg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         return {"others": None if others_cores is None else min(1.0, others_cores / cores),
-                "others_cores": others_cores, "loadavg": loadavg, "cores": cores}
+                "others_cores": others_cores, "spare_cores": self.spare, "loadavg": loadavg, "cores": cores}
+
+
+def spare_cores(device_type: str) -> int:
+    """The cores a measurement on `device_type` leaves to other programs: none on a CPU, where capitu keeps torch's
+    threads on every core; on a GPU, all but the one whose thread launches the kernels, so that the other runs of
+    `capitu study --jobs` and the references computed beside them are no disturbance where the machine has the cores
+    for them."""
+    return 0 if device_type == "cpu" else max(0, (os.cpu_count() or 1) - 1)
 
 
 def is_busy(load: dict | None) -> bool:
-    """Whether a measurement's recorded load says other programs disturbed it."""
+    """Whether a measurement's recorded load says other programs disturbed it: they kept busy more cores than the
+    measurement left them (`spare_cores`; 0 where not recorded) by over `MachineLoad.BUSY_CORES`."""
     if not load:
         return False
     if load.get("others_cores") is not None:
-        return load["others_cores"] > MachineLoad.BUSY_CORES
+        return load["others_cores"] > MachineLoad.BUSY_CORES + (load.get("spare_cores") or 0)
     # no /proc: the load average, which counts the measurement's own threads too, is a rougher sign
     return load.get("loadavg") is not None and load["loadavg"] > load["cores"] + 1

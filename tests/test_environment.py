@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from capitu.environment import MachineLoad, is_busy
+from capitu.environment import MachineLoad, is_busy, spare_cores
 
 
 def spin(seconds: float) -> None:
@@ -38,3 +38,19 @@ def test_busy_falls_back_to_the_load_average_without_proc():
     assert not is_busy({"others_cores": 0.1, "loadavg": 9.0, "cores": 2})  # the direct measure wins
     assert is_busy({"others_cores": 1.0, "loadavg": 1.0, "cores": 16})  # one busy core of 16 is enough
     assert not is_busy(None)
+
+
+def test_a_gpu_measurement_leaves_all_cores_but_one_to_the_others():
+    cores = os.cpu_count()
+    assert spare_cores("cpu") == 0  # torch's threads are on every core
+    assert spare_cores("cuda") == spare_cores("mps") == cores - 1  # one thread launches the kernels
+    with MachineLoad("cuda") as load:
+        pass
+    assert load.result["spare_cores"] == cores - 1
+    # the other shards of a --jobs study and the references beside them, on a 16-core GPU machine
+    assert not is_busy({"others_cores": 4.0, "spare_cores": 15, "cores": 16})
+    assert is_busy({"others_cores": 15.5, "spare_cores": 15, "cores": 16})  # no core left for the kernels' thread
+    # busy: over 0.3 of a core more than the spare ones (a GPU run on 2 cores, as Colab's)
+    assert is_busy({"others_cores": 1.4, "spare_cores": 1, "cores": 2})
+    assert not is_busy({"others_cores": 1.2, "spare_cores": 1, "cores": 2})
+    assert is_busy({"others_cores": 0.4, "cores": 2})  # an older record, without spare cores: none

@@ -442,6 +442,20 @@ def test_timings_are_compared_round_by_round_and_not_at_all_on_a_busy_machine():
     assert len(said) == 1 and said[0].startswith("Timings were taken on a busy machine") and "60%" in said[0]
 
 
+
+def test_training_seconds_are_called_disturbed_only_beyond_the_cores_the_training_left():
+    from capitu.study.report import budget_blocks
+
+    def results(others, spare):
+        seeds = {"1": {"train_seconds": 25.0, "train_others_cores": others, "train_spare_cores": spare}}
+        budget = {"budget": "seconds", "flops_per_token": 1e6, "tokens": 1000}
+        return {"variants": [{"name": name, "seeds": seeds, "budget": budget, "bench": None}
+                             for name in ("baseline", "rope")]}
+
+    said = budget_blocks(results(others=1.0, spare=0))[0].text  # a CPU run beside a busy loop
+    assert "Other programs ran beside the training of baseline, rope" in said
+    assert "Other programs" not in budget_blocks(results(others=4.0, spare=15))[0].text  # --jobs 4 on a GPU
+
 def test_load_study_layers(tmp_path):
     study, variants = load_study("tiny")
     assert study.vocab_size == 4096 and study.seeds == 3 and study.budget == "flops"

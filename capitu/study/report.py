@@ -96,9 +96,11 @@ def collect(out: Path, study: StudyConfig, variants: list[Variant]) -> dict:
                 "ppl_by_length": {str(n): lengths[n] for n in sorted(lengths)},
                 "train_tokens": saved["tokens"], "parameters": info["parameters"],
                 "train_seconds": records[-1].get("elapsed_s") if records else None,
-                # other programs' mean CPU (cores) while it trained: its seconds are not a timing if high
+                # other programs' mean CPU (cores) while it trained, and the cores its training left them: its
+                # seconds are not a timing if the others needed more
                 "train_others_cores": mean(others) if (others := [r["others_cores"] for r in records
                                                                    if "others_cores" in r]) else None,
+                "train_spare_cores": min((r.get("spare_cores", 0) for r in records if "others_cores" in r), default=0),
                 "val_curve": [[r["tokens"], r["val_loss"]] for r in records if "val_loss" in r],
             }
         per_seed = list(seeds.values())
@@ -350,10 +352,11 @@ def budget_blocks(results: dict) -> list[Block]:
                      f"{round(base_tokens * base_flops / flops):,}",
                      f"{round(base_seconds * rate):,}" if rate and base_seconds else "—"])
     disturbed = sorted({e["name"] for e in entries for s in e["seeds"].values()
-                        if is_busy({"others_cores": s.get("train_others_cores")})})
-    warning = (f" Other programs ran beside the training of {', '.join(disturbed)} (more than "
-               f"{MachineLoad.BUSY_CORES} of a core on average): those training seconds are not timings."
-               if disturbed else "")
+                        if is_busy({"others_cores": s.get("train_others_cores"),
+                                    "spare_cores": s.get("train_spare_cores")})})
+    warning = (f" Other programs ran beside the training of {', '.join(disturbed)} (on average more than "
+               f"{MachineLoad.BUSY_CORES} of a core beyond the cores its training left free): those training seconds "
+               "are not timings." if disturbed else "")
     return [Paragraph(f"Budget: {BUDGET_WORDS[kind]}.{warning} The last three columns give the training tokens "
                       f"each variant would get under each budget, anchored on the baseline ({base_tokens:,} tokens, "
                       f"{base_seconds:.1f} s): a variant with more FLOPs per token (the feed-forward LM, a widened "

@@ -186,7 +186,7 @@ def measure_training_rate(config: Config, study: StudyConfig, device, attempts: 
     options = BenchOptions(train_steps=max(study.bench_train_steps, 10))
     rates, loads = [], []
     for _ in range(attempts):
-        with MachineLoad() as load:
+        with MachineLoad(device.type) as load:
             rate = measure_training(copy.deepcopy(config), device, options, kernel=False)["train_tok_s"]
         loads.append(load.result)
         if not is_busy(load.result):

@@ -356,7 +356,7 @@ def run_loop(session: Session, pause_at: int, show_progress: bool) -> dict:
                unit=" s" if in_seconds else " steps", disable=None if show_progress and session.ddp.main else True)
     stop_reason, last = "pause-at" if target < budget else "budget", {}
     started = time.perf_counter() - progress.elapsed
-    window_start, window_tokens, window_load = time.perf_counter(), 0, MachineLoad()
+    window_start, window_tokens, window_load = time.perf_counter(), 0, MachineLoad(session.device.type)
     session.model.train()
     with StopRequest() as stop:
         while progress.step < target:
@@ -381,9 +381,9 @@ def run_loop(session: Session, pause_at: int, show_progress: bool) -> dict:
                                                   config.model.block_size, config.optim.micro_batch, session.device,
                                                   session.autocast)
                 rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                others = window_load.lap()["others_cores"]
-                if others is not None:  # other programs' CPU in the window (under DDP, the other ranks' too)
-                    record["others_cores"] = others
+                load = window_load.lap()
+                if load["others_cores"] is not None:  # others' CPU in the window (under DDP, the other ranks' too)
+                    record["others_cores"], record["spare_cores"] = load["others_cores"], load["spare_cores"]
                 log_step(session, record, rate, board)
                 window_start, window_tokens = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{rate:,.0f}")
