@@ -456,6 +456,18 @@ def test_training_seconds_are_called_disturbed_only_beyond_the_cores_the_trainin
     assert "Other programs ran beside the training of baseline, rope" in said
     assert "Other programs" not in budget_blocks(results(others=4.0, spare=15))[0].text  # --jobs 4 on a GPU
 
+
+def test_equal_seconds_come_from_the_bench_rates_not_the_training_wall_time():
+    from capitu.study.report import budget_blocks
+
+    def entry(name, rate, seconds):  # rope: trained 3 at once (--jobs), so its wall time says nothing of its speed
+        return {"name": name, "seeds": {"1": {"train_seconds": seconds}}, "bench": {"train_tok_s": rate},
+                "budget": {"budget": "seconds", "flops_per_token": 2e6, "tokens": 30_000}}
+
+    paragraph, table = budget_blocks({"variants": [entry("baseline", 1_000.0, 30.0), entry("rope", 1_500.0, 90.0)]})
+    assert [row[-1] for row in table.rows] == ["30,000", "45,000"]  # the baseline's tokens, x 1.5 for rope
+    assert "anchored on the baseline (30,000 tokens, 30.0 s at its bench rate" in paragraph.text
+
 def test_load_study_layers(tmp_path):
     study, variants = load_study("tiny")
     assert study.vocab_size == 4096 and study.seeds == 3 and study.budget == "flops"

@@ -334,12 +334,14 @@ BUDGET_WORDS = {"tokens": "equal training tokens", "flops": "equal training FLOP
 def budget_blocks(results: dict) -> list[Block]:
     """The budget the study used, and what each variant would get under the others: equal
     tokens (the baseline's), equal FLOPs (the baseline's tokens x FLOPs per token), equal
-    seconds (the baseline's mean training time x the variant's median bench tokens/s)."""
+    seconds (the seconds the baseline's tokens take at its median bench tokens/s, x the variant's:
+    bench rates, timed alone in interleaved rounds, where a run's training time may include
+    validation, a slow spell or a device shared with other runs of `--jobs`)."""
     entries = results["variants"]
     baseline = next(e for e in entries if e["name"] == "baseline")
     kind = baseline["budget"]["budget"]
     base_tokens, base_flops = baseline["budget"]["tokens"], baseline["budget"]["flops_per_token"]
-    base_seconds = mean([s["train_seconds"] for s in baseline["seeds"].values() if s["train_seconds"]] or [0.0])
+    base_rate = baseline["bench"]["train_tok_s"] if baseline["bench"] else None
     head = ["variant", "GFLOP/token", "train tokens", "train PFLOP", "train s (mean)", "equal tokens",
             "equal FLOPs", "equal seconds"]
     rows = []
@@ -350,17 +352,20 @@ def budget_blocks(results: dict) -> list[Block]:
         rows.append([e["name"], f"{flops / 1e9:.4f}", f"{tokens:,}", f"{tokens * flops / 1e15:.3f}",
                      f"{mean(seconds):.1f}" if seconds else "—", f"{base_tokens:,}",
                      f"{round(base_tokens * base_flops / flops):,}",
-                     f"{round(base_seconds * rate):,}" if rate and base_seconds else "—"])
+                     f"{round(base_tokens * rate / base_rate):,}" if rate and base_rate else "—"])
     disturbed = sorted({e["name"] for e in entries for s in e["seeds"].values()
                         if is_busy({"others_cores": s.get("train_others_cores"),
                                     "spare_cores": s.get("train_spare_cores")})})
     warning = (f" Other programs ran beside the training of {', '.join(disturbed)} (on average more than "
                f"{MachineLoad.BUSY_CORES} of a core beyond the cores its training left free): those training seconds "
                "are not timings." if disturbed else "")
-    return [Paragraph(f"Budget: {BUDGET_WORDS[kind]}.{warning} The last three columns give the training tokens "
-                      f"each variant would get under each budget, anchored on the baseline ({base_tokens:,} tokens, "
-                      f"{base_seconds:.1f} s): a variant with more FLOPs per token (the feed-forward LM, a widened "
-                      f"MLP) gets fewer tokens under equal FLOPs, and a slower one fewer under equal seconds."),
+    anchor = f"{base_tokens:,} tokens" + (f", {base_tokens / base_rate:.1f} s at its bench rate" if base_rate else "")
+    return [Paragraph(f"Budget: {BUDGET_WORDS[kind]}.{warning} Train s is each run's training time, validation "
+                      "included (runs trained at once with --jobs share the device). The last three columns give the "
+                      f"training tokens each variant would get under each budget, anchored on the baseline ({anchor}; "
+                      "equal seconds from the bench's training tokens/s): a variant with more FLOPs per token (the "
+                      "feed-forward LM, a widened MLP) gets fewer tokens under equal FLOPs, and a slower one fewer "
+                      "under equal seconds."),
             Table(head, rows)]
 
 
