@@ -84,6 +84,8 @@ def test_run_folder_holds_what_it_promises(prepared_char, tmp_path):
     for key in ("step", "tokens", "train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes"):
         assert key in record
     assert record["tokens"] == 10 * 256
+    if os.path.exists("/proc/stat"):  # the CPU other programs took, and none spare: torch's threads are on every core
+        assert record["others_cores"] >= 0 and record["spare_cores"] == 0
 
 
 def test_sigint_leaves_a_checkpoint_that_resumes(prepared_char, tmp_path):
