@@ -3,16 +3,19 @@
 # its output into OUT as it goes, so that a session cut short keeps what it measured.
 #
 #   bash benchmarks/gpu_session.sh pack                 # here, before: the data and wheels the GPU machine lacks
-#   bash benchmarks/gpu_session.sh OUT STAGE [STAGE...] # there; stages, about 15 minutes in all on an H200:
+#   bash benchmarks/gpu_session.sh OUT STAGE [STAGE...] # there; stages, about 20 minutes in all on an H200:
+#     study   the GPU study, capitu study --preset small --source ../shared/corpus --jobs 3 (its time is the figure)
+#     checks  benchmarks/gpu.py sections 6 (float16 forced, against bf16 and fp32), then 3 (training MFU, gpt2 shape)
 #     sweep   prepare the whole corpus, then benchmarks/study_sweep.py: candidate settings, 25 s of training each
 #     shared  benchmarks/shared_gpu.py: tokens/s of 1 to 4 training processes on the GPU at once (--jobs)
-#     study   the GPU study, capitu study --preset small --source ../shared/corpus --jobs 3 (its time is the figure)
-#     checks  benchmarks/gpu.py sections 6 (float16 forced, against bf16 and fp32) and 3 (training MFU, gpt2 shape)
+# A first session (15 minutes of device time, the start included; one call at most 10) runs `study` in one call, then
+# `checks` at once in a second; a later one `sweep shared`, and `study` again if the sweep's winner differs from
+# small.toml's settings (docs/gpu.md, "What a GPU session runs").
 #
 # The device machine has no network: `pack` copies ../shared's corpus and treebanks into .gpu/shared and fetches
 # the pyppmd wheel into .gpu/whl (.gpu/ is ignored: give it to the device tool's `carry`). Environment: SOURCE (the
-# study's corpus, default ../shared/corpus), STUDY_ARGS and SWEEP_ARGS (more arguments; a CPU dry run shrinks
-# everything through them), SWEEP_SECONDS (25), STUDY_LIMIT (seconds before the study is stopped, 560).
+# study's corpus, default ../shared/corpus), STUDY_ARGS, CHECKS_ARGS and SWEEP_ARGS (more arguments; a CPU dry run
+# shrinks everything through them), SWEEP_SECONDS (25), STUDY_LIMIT (seconds before the study is stopped, 560).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +46,7 @@ if [ ! -e ../shared ] && ! ln -s "$repo/.gpu/shared" ../shared 2>/dev/null; then
 fi
 source=${SOURCE:-../shared/corpus}
 whole=/tmp/capitu-whole   # the corpus prepared as the study prepares it, for the sweep and the checks
+study_out=/tmp/capitu-gpu-study
 started=$(date +%s)
 note() { echo "== $* ($(( $(date +%s) - started )) s since the start)" | tee -a "$out/session.log"; }
 
@@ -80,15 +84,18 @@ for stage in "$@"; do
     study)
         # shellcheck disable=SC2086
         timeout --signal=TERM "${STUDY_LIMIT:-560}" python3 -m capitu study --preset small --source "$source" \
-            --out /tmp/capitu-gpu-study --jobs 3 --quiet ${STUDY_ARGS:-} 2>&1 | tee "$out/study.log"
+            --out "$study_out" --jobs 3 --quiet ${STUDY_ARGS:-} 2>&1 | tee "$out/study.log"
         note "study ended with exit code $?"
         # what the report is made of, without the data and the weights (the device tool takes back a few files)
-        (cd /tmp/capitu-gpu-study && tar czf "$out/study.tgz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.npy' --exclude=tokenizer.json \
+        (cd "$study_out" && tar czf "$out/study.tgz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.npy' --exclude=tokenizer.json \
             --exclude=data --exclude=checkpoints --exclude=best --exclude='*.pt' -- *)
         ;;
     checks)
-        prepared
-        python3 "$repo/benchmarks/gpu.py" --only 6,3 --data "$whole" --out "$out/gpu.md" 2>&1 | tail -n 5
+        # after the study in the same session, its data (the corpus less its held-out texts) saves preparing the corpus
+        data=$whole
+        if [ ! -f "$whole/meta.json" ] && [ -f "$study_out/data/meta.json" ]; then data=$study_out/data; else prepared; fi
+        # shellcheck disable=SC2086
+        python3 "$repo/benchmarks/gpu.py" --only 6,3 --data "$data" --out "$out/gpu.md" ${CHECKS_ARGS:-} 2>&1 | tail -n 5
         ;;
     *)
         echo "unknown stage $stage (sweep, shared, study, checks)" >&2
