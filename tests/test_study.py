@@ -406,6 +406,43 @@ def test_references_computed_beside_the_training_are_the_studys(micro_study, pre
     assert beside == in_line
 
 
+
+def test_a_failing_bench_costs_its_variant_the_timings_not_the_study_its_report(micro_study, prepared_bpe, tmp_path,
+                                                                               monkeypatch):
+    import capitu.bench
+    from capitu.cli import main
+    from capitu.errors import UserError
+    from capitu.folders import RunFolder, StudyFolder
+
+    out = tmp_path / "out"
+    shutil.copytree(micro_study, out)
+    rope = RunFolder(StudyFolder(out).run("rope", 1337))
+    rope.bench_path.unlink()
+    measured = capitu.bench.bench
+
+    def bench(config, weights=None, options=None):  # the bench of the RoPE model runs out of memory
+        if config.model.pos == "rope":
+            raise UserError("the generate benchmark failed: torch.OutOfMemoryError: CUDA out of memory.")
+        return measured(config, weights, options)
+
+    monkeypatch.setattr(capitu.bench, "bench", bench)
+    command = ["study", "--config", str(micro_study.parent / "study.toml"), "--data", str(prepared_bpe), "--out",
+               str(out), "--quiet", "--device", "cpu"]
+    assert main(command) == 0
+    variants = {e["name"]: e for e in json.loads((out / "results.json").read_text())["variants"]}
+    assert variants["rope"]["bench"] is None and "CUDA out of memory" in variants["rope"]["bench_failed"]
+    assert variants["baseline"]["bench"]["train_tok_s"] > 0 and variants["baseline"]["bench_failed"] is None
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert ("The bench of rope failed, so its speed and memory columns are empty: the generate benchmark failed: "
+            "torch.OutOfMemoryError") in report
+    assert json.loads(rope.bench_path.read_text()) == {"rounds": [], "failed": variants["rope"]["bench_failed"]}
+
+    monkeypatch.setattr(capitu.bench, "bench", measured)  # run again: the bench is tried again, and passes
+    assert main(command) == 0
+    variants = {e["name"]: e for e in json.loads((out / "results.json").read_text())["variants"]}
+    assert variants["rope"]["bench"]["spread"]["rounds"] == 2 and variants["rope"]["bench_failed"] is None
+    assert "The bench of rope failed" not in (out / "report.md").read_text(encoding="utf-8")
+
 def test_flops_budget_gives_each_variant_the_baselines_flops(prepared_bpe, tmp_path):
     from capitu.models import build_model
     from capitu.study.runner import base_config, plan_budgets

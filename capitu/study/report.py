@@ -117,7 +117,10 @@ def collect(out: Path, study: StudyConfig, variants: list[Variant]) -> dict:
             entry["ppl_by_length"][length] = None if None in values else summary(values)
         entry["budget"] = budgets[variant.name]
         bench_file = RunFolder(StudyFolder(out).run(variant.name, study.first_seed)).bench_path
-        entry["bench"] = bench_summary(read_json(bench_file)["rounds"]) if study.bench else None
+        benched = read_json(bench_file) if study.bench else {}
+        # a variant whose bench failed in any round has no timings: its rounds would not pair with the baseline's
+        entry["bench"] = bench_summary(benched["rounds"]) if benched.get("rounds") and "failed" not in benched else None
+        entry["bench_failed"] = benched.get("failed")
         entries.append(entry)
     baseline = next(e for e in entries if e["name"] == "baseline")
     for entry in entries:
@@ -439,13 +442,17 @@ def reproducibility(results: dict, variants: list[Variant], data: Path, command:
 
 
 def busy_note(entries: list[dict]) -> list[Block]:
-    """A plain warning above the table when other programs disturbed the bench rounds."""
+    """A plain warning above the table when other programs disturbed the bench rounds, and one for each variant
+    whose bench failed."""
+    notes = [Paragraph(f"The bench of {e['name']} failed, so its speed and memory columns are empty: "
+                       f"{e['bench_failed']} (running the study command again tries it again).")
+             for e in entries if e.get("bench_failed")]
     busy = [e for e in entries if e["bench"] and e["bench"]["busy"]]
-    if not busy:
-        return []
-    return [Paragraph("Timings taken on a busy machine: other programs ran beside the bench rounds (up to "
-                      f"{max(e['bench']['others'] or 0.0 for e in busy):.0%} of the cores), so the tokens/s columns "
-                      "below are not results.")]
+    if busy:
+        notes.append(Paragraph("Timings taken on a busy machine: other programs ran beside the bench rounds (up to "
+                               f"{max(e['bench']['others'] or 0.0 for e in busy):.0%} of the cores), so the tokens/s "
+                               "columns below are not results."))
+    return notes
 
 
 def build_sections(results: dict, generations: dict, figures: dict[str, bytes], repro: str,

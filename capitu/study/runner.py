@@ -120,18 +120,27 @@ def bench_rounds_done(run: Path) -> list[dict]:
 
 def bench_stage(runs: dict[str, Path], study: StudyConfig, device: str, say: Callable[[str], None]) -> None:
     """`study.bench_rounds` benches of every variant's first-seed run, interleaved (round 1 of every variant, then
-    round 2...), so that a slow spell of the machine falls on all of them; each round is saved as it ends."""
+    round 2...), so that a slow spell of the machine falls on all of them; each round is saved as it ends. A bench
+    that fails (out of memory on a small GPU, say) costs its variant the timings, not the study its report: the
+    failure is saved beside the rounds done, the report says it, and running the study again tries it again."""
     from capitu.bench import BenchOptions, bench, config_of_run
 
     options = BenchOptions(train_steps=study.bench_train_steps, repeats=study.bench_repeats, device=device,
                            compile=study.bench_compile)
+    failed: set[str] = set()
     for round_number in range(1, study.bench_rounds + 1):
         for name, run in runs.items():
             rounds = bench_rounds_done(run)
-            if len(rounds) >= round_number:
+            if len(rounds) >= round_number or name in failed:
                 continue
             say(f"bench round {round_number}/{study.bench_rounds}: {name}")
-            result = bench(config_of_run(read_config(run)), str(RunFolder(run).weights), options)
+            try:
+                result = bench(config_of_run(read_config(run)), str(RunFolder(run).weights), options)
+            except UserError as error:
+                say(f"bench of {name} failed, so the report goes without its timings: {error}")
+                failed.add(name)
+                atomic_write_json(RunFolder(run).bench_path, {"rounds": rounds, "failed": str(error)})
+                continue
             atomic_write_json(RunFolder(run).bench_path, {"rounds": [*rounds, result]})
 
 
