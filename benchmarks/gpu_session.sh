@@ -9,8 +9,9 @@
 #     sweep   prepare the whole corpus, then benchmarks/study_sweep.py: candidate settings, 25 s of training each
 #     shared  benchmarks/shared_gpu.py: tokens/s of 1 to 4 training processes on the GPU at once (--jobs)
 # A first session (15 minutes of device time, the start included; one call at most 10) runs `study` in one call, then
-# `checks` at once in a second; a later one `sweep shared`, and `study` again if the sweep's winner differs from
-# small.toml's settings (docs/gpu.md, "What a GPU session runs").
+# `checks` at once in a second (or `study` again, which continues it, if the first stopped it at STUDY_LIMIT); a later
+# one `sweep shared`, and `study` again if the sweep's winner differs from small.toml's (docs/gpu.md, "What a GPU
+# session runs").
 #
 # The device machine has no network: `pack` copies ../shared's corpus and treebanks into .gpu/shared and fetches
 # the pyppmd wheel into .gpu/whl (.gpu/ is ignored: give it to the device tool's `carry`). Environment: SOURCE (the
