@@ -80,7 +80,7 @@ for stage in "$@"; do
     shared)
         python3 "$repo/benchmarks/shared_gpu.py" --preset small --processes 1 2 3 4 --seconds 12 \
             --set model.n_layer=8 --set model.n_head=8 --set model.n_embd=512 --set model.block_size=256 \
-            --set optim.name=muon --set optim.micro_batch=128 2>&1 | tee "$out/shared.log"
+            --set optim.name=muon --set optim.micro_batch=128 --set optim.batch_tokens=32768 2>&1 | tee "$out/shared.log"
         ;;
     study)
         # shellcheck disable=SC2086

@@ -29,8 +29,7 @@ def trainer(args, barrier, results):
     config = load_config(args.preset, overrides=[*args.set, f"model.vocab_size={args.vocab_size}"])
     device = pick_device(args.device)
     use_tf32(device)  # as the trainer does
-    _, _, step = training_step(config, device)
-    batch, block = config.optim.micro_batch, config.model.block_size
+    _, _, step, step_tokens = training_step(config, device)
     for _ in range(5):
         step()
     synchronize(device)
@@ -42,7 +41,7 @@ def trainer(args, barrier, results):
         if steps % 10 == 0:
             synchronize(device)
     synchronize(device)
-    results.put(steps * batch * block / (time.perf_counter() - started))
+    results.put(steps * step_tokens / (time.perf_counter() - started))
 
 
 def main():

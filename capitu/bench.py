@@ -74,29 +74,31 @@ def sdpa_kernel(call) -> str:
 
 
 def training_step(config: Config, device: torch.device):
-    """(model, autocast, step): `step()` is one trainer's optimizer step of the model on one micro-batch of random
-    tokens (speed does not depend on them)."""
+    """(model, autocast, step, step_tokens): `step()` is one trainer's optimizer step of the model on random tokens
+    (speed does not depend on them), over as many micro-batches as the trainer accumulates in one process, so that
+    the optimizer's share of the time is the trainer's; `step_tokens` the tokens it trains on."""
     from capitu.models import build_model
     from capitu.train.optim import make_optimizer
-    from capitu.train.trainer import optimizer_step
+    from capitu.train.trainer import accumulation_steps, optimizer_step
 
     model = build_model(config.model).to(device).train()
     optimizer = make_optimizer(model, config.optim, device.type)
     autocast, scaler = autocast_context(device, config.run.dtype), grad_scaler(device, config.run.dtype)
-    batch, block = config.optim.micro_batch, config.model.block_size
+    batch, block, accumulation = config.optim.micro_batch, config.model.block_size, accumulation_steps(config)
     generator = torch.Generator().manual_seed(0)
 
     def step():
-        x = torch.randint(0, config.model.vocab_size, (batch, block + 1), generator=generator).to(device)
-        optimizer_step(model, optimizer, [(x[:, :-1], x[:, 1:])], autocast, config.optim.grad_clip, scaler=scaler)
+        x = torch.randint(0, config.model.vocab_size, (accumulation, batch, block + 1), generator=generator).to(device)
+        optimizer_step(model, optimizer, [(m[:, :-1], m[:, 1:]) for m in x], autocast, config.optim.grad_clip,
+                       scaler=scaler)
 
-    return model, autocast, step
+    return model, autocast, step, accumulation * batch * block
 
 
 def measure_training(config: Config, device: torch.device, options: BenchOptions, kernel: bool = True) -> dict:
-    """Training tokens/s of the trainer's own step (one micro-batch each), from the median of `options.train_steps`
-    timed steps after warm-up steps, the peak memory, and (with `kernel`) the SDPA kernel the model's attention runs."""
-    model, autocast, step = training_step(config, device)
+    """Training tokens/s of the trainer's own optimizer step, from the median of `options.train_steps` timed steps
+    after warm-up steps, the peak memory, and (with `kernel`) the SDPA kernel the model's attention runs."""
+    model, autocast, step, step_tokens = training_step(config, device)
     batch, block = config.optim.micro_batch, config.model.block_size
     for _ in range(3):  # warm-up: allocations, kernel selection, oneDNN's bf16 kernels built on first use
         step()
@@ -107,8 +109,8 @@ def measure_training(config: Config, device: torch.device, options: BenchOptions
         step()
         synchronize(device)
         seconds.append(time.perf_counter() - started)
-    result = {"train_tok_s": batch * block / statistics.median(seconds), "train_batch": [batch, block],
-              "peak_train_bytes": peak_memory_bytes(device)}
+    result = {"train_tok_s": step_tokens / statistics.median(seconds), "train_batch": [batch, block],
+              "train_accumulation": step_tokens // (batch * block), "peak_train_bytes": peak_memory_bytes(device)}
     if kernel:
         with torch.no_grad(), autocast:
             result["sdpa_kernel_train"] = sdpa_kernel(
@@ -245,9 +247,10 @@ def format_table(result: dict) -> str:
     def size(n):
         return f"{n / 2**20:,.1f} MiB"
 
-    kv = result["kv_bytes_per_token"]
+    kv, micro = result["kv_bytes_per_token"], result["train_accumulation"]
     lines = [
-        f"device {result['device']}; training batch {result['train_batch'][0]} x {result['train_batch'][1]}; "
+        f"device {result['device']}; training batch {result['train_batch'][0]} x {result['train_batch'][1]}"
+        f"{f', {micro} of them a step' if micro > 1 else ''}; "
         f"generation prompt {result['prompt_length']}, {result['new_tokens']} new tokens",
         f"{'training':<22} {result['train_tok_s']:>12,.0f} tok/s   peak {size(result['peak_train_bytes'])}"
         f" (at start {size(result['train_start_bytes'])})   SDPA {result['sdpa_kernel_train']}",

@@ -31,12 +31,35 @@ def test_bench_preset_json(capsys):
     result = json.loads(out)
     check_result(result, kv_heads=2, n_layer=1, head_dim=256 // 4)
     assert result["train_batch"] == [2, 32] and result["prompt_length"] == 16
+    assert result["train_accumulation"] == 2048 // (2 * 32)  # the tiny preset's batch_tokens, as the trainer steps
     for task in ("train", "generate"):  # what the rest of the machine did meanwhile
         load = result[f"{task}_load"]
         assert load["cores"] == os.cpu_count() and (load["others"] is None or 0 <= load["others"] <= 1)
     assert result["decode_path"] == "eager" and result["compile_s"] == 0
     assert result["decode_path_reason"] == "compiling turned off"
 
+
+
+def test_the_bench_times_the_trainers_optimizer_step_with_all_its_micro_batches(monkeypatch):
+    import torch
+
+    import capitu.train.trainer as trainer
+    from capitu.bench import BenchOptions, measure_training
+    from capitu.config import load_config
+
+    shapes, real = [], trainer.optimizer_step
+
+    def counted(model, optimizer, micro_batches, *args, **kwargs):
+        shapes.append([tuple(x.shape) for x, _ in micro_batches])
+        return real(model, optimizer, micro_batches, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "optimizer_step", counted)
+    config = load_config("tiny", overrides=["model.vocab_size=300", "model.n_layer=1", "model.block_size=32",
+                                            "optim.micro_batch=2", "optim.batch_tokens=256"])
+    result = measure_training(config, torch.device("cpu"), BenchOptions(train_steps=2), kernel=False)
+    # 256 tokens a step in micro-batches of 2 x 32: 4 of them, then one optimizer update, as the trainer does
+    assert result["train_accumulation"] == 4 and result["train_batch"] == [2, 32]
+    assert shapes == [[(2, 32)] * 4] * (3 + 2)  # three warm-up steps, then the two timed
 
 def test_bench_decodes_compiled_by_default_and_reports_its_path(capsys):
     code, out, err = run_cli(["bench", "--preset", "tiny", "--set", "model.vocab_size=300", "--set", "model.n_layer=1",

@@ -126,6 +126,12 @@ def load_data(config: Config) -> tuple[DataFolder, np.ndarray, np.ndarray]:
     return data, train, val
 
 
+def accumulation_steps(config: Config, world: int = 1) -> int:
+    """Micro-batches each process runs per optimizer step: `optim.batch_tokens` over the tokens of one micro-batch
+    in every process (at least 1)."""
+    return max(1, round(config.optim.batch_tokens / (config.optim.micro_batch * config.model.block_size * world)))
+
+
 def total_steps(config: Config, batch_tokens: int) -> int:
     """The schedule's length in steps; 0 when only seconds are given (run.time sets it then)."""
     if config.run.steps:
@@ -238,7 +244,7 @@ def setup(config: Config, run: RunFolder, checkpoint: tuple[Path, dict] | None, 
     model = build_model(config.model).to(device)
     optimizer = make_optimizer(model, config.optim, device.type)
     block, micro = config.model.block_size, config.optim.micro_batch
-    accumulation = max(1, round(config.optim.batch_tokens / (micro * block * ddp.world)))
+    accumulation = accumulation_steps(config, ddp.world)
     step_tokens = accumulation * micro * block * ddp.world
     steps = total_steps(config, step_tokens)
     sampler = WindowSampler(train_tokens, block, config.run.seed)
