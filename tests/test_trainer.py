@@ -37,7 +37,8 @@ def test_loss_falls_below_a_unigram_model(prepared_char, tmp_path):
     assert last["val_loss"] < unigram - 0.2, (last["val_loss"], unigram)
 
 
-@pytest.mark.parametrize("optimizer, dtype", [("adamw", "float32"), ("muon", "float32"), ("adamw", "float16")])
+@pytest.mark.parametrize("optimizer, dtype", [("adamw", "float32"), ("muon", "float32"), ("adamw", "float16"),
+                                              ("muon", "float16")])  # a T4 or V100 running the GPU study
 def test_exact_resume_is_bit_identical(optimizer, dtype, prepared_char, tmp_path):
     """float16 too: autocast and the gradient scaler run on CPU, and the scaler's state is in the checkpoint."""
     settings = ["run.steps=12", "model.dropout=0.1", f"optim.name={optimizer}", f"run.dtype={dtype}"]
