@@ -441,7 +441,7 @@ def reproducibility(results: dict, variants: list[Variant], data: Path, command:
     return "\n".join(lines)
 
 
-def busy_note(entries: list[dict]) -> list[Block]:
+def bench_notes(entries: list[dict]) -> list[Block]:
     """A plain warning above the table when other programs disturbed the bench rounds, and one for each variant
     whose bench failed."""
     notes = [Paragraph(f"The bench of {e['name']} failed, so its speed and memory columns are empty: "
@@ -490,7 +490,7 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
         Section("Findings", [Items(results["findings"])]),
         *([Section("Ladder", ladder_blocks(results["ladder"], figures["ladder.png"]))] if "ladder" in results else []),
         Section("Budget", budget_blocks(results)),
-        Section("Results", [*busy_note(entries), Table(head, rows)]),
+        Section("Results", [*bench_notes(entries), Table(head, rows)]),
         Section("Generalization", [*general,
                                    Paragraph("Perplexity by evaluation length (— : learned positions cannot go past "
                                              "their training context; the feed-forward LM reads a fixed window of n "
