@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -351,10 +352,12 @@ def test_jobs_stopped_by_sigterm_stop_their_shards(prepared_bpe, tmp_path):
     command = study_command(micro_config(tmp_path, seeds=1, tokens=10**8), prepared_bpe, out, "--device", "cpu",
                             "--jobs", "2")
     parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    watchdog = threading.Timer(120, parent.kill)  # should the line below never come, the wait ends (and the test fails)
+    watchdog.start()
     try:
-        for line in parent.stdout:
-            if line.startswith("[shard 1/2] [1/"):  # shard 1 is training its first run
-                break
+        started = any(line.startswith("[shard 1/2] [1/") for line in parent.stdout)  # shard 1 trains its first run
+        watchdog.cancel()
+        assert started, "shard 1 never started a run"
         parent.send_signal(signal.SIGTERM)
         _, err = parent.communicate(timeout=120)
         assert parent.returncode == 2 and err.count("\n") == 1 and "stopped by SIGTERM" in err, err
