@@ -16,7 +16,9 @@ is rewritten after every line, so a run cut short keeps what it measured):
    AdamW): capitu eager and compiled against HF GPT2LMHeadModel eager and compiled, the same
    batches, interleaved rounds (median), and capitu compiled at GPT-2's vocabulary padded to
    50,304 (nanoGPT's), and with its logits materialised before the cross-entropy (its fused
-   loss left out), both ways; then where a compiled step's GPU time goes.
+   loss left out), both ways; then where a compiled step's GPU time goes. capitu's compiled
+   contenders are built first, and each one's first pass is written as it ends, so that a run
+   cut short in this section keeps them.
 4. A smoke training through the command line under torchrun (NCCL, world 1) with
    run.compile on: `small` preset, Muon, --smoke-seconds on a prepared folder (--data);
    the loss must fall.
@@ -305,32 +307,43 @@ def training():
     # not 16-byte aligned in bf16, which keeps cuBLAS off its Hopper kernels for the output layer
     padded = variant_config(args.preset, ["model.vocab_size=50304"])
     torch.manual_seed(0)
-    plan = [("HF eager", lambda: LogitsThenLoss(hf_twin(config), hf=True), False, config),
-            ("capitu eager", lambda: GPT(config), False, config)]
+    # capitu's compiled contenders first: a session cut short keeps the first passes of those it reached
+    plan = []
     if not args.no_compile:
-        plan += [("HF compiled", lambda: LogitsThenLoss(hf_twin(config), hf=True), True, config),
-                 ("capitu compiled", lambda: GPT(config), True, config),
+        plan += [("capitu compiled", lambda: GPT(config), True, config),
                  ("capitu compiled, vocabulary padded to 50,304", lambda: GPT(padded), True, padded),
                  # the profile's other lead: the fused loss's fp32 passes over the logits; here inductor fuses
                  # the cross-entropy of materialised bf16 logits instead
                  ("capitu compiled, logits then cross-entropy", lambda: LogitsThenLoss(GPT(config)), True, config),
                  ("capitu compiled, padded, logits then cross-entropy", lambda: LogitsThenLoss(GPT(padded)), True,
-                  padded)]
+                  padded),
+                 ("HF compiled", lambda: LogitsThenLoss(hf_twin(config), hf=True), True, config)]
+    plan += [("capitu eager", lambda: GPT(config), False, config),
+             ("HF eager", lambda: LogitsThenLoss(hf_twin(config), hf=True), False, config)]
+    say(f"First pass of each contender as it is built ({args.steps} steps, after warm-up and compiling), "
+        "then the interleaved rounds:\n")
     contenders = []
     for name, build, compiled, shape in plan:
         try:
             contenders.append(contender(name, build(), compiled, batches))
             contenders[-1]["flops"] = GPT(shape).flops_per_token()  # HF's model: the same shape as capitu's
+            rate = args.steps * micro * block / contenders[-1]["steps"](batches)
+            mfu = f"{contenders[-1]['flops'] * rate / datasheet:.1%}" if datasheet else "—"
+            say(f"- {name}: {rate:,.0f} tokens/s, MFU {mfu} (datasheet); warm-up + compile "
+                f"{contenders[-1]['setup_s']:.1f} s")
         except Exception as error:  # noqa: BLE001 (one contender failing must not cost the others)
             traceback.print_exc()
-            say(f"{name}: {failure(error)}\n")
+            say(f"- {name}: {failure(error)}")
+    say()
     for _ in range(args.rounds):
         for c in contenders:
             c["rates"].append(args.steps * micro * block / c["steps"](batches))
-    reference = next(c for c in reversed(contenders) if c["name"].startswith("HF"))
+    # against HF compiled where it ran, else HF eager
+    reference = next((c for c in contenders if c["name"] == "HF compiled"),
+                     next((c for c in contenders if c["name"] == "HF eager"), contenders[0]))
     say(f"{micro} x {block} tokens a step, vocabulary {config.vocab_size:,}, bf16 autocast, fused AdamW, "
         f"gradient clipping; {args.rounds} rounds of {args.steps} steps, interleaved; "
-        f"{contenders[0]['flops'] / 1e9:.3f} GFLOP a token (capitu's count, as nanoGPT's; the padded model's "
+        f"{GPT(config).flops_per_token() / 1e9:.3f} GFLOP a token (capitu's count, as nanoGPT's; the padded model's "
         "count includes its padding, as nanoGPT's does).\n")
     say(f"| contender | tokens/s (median) | range | MFU (datasheet) | MFU (measured peak) | "
         f"vs {reference['name']} | warm-up + compile s |")
@@ -343,7 +356,8 @@ def training():
             f"{c['flops'] * median / measured:.1%} | {median / reference_rate:.2f}x | {c['setup_s']:.1f} |")
     if device.type == "cuda":
         say(f"\npeak memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
-    profiled = next((c for c in contenders if c["name"] == "capitu compiled"), contenders[-1])
+    profiled = next((c for c in contenders if c["name"] == "capitu compiled"),
+                    next((c for c in contenders if c["name"] == "capitu eager"), contenders[0]))
     kernel_profile(profiled, batches, micro * block / statistics.median(profiled["rates"]))
 
 
