@@ -39,7 +39,6 @@ def test_bench_preset_json(capsys):
     assert result["decode_path_reason"] == "compiling turned off"
 
 
-
 def test_the_bench_times_the_trainers_optimizer_step_with_all_its_micro_batches(monkeypatch):
     import torch
 
@@ -60,6 +59,7 @@ def test_the_bench_times_the_trainers_optimizer_step_with_all_its_micro_batches(
     # 256 tokens a step in micro-batches of 2 x 32: 4 of them, then one optimizer update, as the trainer does
     assert result["train_accumulation"] == 4 and result["train_batch"] == [2, 32]
     assert shapes == [[(2, 32)] * 4] * (3 + 2)  # three warm-up steps, then the two timed
+
 
 def test_bench_decodes_compiled_by_default_and_reports_its_path(capsys):
     code, out, err = run_cli(["bench", "--preset", "tiny", "--set", "model.vocab_size=300", "--set", "model.n_layer=1",

@@ -409,7 +409,6 @@ def test_references_computed_beside_the_training_are_the_studys(micro_study, pre
     assert beside == in_line
 
 
-
 def test_a_failing_bench_costs_its_variant_the_timings_not_the_study_its_report(micro_study, prepared_bpe, tmp_path,
                                                                                monkeypatch):
     import capitu.bench
@@ -445,6 +444,7 @@ def test_a_failing_bench_costs_its_variant_the_timings_not_the_study_its_report(
     variants = {e["name"]: e for e in json.loads((out / "results.json").read_text())["variants"]}
     assert variants["rope"]["bench"]["spread"]["rounds"] == 2 and variants["rope"]["bench_failed"] is None
     assert "The bench of rope failed" not in (out / "report.md").read_text(encoding="utf-8")
+
 
 def test_flops_budget_gives_each_variant_the_baselines_flops(prepared_bpe, tmp_path):
     from capitu.models import build_model
@@ -482,7 +482,6 @@ def test_timings_are_compared_round_by_round_and_not_at_all_on_a_busy_machine():
     assert len(said) == 1 and said[0].startswith("Timings were taken on a busy machine") and "60%" in said[0]
 
 
-
 def test_training_seconds_are_called_disturbed_only_beyond_the_cores_the_training_left():
     from capitu.study.report import budget_blocks
 
@@ -507,6 +506,7 @@ def test_equal_seconds_come_from_the_bench_rates_not_the_training_wall_time():
     paragraph, table = budget_blocks({"variants": [entry("baseline", 1_000.0, 30.0), entry("rope", 1_500.0, 90.0)]})
     assert [row[-1] for row in table.rows] == ["30,000", "45,000"]  # the baseline's tokens, x 1.5 for rope
     assert "anchored on the baseline (30,000 tokens, 30.0 s at its bench rate" in paragraph.text
+
 
 def test_load_study_layers(tmp_path):
     study, variants = load_study("tiny")

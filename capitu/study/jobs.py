@@ -82,4 +82,3 @@ def run_shards(argv: list[str], jobs: int, device: str, say: Callable[[str], Non
         for _, child, reader in children:
             child.wait()
             reader.join(timeout=5)
-
