@@ -320,6 +320,13 @@ def training():
                  ("HF compiled", lambda: LogitsThenLoss(hf_twin(config), hf=True), True, config)]
     plan += [("capitu eager", lambda: GPT(config), False, config),
              ("HF eager", lambda: LogitsThenLoss(hf_twin(config), hf=True), False, config)]
+
+    def rate(c):  # tokens/s of one pass over the batches
+        return args.steps * micro * block / c["steps"](batches)
+
+    def preferred(*names):  # the first of these contenders that ran, else the first that did
+        return next((c for name in names for c in contenders if c["name"] == name), contenders[0])
+
     say(f"First pass of each contender as it is built ({args.steps} steps, after warm-up and compiling), "
         "then the interleaved rounds:\n")
     contenders = []
@@ -327,9 +334,9 @@ def training():
         try:
             contenders.append(contender(name, build(), compiled, batches))
             contenders[-1]["flops"] = GPT(shape).flops_per_token()  # HF's model: the same shape as capitu's
-            rate = args.steps * micro * block / contenders[-1]["steps"](batches)
-            mfu = f"{contenders[-1]['flops'] * rate / datasheet:.1%}" if datasheet else "—"
-            say(f"- {name}: {rate:,.0f} tokens/s, MFU {mfu} (datasheet); warm-up + compile "
+            first = rate(contenders[-1])
+            mfu = f"{contenders[-1]['flops'] * first / datasheet:.1%}" if datasheet else "—"
+            say(f"- {name}: {first:,.0f} tokens/s, MFU {mfu} (datasheet); warm-up + compile "
                 f"{contenders[-1]['setup_s']:.1f} s")
         except Exception as error:  # noqa: BLE001 (one contender failing must not cost the others)
             traceback.print_exc()
@@ -337,10 +344,8 @@ def training():
     say()
     for _ in range(args.rounds):
         for c in contenders:
-            c["rates"].append(args.steps * micro * block / c["steps"](batches))
-    # against HF compiled where it ran, else HF eager
-    reference = next((c for c in contenders if c["name"] == "HF compiled"),
-                     next((c for c in contenders if c["name"] == "HF eager"), contenders[0]))
+            c["rates"].append(rate(c))
+    reference = preferred("HF compiled", "HF eager")
     say(f"{micro} x {block} tokens a step, vocabulary {config.vocab_size:,}, bf16 autocast, fused AdamW, "
         f"gradient clipping; {args.rounds} rounds of {args.steps} steps, interleaved; "
         f"{GPT(config).flops_per_token() / 1e9:.3f} GFLOP a token (capitu's count, as nanoGPT's; the padded model's "
@@ -356,8 +361,7 @@ def training():
             f"{c['flops'] * median / measured:.1%} | {median / reference_rate:.2f}x | {c['setup_s']:.1f} |")
     if device.type == "cuda":
         say(f"\npeak memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
-    profiled = next((c for c in contenders if c["name"] == "capitu compiled"),
-                    next((c for c in contenders if c["name"] == "capitu eager"), contenders[0]))
+    profiled = preferred("capitu compiled", "capitu eager")
     kernel_profile(profiled, batches, micro * block / statistics.median(profiled["rates"]))
 
 
