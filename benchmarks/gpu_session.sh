@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_session.sh pack                 # here, before: the data and wheels the GPU machine lacks
 #   bash benchmarks/gpu_session.sh OUT STAGE [STAGE...] # there; stages, about 20 minutes in all on an H200:
 #     study   the GPU study, capitu study --preset small --source ../shared/corpus --jobs 3 (its time is the figure)
-#     checks  benchmarks/gpu.py sections 6 (float16 forced, against bf16 and fp32), then 3 (training MFU, gpt2 shape)
+#     checks  benchmarks/gpu.py sections 6 (float16 forced, against bf16 and fp32), then 3 (training MFU, gpt2 shape);
+#             then benchmarks/bench_fidelity.py on the study's baseline, where a study ran before
 #     sweep   prepare the whole corpus, then benchmarks/study_sweep.py: candidate settings, 25 s of training each
 #     shared  benchmarks/shared_gpu.py: tokens/s of 1 to 4 training processes on the GPU at once (--jobs)
 # A first session (15 minutes of device time, the start included; one call at most 10) runs `study` in one call, then
@@ -97,6 +98,9 @@ for stage in "$@"; do
         if [ ! -f "$whole/meta.json" ] && [ -f "$study_out/data/meta.json" ]; then data=$study_out/data; else prepared; fi
         # shellcheck disable=SC2086
         python3 "$repo/benchmarks/gpu.py" --only 6,3 --data "$data" --out "$out/gpu.md" ${CHECKS_ARGS:-} 2>&1 | tail -n 5
+        # whether the seconds budget's bench rates are the trainer's on the GPU too (docs/measurements.md)
+        baseline=$(compgen -G "$study_out/runs/baseline-s*" | head -n 1)
+        [ -z "$baseline" ] || python3 "$repo/benchmarks/bench_fidelity.py" "$baseline" --rounds 5 2>&1 | tee "$out/fidelity.log"
         ;;
     *)
         echo "unknown stage $stage (sweep, shared, study, checks)" >&2
