@@ -14,12 +14,11 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from capitu.bench import training_step
+from capitu.bench import median_step_seconds, training_step
 from capitu.config import Config, from_dict
-from capitu.device import pick_device, synchronize
+from capitu.device import pick_device
 from capitu.folders import RunFolder
 from capitu.train.trainer import micro_batches, optimizer_step, setup, setup_distributed
 
@@ -51,14 +50,7 @@ def main():
         print(f"{'round':>5} {'bench tok/s':>12} {'trainer tok/s':>14} {'trainer/bench':>14}", flush=True)
         for number in range(1, args.rounds + 1):
             for name, step in contenders.items():
-                seconds = []
-                for _ in range(args.steps):
-                    synchronize(device)
-                    started = time.perf_counter()
-                    step()
-                    synchronize(device)
-                    seconds.append(time.perf_counter() - started)
-                rates[name].append(step_tokens / statistics.median(seconds))
+                rates[name].append(step_tokens / median_step_seconds(step, device, args.steps))
             bench, trainer = rates["bench"][-1], rates["trainer"][-1]
             print(f"{number:>5} {bench:>12,.0f} {trainer:>14,.0f} {trainer / bench:>14.3f}", flush=True)
         ratios = [t / b for t, b in zip(rates["trainer"], rates["bench"])]

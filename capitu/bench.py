@@ -95,6 +95,19 @@ def training_step(config: Config, device: torch.device):
     return model, autocast, step, accumulation * batch * block
 
 
+def median_step_seconds(step, device: torch.device, steps: int) -> float:
+    """The median seconds of `steps` calls of `step()`, each timed alone (the device waited for at both ends), so that
+    a neighbour's burst spoils one, not the median."""
+    seconds = []
+    for _ in range(steps):
+        synchronize(device)
+        started = time.perf_counter()
+        step()
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
 def measure_training(config: Config, device: torch.device, options: BenchOptions, kernel: bool = True) -> dict:
     """Training tokens/s of the trainer's own optimizer step, from the median of `options.train_steps` timed steps
     after warm-up steps, the peak memory, and (with `kernel`) the SDPA kernel the model's attention runs."""
@@ -102,14 +115,8 @@ def measure_training(config: Config, device: torch.device, options: BenchOptions
     batch, block = config.optim.micro_batch, config.model.block_size
     for _ in range(3):  # warm-up: allocations, kernel selection, oneDNN's bf16 kernels built on first use
         step()
-    seconds = []
-    for _ in range(options.train_steps):  # each step timed alone: a neighbour's burst spoils one, not the median
-        synchronize(device)
-        started = time.perf_counter()
-        step()
-        synchronize(device)
-        seconds.append(time.perf_counter() - started)
-    result = {"train_tok_s": step_tokens / statistics.median(seconds), "train_batch": [batch, block],
+    result = {"train_tok_s": step_tokens / median_step_seconds(step, device, options.train_steps),
+              "train_batch": [batch, block],
               "train_accumulation": step_tokens // (batch * block), "peak_train_bytes": peak_memory_bytes(device)}
     if kernel:
         with torch.no_grad(), autocast:
