@@ -31,6 +31,8 @@ parser.add_argument("--device", default="auto")
 
 def main():
     args = parser.parse_args()
+    if not (args.run / "config.json").is_file():
+        parser.error(f"{args.run} is not a training run's folder (no config.json)")
     config = from_dict(Config, json.loads((args.run / "config.json").read_text(encoding="utf-8"))["config"])
     device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as scratch:
