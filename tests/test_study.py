@@ -447,14 +447,13 @@ def test_a_failing_bench_costs_its_variant_the_timings_not_the_study_its_report(
 
 
 def test_flops_budget_gives_each_variant_the_baselines_flops(prepared_bpe, tmp_path):
+    from capitu.folders import DataFolder
     from capitu.models import build_model
-    from capitu.study.runner import base_config, plan_budgets
-    from capitu.study.variants import variant_config
+    from capitu.study.runner import plan_budgets, study_configs
 
     study, variants = load_study("tiny", micro_config(tmp_path, tokens=4096, budget="flops"))
     variants.append(next(v for v in load_study("tiny", grid="full")[1] if v.name == "ffn"))
-    base = base_config(study, prepared_bpe)
-    configs = {v.name: variant_config(base, v) for v in variants}
+    configs = study_configs(study, variants, prepared_bpe, DataFolder(prepared_bpe).vocab_size)
     budgets = plan_budgets(tmp_path, study, configs, "cpu")
     flops = {name: build_model(config.model).flops_per_token() for name, config in configs.items()}
     assert budgets["baseline"]["tokens"] == 4096
@@ -539,6 +538,22 @@ def test_study_refuses_missing_data_and_another_study(micro_study, tmp_path, pre
     config = micro_config(tmp_path, tokens=4096)
     code, _, err = run_cli(["study", "--config", config, "--data", prepared_bpe, "--out", micro_study], capsys)
     assert code == 2 and "holds another study" in err
+
+
+def test_a_refused_new_study_leaves_its_folder_as_it_found_it(tmp_path, small_corpus, capsys):
+    out = tmp_path / "out"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[study]\nset = ["model.pos=foo"]\n', encoding="utf-8")
+    # a bad config is refused before the corpus is prepared
+    code, _, err = run_cli(["study", "--config", bad, "--source", small_corpus, "--out", out, "--quiet"], capsys)
+    assert code == 2 and "model.pos must be one of" in err and not out.exists()
+    # a source refused by the preparation: no plan stays behind to make the corrected command "another study"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "one.txt").write_text("Era uma vez um texto só.\n" * 50, encoding="utf-8")
+    for source, message in ((tmp_path / "empty", "no .txt files"), (tmp_path / "one.txt", "at least 3")):
+        code, _, err = run_cli(["study", "--source", source, "--out", out, "--quiet"], capsys)
+        assert code == 2 and message in err, err
+        assert [p.name for p in out.iterdir()] == [".setup.lock"]
 
 
 def test_variants_that_resolve_to_the_same_model_are_refused():

@@ -63,12 +63,18 @@ def prepare_data(out: Path, study: StudyConfig, data: Path | None, source: str |
     return out / "data"
 
 
-def base_config(study: StudyConfig, data: Path) -> Config:
-    config = load_config(study.preset, overrides=[*study.set, f"data.path={json.dumps(str(data.resolve()))}"])
+def study_configs(study: StudyConfig, variants: list[Variant], data: Path, vocab_size: int,
+                  device: str = "auto") -> dict[str, Config]:
+    """Each variant's resolved config on `data`; a UserError if one is invalid or two are one run."""
+    base = load_config(study.preset, overrides=[*study.set, f"data.path={json.dumps(str(data.resolve()))}"])
     if study.tokens:
-        config.run.tokens, config.run.steps = study.tokens, 0
-    config.model.vocab_size = DataFolder(data).vocab_size
-    return config
+        base.run.tokens, base.run.steps = study.tokens, 0
+    base.model.vocab_size = vocab_size
+    if device != "auto":
+        base.run.device = device
+    configs = {variant.name: variant_config(base, variant) for variant in variants}
+    check_distinct(configs)
+    return configs
 
 
 def same_training(saved: dict, wanted: dict) -> bool:
@@ -293,6 +299,23 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
+def forgotten_if_refused(out: Path):
+    """A new study whose setup is refused (a source without texts, say) leaves its folder as it found it, empty, so
+    that the same command with the input corrected starts it, rather than finding "another study" there."""
+    new = not StudyFolder(out).plan.exists()
+    try:
+        yield
+    except UserError:
+        if new:
+            for path in out.iterdir():
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.name != SETUP_LOCK:
+                    path.unlink()
+        raise
+
+
+@contextlib.contextmanager
 def setup_lock(out: Path):
     """Shards started at once into one folder set the study up (plan, data, budgets, generalization inputs) one at a
     time: the first does the work, the others find its files. An advisory lock (POSIX `flock`), none elsewhere."""
@@ -350,6 +373,11 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
     started = time.perf_counter()
     out = Path(out)
     check_study_inputs(data, source)
+    torch_device = pick_device(device)
+    # a config refused after the data is prepared would cost the preparation: check the configs first (the vocabulary
+    # size a --source gets is not known yet, and no check depends on it)
+    study_configs(study, variants, data if data is not None else out / "data",
+                  DataFolder(data).vocab_size if data is not None else study.vocab_size)
     # shards started at once look at the folder only under the lock: before it, one may be seeing another's setup
     # half-way (a file being written, the plan not yet there)
     if shard is None:
@@ -358,16 +386,12 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
         if shard is not None:
             check_study_folder(out)
         clean_leftovers(out)
-        record_plan(out, study, variants, str(data) if data is not None else f"source:{source}")
-        data = prepare_data(out, study, data, source, progress)
-        base = base_config(study, data)
-        if device != "auto":
-            base.run.device = device
-        torch_device = pick_device(device)
-        configs = {variant.name: variant_config(base, variant) for variant in variants}
-        check_distinct(configs)
-        budgets = plan_budgets(out, study, configs, torch_device)
-        prepare_inputs(out, study, data)
+        with forgotten_if_refused(out):
+            record_plan(out, study, variants, str(data) if data is not None else f"source:{source}")
+            data = prepare_data(out, study, data, source, progress)
+            configs = study_configs(study, variants, data, DataFolder(data).vocab_size, device)
+            budgets = plan_budgets(out, study, configs, torch_device)
+            prepare_inputs(out, study, data)
     for name, config in configs.items():
         config.run.tokens, config.run.steps = budgets[name]["tokens"], 0
     jobs = [(variant.name, seed) for seed in study.seed_list for variant in variants]
