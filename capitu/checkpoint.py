@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from capitu.config import ModelConfig, from_dict, to_dict
 from capitu.errors import UserError
-from capitu.folders import RunFolder
+from capitu.folders import RunFolder, StudyFolder
 from capitu.models import build_model
 from capitu.paths import atomic_write_json, fsync_file, temporary_name
 
@@ -42,7 +42,9 @@ def save_model(folder: Path, model: torch.nn.Module, extra: dict | None = None) 
 def read_config(folder: Path) -> dict:
     folder = Path(folder)
     if not (folder / CONFIG).is_file():
-        raise UserError(f"{folder} is not a capitu run or model folder (no {CONFIG})")
+        runs = sorted(folder.glob("runs/*/" + CONFIG)) if StudyFolder(folder).plan.is_file() else []
+        hint = f"; it holds a study: give one of its runs, such as {runs[0].parent}" if runs else ""
+        raise UserError(f"{folder} is not a capitu run or model folder (no {CONFIG}){hint}")
     try:
         content = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:

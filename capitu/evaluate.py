@@ -139,7 +139,10 @@ def evaluate_run(run: Path, split: str = "test", text: Path | None = None, lengt
         tokens, counts = text_tokens(Path(text), tokenizer)
         source = str(text)
     else:
-        data = DataFolder(content.get("config", {}).get("data", {}).get("path", ""))
+        path = content.get("config", {}).get("data", {}).get("path", "")
+        data = DataFolder(path)
+        if not path:
+            raise UserError(f"{run} names no data folder (an imported model has none); evaluate with --text PATH")
         if not data.is_prepared():
             raise UserError(f"the run's data folder {data.path} is missing; evaluate with --text PATH")
         if split not in SPLITS:

@@ -181,6 +181,8 @@ HOSTILE = [
     ("eval-lengths-zero", ["eval", "{w}/run", "--lengths", "0"], "--lengths must be positive"),
     ("eval-stride", ["eval", "{w}/run", "--stride", "-1"], "--stride must be between 1 and"),
     ("eval-data-gone", ["eval", "{w}/orphan"], "data folder"),
+    ("eval-imported-no-data", ["eval", "{w}/imported"], "names no data folder (an imported model has none)"),
+    ("eval-a-study", ["eval", "{w}/study"], "it holds a study: give one of its runs, such as"),
     ("pairs-missing", ["pairs", "--ud", "{t}/missing.conllu", "--out", "{t}/p.jsonl"], "cannot read"),
     ("pairs-not-conllu", ["pairs", "--ud", "{t}/file.txt", "--out", "{t}/p.jsonl"], "not CoNLL-U"),
     ("eval-pairs-not-pairs", ["eval", "{w}/run", "--pairs", "{t}/file.txt"], "cannot read pairs"),
@@ -192,6 +194,7 @@ HOSTILE = [
     # generate
     ("generate-no-run", ["generate", "--prompt", "Era"], "give a run folder"),
     ("generate-missing-run", ["generate", "{t}/missing"], "is not a capitu run or model folder"),
+    ("generate-a-study", ["generate", "{w}/study"], "runs/baseline-s1"),
     ("generate-new-tokens", ["generate", "{w}/run", "-n", "0"], "-n/--new-tokens must be at least 1"),
     ("generate-temperature", ["generate", "{w}/run", "--temperature", "-1"], "--temperature must be 0"),
     ("generate-top-k", ["generate", "{w}/run", "--top-k", "-3"], "--top-k must be 0"),
@@ -274,7 +277,7 @@ def hf_variant(world: Path, name: str, change) -> None:
 def world(tmp_path_factory, prepared_char, prepared_bpe) -> Path:
     """The shared things the hostile inputs point at (none of them may change)."""
     from capitu.config import load_config
-    from capitu.hf import export_hf
+    from capitu.hf import export_hf, import_hf
     from capitu.train.trainer import train
 
     w = tmp_path_factory.mktemp("world")
@@ -307,6 +310,9 @@ def world(tmp_path_factory, prepared_char, prepared_bpe) -> Path:
     with open(w / "damaged" / "checkpoints" / "step-00000002" / "train_state.pt", "r+b") as state:
         state.truncate(100)
     export_hf(w / "bpe_run", w / "hf")
+    import_hf(w / "hf", w / "imported")
+    shutil.copytree(w / "run", w / "study" / "runs" / "baseline-s1")
+    (w / "study" / "study.json").write_text("{}")
     hf_variant(w, "hf_list", lambda c: [c])
     hf_variant(w, "hf_not_json", lambda c: "{not json")
     hf_variant(w, "hf_no_layers", lambda c: {k: v for k, v in c.items() if k != "n_layer"})
