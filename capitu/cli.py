@@ -145,7 +145,7 @@ def add_train(commands) -> None:
         "then --config FILE.toml, then --set overrides (e.g. --set model.pos=rope). "
         "Under torchrun it trains with DDP: torchrun --nproc_per_node=N -m capitu train ...")
     p.add_argument("--data", help="a prepared data folder (train.bin, val.bin, meta.json)")
-    p.add_argument("--preset", default="tiny", help="tiny, small or gpt2 (default tiny)")
+    p.add_argument("--preset", help="tiny, small or gpt2 (default tiny)")
     p.add_argument("--config", type=Path, help="a TOML file with [model], [optim], [data], [run] sections")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. model.n_kv_head=2 (repeatable)")
@@ -166,6 +166,10 @@ def run_train(args) -> None:
     from capitu.config import load_config
     from capitu.train.trainer import train
 
+    if args.resume and (args.preset or args.config or args.overrides or args.data):
+        # an exact resume replays the saved config; a change to it would be silently ignored, or break the replay
+        raise UserError("--resume continues a run with the config it started with: --preset, --config, --set and "
+                        "--data do not apply (--tokens, --steps, --time and --device do)")
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.path={json.dumps(str(args.data))}")
@@ -180,9 +184,14 @@ def run_train(args) -> None:
         settings.update(tokens=0, steps=0)
     if not args.resume and not args.data and not any(o.startswith("data.path=") for o in overrides):
         raise UserError("--data is required (a folder made by capitu prepare)")
-    config = None if args.resume else load_config(args.preset, args.config, overrides)
+    config = None if args.resume else load_config(args.preset or "tiny", args.config, overrides)
     last = train(config, args.out, resume=args.resume, pause_at=args.pause_at, progress=not args.quiet,
                  run_settings=settings)
+    if "train_loss" not in last:  # resumed where it was to stop: not one step ran
+        where = "the end of its budget" if last["stopped"] == "budget" else f"at or past --pause-at {args.pause_at}"
+        print(f"{args.out}: nothing to train: the run is at step {last['step']} ({last['tokens']:,} tokens), {where}; "
+              "--steps, --tokens or --time extend it")
+        return
     summary = f"step {last.get('step')}, {last.get('tokens', 0):,} tokens, "
     summary += f"train loss {last.get('train_loss', float('nan')):.4f}"
     if "val_loss" in last:

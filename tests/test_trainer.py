@@ -154,7 +154,7 @@ def test_ddp_two_processes_equal_one_with_accumulation(optimizer, port, prepared
 )
 def test_bad_configs_exit_2(args, message, prepared_char, tmp_path, capsys):
     args = [a.format(tmp=tmp_path) for a in args]
-    if "--data" not in args:
+    if "--data" not in args and "--resume" not in args:
         args += ["--data", str(prepared_char)]
     code, _, err = run_cli(["train", "--out", tmp_path / "run", "--steps", "2", "--quiet", *args], capsys)
     assert code == 2 and err.startswith("capitu: error: ") and message in err
@@ -181,6 +181,15 @@ def test_resume_takes_a_new_device_and_budget(prepared_char, tmp_path, capsys):
     code, _, err = run_cli(["train", "--out", tmp_path / "run", "--resume", "--steps", "4", "--device", "tpu9",
                             "--quiet"], capsys)
     assert code == 2 and "unknown device" in err
+    # a resume replays the saved config: what would change it is refused, not ignored
+    for change in (["--set", "model.n_layer=3"], ["--preset", "small"], ["--data", str(prepared_char)]):
+        code, _, err = run_cli(["train", "--out", tmp_path / "run", "--resume", *change, "--quiet"], capsys)
+        assert code == 2 and "--resume continues a run with the config it started with" in err, change
+    # at the end of its budget, or at --pause-at, a resume says there is nothing to train, and trains nothing
+    for more, where in ((), "the end of its budget"), (("--steps", "5", "--pause-at", "2"), "at or past --pause-at 2"):
+        code, out, err = run_cli(["train", "--out", tmp_path / "run", "--resume", *more, "--quiet"], capsys)
+        assert code == 0 and f"nothing to train: the run is at step 3 ({3 * 256:,} tokens), {where}" in out, out + err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["step"] == 3
 
 
 def test_time_alone_sets_the_schedule_and_ends_the_run(prepared_char, tmp_path, capsys):

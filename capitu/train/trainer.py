@@ -360,7 +360,8 @@ def run_loop(session: Session, pause_at: int, show_progress: bool) -> dict:
     bar = tqdm(total=round(config.run.time) if in_seconds else target,
                initial=round(progress.elapsed) if in_seconds else progress.step, desc="train",
                unit=" s" if in_seconds else " steps", disable=None if show_progress and session.ddp.main else True)
-    stop_reason, last = "pause-at" if target < budget else "budget", {}
+    stop_reason = "pause-at" if target < budget else "budget"
+    last = {"step": progress.step, "tokens": progress.tokens}  # if no step runs (resumed at its end)
     started = time.perf_counter() - progress.elapsed
     window_start, window_tokens, window_load = time.perf_counter(), 0, MachineLoad(session.device.type)
     session.model.train()
