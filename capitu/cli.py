@@ -166,10 +166,6 @@ def run_train(args) -> None:
     from capitu.config import load_config
     from capitu.train.trainer import train
 
-    if args.resume and (args.preset or args.config or args.overrides or args.data):
-        # an exact resume replays the saved config; a change to it would be silently ignored, or break the replay
-        raise UserError("--resume continues a run with the config it started with: --preset, --config, --set and "
-                        "--data do not apply (--tokens, --steps, --time and --device do)")
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.path={json.dumps(str(args.data))}")
@@ -184,7 +180,9 @@ def run_train(args) -> None:
         settings.update(tokens=0, steps=0)
     if not args.resume and not args.data and not any(o.startswith("data.path=") for o in overrides):
         raise UserError("--data is required (a folder made by capitu prepare)")
-    config = None if args.resume else load_config(args.preset or "tiny", args.config, overrides)
+    # with --resume, a config given too (the same command again, say) is checked against the run's own
+    given = args.preset or args.config or args.overrides or args.data
+    config = load_config(args.preset or "tiny", args.config, overrides) if given or not args.resume else None
     last = train(config, args.out, resume=args.resume, pause_at=args.pause_at, progress=not args.quiet,
                  run_settings=settings)
     if "train_loss" not in last:  # resumed where it was to stop: not one step ran

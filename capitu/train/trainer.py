@@ -202,11 +202,29 @@ def evaluate(model, tokens: np.ndarray, starts: np.ndarray, block: int, micro_ba
     return sum(losses) / len(starts)
 
 
+RESUME_SETTINGS = ("tokens", "steps", "time", "device")  # the [run] values a resume may change
+
+
+def check_resumed_config(given: Config, saved: Config) -> None:
+    """A config given with a resume must be the run's own: a change to it is refused, not ignored, so that no one
+    takes the resumed run for the changed one (an exact resume replays the saved config)."""
+    given, saved = to_dict(given), to_dict(saved)
+    if given["model"]["vocab_size"] == 0:  # taken from the data, as the run took it
+        given["model"]["vocab_size"] = saved["model"]["vocab_size"]
+    changed = [f"{section}.{key} {saved[section][key]!r} -> {value!r}" for section, values in given.items()
+               for key, value in values.items()
+               if value != saved[section][key] and not (section == "run" and key in RESUME_SETTINGS)]
+    if changed:
+        raise UserError(f"--resume continues the run with its own config, which this command changes: "
+                        f"{', '.join(changed)} (a resume changes only --tokens, --steps, --time and --device)")
+
+
 def train(config: Config | None, out: Path, resume: bool = False, pause_at: int = 0, progress: bool = True,
           run_settings: dict | None = None) -> dict:
-    """Train the run in `out` with `config`, or resume it with its saved config (`config` is
-    then ignored); `run_settings` ({"tokens", "steps", "time", "device"}) replace those [run]
-    values, the saved ones too on resume (a budget can be extended, a run moved to a device)."""
+    """Train the run in `out` with `config`, or resume it with its saved config (`config`, if
+    given, must be that one: check_resumed_config); `run_settings` ({"tokens", "steps", "time",
+    "device"}) replace those [run] values, the saved ones too on resume (a budget can be
+    extended, a run moved to a device)."""
     out = Path(out)
     writer = int(os.environ.get("RANK", 0)) == 0  # under torchrun, rank 0 writes (and checks where)
     checkpoint = None
@@ -214,7 +232,10 @@ def train(config: Config | None, out: Path, resume: bool = False, pause_at: int 
         if writer:
             check_writable(out)
         checkpoint = load_checkpoint(out, repair=writer)
-        config = from_dict(Config, read_saved_config(checkpoint[0]))
+        saved = from_dict(Config, read_saved_config(checkpoint[0]))
+        if config is not None:
+            check_resumed_config(config, saved)
+        config = saved
     elif writer and (checkpoint_folders(out) or RunFolder(out).config_path.exists()):
         raise UserError(f"{out} already holds a run; use --resume to continue it, or another --out")
     elif writer and RunFolder(out).info_path.exists():
