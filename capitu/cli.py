@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from capitu import __version__
@@ -473,6 +474,7 @@ def run_study_command(args) -> None:
     from capitu.study.jobs import run_shards
     from capitu.study.runner import check_study_folder, check_study_inputs, parse_shard, run_study
 
+    started = time.perf_counter()  # the study's time is the command's, --jobs' shards included
     shard = parse_shard(args.shard) if args.shard is not None else None
     study, variants = load_study(args.preset, args.config, args.seeds, args.grid, args.tokens)
     if args.jobs != 1:
@@ -486,7 +488,7 @@ def run_study_command(args) -> None:
         run_shards([str(item) for key, value in given.items() if value is not None for item in (key, value)],
                    args.jobs, args.device, lambda line: print(line, flush=True))
     run_study(study, variants, args.out, data=args.data, source=args.source, command=["capitu", *sys.argv[1:]],
-              progress=not args.quiet, device=args.device, shard=shard)
+              progress=not args.quiet, device=args.device, shard=shard, started=started)
 
 
 def add_serve(commands) -> None:

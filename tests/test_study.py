@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -316,13 +317,25 @@ def test_jobs_runs_the_shards_then_reports_as_the_study_run_whole(micro_study, p
     config = micro_config(tmp_path, bench="false")
     out = tmp_path / "out"
     command = study_command(config, prepared_bpe, out, "--device", "cpu", "--jobs", "2")
+    wall = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=child_env())
+    wall = time.perf_counter() - wall
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     for k in (1, 2):
         assert sum(line.startswith(f"[shard {k}/2] [") for line in lines) == 2  # two runs each
         assert any(line.startswith(f"[shard {k}/2] shard {k}/2 done") for line in lines)
     assert sum("trained already" in line for line in lines if not line.startswith("[shard")) == 4
+    # the study's time is the command's, the shards' included: at least the slower shard's, at most the wall clock's
+
+    def seconds(line: str, before: str) -> int:
+        minutes, secs = re.search(before + r" (?:(\d+)m)?(\d+)s", line).groups()
+        return int(minutes or 0) * 60 + int(secs)
+
+    shards = max(seconds(line, r"run\(s\) in") for line in lines if " done: " in line)
+    study = seconds(next(line for line in lines if line.startswith("study done in")), "study done in")
+    invocation = int(re.search(r"this invocation ([\d,]+) s", (out / "report.md").read_text()).group(1))
+    assert shards <= study <= wall + 1 and shards <= invocation <= wall + 1, (shards, study, invocation, wall)
     whole = json.loads((micro_study / "results.json").read_text())
     jobs = json.loads((out / "results.json").read_text())
     assert [v["bpb"]["values"] for v in whole["variants"]] == [v["bpb"]["values"] for v in jobs["variants"]]

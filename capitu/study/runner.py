@@ -362,15 +362,16 @@ def check_study_folder(out: Path) -> None:
 def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path | None = None,
               source: str | None = None, command: list[str] | None = None, progress: bool = True,
               device: str = "auto", say: Callable[[str], None] = partial(print, flush=True),
-              shard: tuple[int, int] | None = None) -> Path | None:
+              shard: tuple[int, int] | None = None, started: float | None = None) -> Path | None:
     """Run (or continue) the study in `out` on `device` (training, evaluation, bench and generation), telling `say`
     how far it is; returns the path of report.md. With `shard` (K, N), only train and evaluate the runs whose place
     in the study's list is K modulo N (shards may run at once into the same `out`), and return None: the same call
-    without a shard then benches and reports, training nothing that is done."""
+    without a shard then benches and reports, training nothing that is done. Times count from `started` (a
+    `time.perf_counter()`; default now): the command's start, where shards trained before this call."""
     from capitu.study.generalization import prepare_inputs
     from capitu.study.report import write_report
 
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     out = Path(out)
     check_study_inputs(data, source)
     torch_device = pick_device(device)
