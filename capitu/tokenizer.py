@@ -6,6 +6,7 @@ and decode back exactly (`decode(encode(text)) == text`)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Iterable, Protocol
 
@@ -55,7 +56,7 @@ class BPETokenizer:
             min_frequency=2,
             special_tokens=[EOT],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=show_progress,
+            show_progress=show_progress and sys.stdout.isatty(),  # into a log or a pipe, its bar is blank lines
         )
         hf.train_from_iterator(texts, trainer)
         return cls(hf)

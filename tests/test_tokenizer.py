@@ -42,6 +42,12 @@ def test_bpe_learns_portuguese_merges_and_reserves_end_of_text():
     assert len(tokenizer.encode(" coração")) < len(" coração".encode("utf-8"))
 
 
+def test_bpe_training_writes_no_progress_into_a_file(capfd):
+    """HF's progress bar, into a log or a pipe (here pytest's file), is blank lines: it is shown on a terminal only."""
+    BPETokenizer.train(["O coração da nação. " * 50] * 4, vocab_size=300, show_progress=True)
+    assert capfd.readouterr().out == ""
+
+
 def test_char_tokenizer_ids_are_the_characters_and_bytes_fall_back():
     tokenizer = CharTokenizer.train(["abcã"])
     assert tokenizer.vocab_size == 257 + 4
