@@ -408,6 +408,31 @@ def test_a_shard_looks_at_the_folder_only_under_the_setup_lock(prepared_bpe, tmp
     assert StudyFolder(out).plan.is_file() and StudyFolder(out).run("rope", 1337).is_dir()  # shard 2/2: the 2nd run
 
 
+def test_each_measures_comparisons_with_the_baseline_are_adjusted_as_one_family(micro_study, tmp_path):
+    """A twin of rope (its runs copied) makes each family two equal tests: Holm takes each p to twice its own (the
+    smaller times 2, the other raised to it). In micro_study, rope alone, each p is its own."""
+    from capitu.study.report import collect
+    from capitu.study.variants import Variant
+
+    out = tmp_path / "out"
+    shutil.copytree(micro_study, out)
+    study, variants = load_study("tiny", micro_config(tmp_path))
+    for seed in study.seed_list:
+        shutil.copytree(out / "runs" / f"rope-s{seed}", out / "runs" / f"twin-s{seed}")
+    budgets = json.loads((out / "budgets.json").read_text())
+    (out / "budgets.json").write_text(json.dumps({**budgets, "twin": budgets["rope"]}))
+    alone = {e["name"]: e for e in json.loads((micro_study / "results.json").read_text())["variants"]}["rope"]
+    entries = {e["name"]: e for e in collect(out, study, [*variants, Variant("twin", set=["model.pos=rope"])])[
+        "variants"]}
+    families = [lambda e: e["vs_baseline"], lambda e: e["grammar"]["vs_baseline"]]
+    families += [lambda e, name=name, measure=measure: e["out_of_domain"][name]["vs_baseline"][measure]
+                 for name in ("written", "poetry") for measure in ("bpb", "gap")]
+    for test_of in families:
+        rope, twin = test_of(entries["rope"]), test_of(entries["twin"])
+        assert rope["p"] == twin["p"] == test_of(alone)["p"] == test_of(alone)["p_holm"]
+        assert rope["p_holm"] == twin["p_holm"] == pytest.approx(min(1.0, 2 * rope["p"]))
+
+
 def test_references_computed_beside_the_training_are_the_studys(micro_study, prepared_bpe, tmp_path):
     """On a GPU the references run in another process while the block trains: the same file as computed in line."""
     from capitu.study.runner import references_beside
@@ -489,6 +514,13 @@ def test_timings_are_compared_round_by_round_and_not_at_all_on_a_busy_machine():
     said = speed_findings([baseline, fast], baseline)
     assert "faster: fast (1.20x, p = " in said[0] and "no difference shown: none" in said[0]
     assert "faster: none" in said[1] and "no difference shown: fast (1.01x, p = 0.88)" in said[1]
+    # two variants each faster alone at p < 0.05 (0.042 and 0.034), but not as a family of two: Holm takes the
+    # smaller p to 2 x 0.034 = 0.069, and the larger to that too
+    one, two = entry("one", [110, 118, 116], [50, 51, 52]), entry("two", [108, 119, 118], [50, 51, 52])
+    for alone in (one, two):
+        assert "faster: " + alone["name"] in speed_findings([baseline, alone], baseline)[0]
+    said = speed_findings([baseline, one, two], baseline)[0]
+    assert "faster: none" in said and "no difference shown: one (1.09x, p = 0.069), two (1.10x, p = 0.069)" in said
     busy = entry("fast", [120, 126, 131], [45, 51, 60], others=0.6)
     said = speed_findings([baseline, busy], baseline)
     assert len(said) == 1 and said[0].startswith("Timings were taken on a busy machine") and "60%" in said[0]

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from capitu.study.stats import compare_rates, mean, paired_t_test, spread, std
+from capitu.study.stats import adjust_family, compare_rates, holm, mean, paired_t_test, rate_verdict, spread, std
 
 
 def test_paired_t_test_hand_computed():
@@ -45,11 +45,27 @@ def test_timings_differ_only_with_a_significant_paired_test_and_a_margin():
     faster = compare_rates([120.0, 131.0, 127.0], baseline)
     logs = [math.log(a / b) for a, b in zip([120.0, 131.0, 127.0], baseline)]
     t = mean(logs) / (std(logs) / math.sqrt(3))
-    assert faster["verdict"] == "faster" and faster["ratio"] == pytest.approx(math.exp(mean(logs)))
+    assert faster["ratio"] == pytest.approx(math.exp(mean(logs)))
     assert faster["p"] == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t))  # two-sided, 2 degrees of freedom
-    assert compare_rates([83.0, 92.0, 88.0], baseline)["verdict"] == "slower"
+
+    def verdict(rates):
+        test = compare_rates(rates, baseline)
+        return rate_verdict(test["ratio"], test["p"])
+
+    assert verdict([120.0, 131.0, 127.0]) == "faster" and verdict([83.0, 92.0, 88.0]) == "slower"
     # the same 1.2x on average, but one round against it: not shown (the overlap rule would also say noise)
-    assert compare_rates([150.0, 99.0, 131.0], baseline)["verdict"] == "no difference shown"
+    assert verdict([150.0, 99.0, 131.0]) == "no difference shown"
     # consistent but tiny (2%): below the margin
-    assert compare_rates([102.0, 112.2, 107.1], baseline)["verdict"] == "no difference shown"
-    assert compare_rates([120.0], [100.0])["p"] is None  # one round: no test
+    assert verdict([102.0, 112.2, 107.1]) == "no difference shown"
+    assert compare_rates([120.0], [100.0])["p"] is None and rate_verdict(1.5, None) == "no difference shown"
+
+
+def test_holm_hand_computed():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04, raised to the 0.06 before it
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # at most 1
+    assert holm([0.02]) == [0.02] and holm([]) == []  # a family of one is its own test
+    # a family: tests without a p (one seed) count in nothing and get None
+    tests = [{"p": 0.04}, None, {"p": None}, {"p": 0.01}]
+    adjust_family(tests)
+    assert [t and t["p_holm"] for t in tests] == [pytest.approx(0.04), None, None, pytest.approx(0.02)]

@@ -18,7 +18,7 @@ from capitu.errors import UserError, warn
 from capitu.folders import DataFolder, RunFolder, StudyFolder
 from capitu.paths import atomic_write_bytes, atomic_write_json
 from capitu.study.config import StudyConfig
-from capitu.study.stats import mean, paired_t_test, summary
+from capitu.study.stats import adjust_family, mean, paired_t_test, summary
 
 ALPHA = 0.05
 PAIRS_SEED = 2026  # the sample of pairs per phenomenon, the same for every study
@@ -179,21 +179,27 @@ def collect(out: Path, study: StudyConfig, entries: list[dict]) -> dict | None:
             base = baseline["out_of_domain"][name]
             result["vs_baseline"] = {"bpb": paired_t_test(result["bpb"]["values"], base["bpb"]["values"]),
                                      "gap": paired_t_test(result["gap"]["values"], base["gap"]["values"])}
+    # each measure's comparisons with the baseline are one family (stats.holm)
+    others = [entry for entry in entries if entry is not baseline]
+    adjust_family(entry["grammar"]["vs_baseline"] for entry in others if "grammar" in entry)
+    for name in inputs["texts"]:
+        for measure in ("bpb", "gap"):
+            adjust_family(entry["out_of_domain"][name]["vs_baseline"][measure] for entry in others)
     return {"texts": inputs["texts"], "pairs": inputs["pairs"]}
 
 
 def verdicts(entries: list[dict], test_of: Callable[[dict], dict | None], lower_is_better: bool) -> str:
-    """Which variants differ from the baseline beyond seed noise (paired t-test over seeds, p < ALPHA)."""
+    """Which variants differ from the baseline beyond seed noise (paired t-test over seeds, Holm-adjusted p < ALPHA)."""
     groups: dict[str, list[str]] = {"better": [], "worse": [], "not significant": []}
     for e in entries:
         test = test_of(e) if e["name"] != "baseline" else None
         if test is None:
             continue
-        if test["p"] is None or test["p"] >= ALPHA:
+        if test["p_holm"] is None or test["p_holm"] >= ALPHA:
             groups["not significant"].append(e["name"])
         else:
             improved = (test["mean_difference"] < 0) == lower_is_better
-            groups["better" if improved else "worse"].append(f"{e['name']} (p = {test['p']:.2g})")
+            groups["better" if improved else "worse"].append(f"{e['name']} (p = {test['p_holm']:.2g})")
     return "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in groups.items())
 
 
@@ -210,7 +216,7 @@ def findings(generalization: dict | None, entries: list[dict], seeds: int) -> li
                     f"{pairs['unigram']['accuracy']:.1%}): best {best['name']} ({percent(best['grammar'])}), "
                     f"worst {worst['name']} ({percent(worst['grammar'])})")
         if testing:
-            sentence += (f"; against the baseline (paired t-test over {seeds} seeds on accuracy): "
+            sentence += (f"; against the baseline (paired t-test over {seeds} seeds on accuracy, Holm-adjusted): "
                          + verdicts(entries, lambda e: e["grammar"].get("vs_baseline"), lower_is_better=False))
         said.append(sentence + ".")
     for name, text in generalization["texts"].items():
@@ -228,7 +234,7 @@ def findings(generalization: dict | None, entries: list[dict], seeds: int) -> li
                     f"{ratio(ratios[0])} to {ratio(ratios[-1])}")
         if testing:
             sentence += ("; a smaller gap to the test split than the baseline's (generalizes better), paired t-test "
-                         "over seeds on the gap: " + verdicts(
+                         "over seeds on the gap, Holm-adjusted: " + verdicts(
                              entries, lambda e: e["out_of_domain"][name].get("vs_baseline", {}).get("gap"),
                              lower_is_better=True))
         said.append(sentence + ".")
@@ -282,7 +288,8 @@ def csv_fields(entry: dict) -> dict:
     row = {}
     if "grammar" in entry:
         row["grammar_mean"], row["grammar_std"] = entry["grammar"]["mean"], entry["grammar"]["std"]
-        row["p_grammar_vs_baseline"] = (entry["grammar"].get("vs_baseline") or {}).get("p")
+        test = entry["grammar"].get("vs_baseline") or {}
+        row["p_grammar_vs_baseline"], row["p_holm_grammar_vs_baseline"] = test.get("p"), test.get("p_holm")
         for name, value in entry["grammar"]["by_phenomenon"].items():
             row[f"grammar_{name.replace(' ', '_')}"] = value["mean"]
     for name, result in entry.get("out_of_domain", {}).items():

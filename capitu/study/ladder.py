@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from capitu.pages import Block, Image, Paragraph, Table
 from capitu.study import plots
-from capitu.study.stats import paired_t_test
+from capitu.study.stats import adjust_family, paired_t_test
 from capitu.study.variants import Variant
 
 
@@ -51,6 +51,8 @@ def ladder(results: dict, variants: list[Variant]) -> dict | None:
             "vs_parent": bpb_test(entry, entries[variant.parent], seeds),
             "vs_baseline": bpb_test(entry, entries["baseline"], seeds), "bench": entry["bench"],
         })
+    for family in ("vs_parent", "vs_baseline"):  # each a family of tests (stats.holm)
+        adjust_family(rung[family] for rung in rungs)
     return {"main": main, "baseline_bpb": entries["baseline"]["bpb"], "baseline_bench": entries["baseline"]["bench"],
             "rungs": rungs}
 
@@ -76,12 +78,13 @@ def ladder_blocks(view: dict, figure: bytes) -> list[Block]:
     for rung in view["rungs"]:
         name = rung["name"] if rung["main"] else f"{rung['name']} (side branch of {rung['parent']})"
         rows.append([name, rung["change"], f"{rung['bpb']['mean']:.4f} ± {rung['bpb']['std']:.4f}",
-                     f"{rung['vs_parent']['difference']:+.4f}", p_text(rung["vs_parent"]["p"]),
-                     f"{rung['vs_baseline']['difference']:+.4f}", p_text(rung["vs_baseline"]["p"]),
+                     f"{rung['vs_parent']['difference']:+.4f}", p_text(rung["vs_parent"]["p_holm"]),
+                     f"{rung['vs_baseline']['difference']:+.4f}", p_text(rung["vs_baseline"]["p_holm"]),
                      *speed_cells(rung["bench"])])
     return [Paragraph("Each rung adds one change to the rung below it (its parent) and keeps everything the parent "
                   "has. Δ is the difference of mean test bits per byte (negative: better); p is a paired t-test "
-                  "over seeds on per-seed bits per byte. Speed is the bench's median."),
+                  "over seeds on per-seed bits per byte, Holm-adjusted over the rungs (each column a family). Speed "
+                  "is the bench's median."),
             Table(head, rows),
             Image("ladder.png", figure, "The ladder: each rung's change of test bits per byte (mean over seeds)")]
 
@@ -96,10 +99,10 @@ def ladder_findings(view: dict) -> list[str]:
     if not main:
         return []
     top = main[-1]
-    significant = [r for r in main if r["vs_parent"]["p"] is not None and r["vs_parent"]["p"] < 0.05]
+    significant = [r for r in main if r["vs_parent"]["p_holm"] is not None and r["vs_parent"]["p_holm"] < 0.05]
     best = min(main, key=lambda r: r["vs_parent"]["difference"])
     return [f"Ladder: from GPT-2's {view['baseline_bpb']['mean']:.3f} bits/byte to {top['bpb']['mean']:.3f} at the "
             f"last rung, {top['name']} ({top['vs_baseline']['difference']:+.3f}, "
-            f"p = {p_text(top['vs_baseline']['p'])}); "
+            f"p = {p_text(top['vs_baseline']['p_holm'])}); "
             f"the largest single step: {best['name']} ({best['vs_parent']['difference']:+.3f}); steps significant "
-            f"against the rung below (p < 0.05): {', '.join(r['name'] for r in significant) or 'none'}."]
+            f"against the rung below (Holm-adjusted p < 0.05): {', '.join(r['name'] for r in significant) or 'none'}."]

@@ -25,7 +25,17 @@ from capitu.references import label as reference_label
 from capitu.study import generalization, plots
 from capitu.study.config import StudyConfig
 from capitu.study.ladder import ladder, ladder_blocks, ladder_figure, ladder_findings
-from capitu.study.stats import SPEED_ALPHA, SPEED_MARGIN, compare_rates, mean, paired_t_test, spread, summary
+from capitu.study.stats import (
+    SPEED_ALPHA,
+    SPEED_MARGIN,
+    adjust_family,
+    compare_rates,
+    mean,
+    paired_t_test,
+    rate_verdict,
+    spread,
+    summary,
+)
 from capitu.study.variants import Variant
 from capitu.votes import ranking, read_votes
 
@@ -135,6 +145,7 @@ def collect(out: Path, study: StudyConfig, variants: list[Variant]) -> dict:
             "test": "paired t-test on per-seed test loss (pairs: the same seed, so the same training batches)",
             **(paired_t_test(losses, base_losses) or {"t": None, "df": 0, "p": None}),
         }
+    adjust_family(entry["vs_baseline"] for entry in entries)
     path = StudyFolder(out).references
     refs = {k: v for k, v in read_json(path).items() if k != "settings"} if path.exists() else None
     for entry in entries:
@@ -200,11 +211,12 @@ def findings(results: dict) -> list[str]:
                 continue
             bpb_difference = e["bpb"]["mean"] - baseline["bpb"]["mean"]
             text = (f"{e['name']} ({bpb_difference:+.3f} bits/byte, ppl {test['ppl_difference']:+.2f}, "
-                    f"p = {test['p']:.3g})")
-            (unclear if test["p"] >= ALPHA else better if test["ppl_difference"] < 0 else worse).append(text)
+                    f"p = {test['p_holm']:.3g})")
+            (unclear if test["p_holm"] >= ALPHA else better if test["ppl_difference"] < 0 else worse).append(text)
         sentence = (f"Against the baseline (paired t-test on per-seed test loss, {seeds} seeds, {seeds - 1} degree(s) "
-                    f"of freedom, α = {ALPHA}): significantly better: {', '.join(better) or 'none'}; "
-                    f"significantly worse: {', '.join(worse) or 'none'}; not significant: {len(unclear)} variant(s).")
+                    f"of freedom, p Holm-adjusted over the {len(entries) - 1} variants, α = {ALPHA}): significantly "
+                    f"better: {', '.join(better) or 'none'}; significantly worse: {', '.join(worse) or 'none'}; "
+                    f"not significant: {len(unclear)} variant(s).")
         if seeds == 2:
             sentence += (" With two seeds the test has one degree of freedom: only large, consistent differences "
                          "pass it.")
@@ -264,15 +276,16 @@ def speed_findings(benched: list[dict], baseline: dict) -> list[str]:
     said = []
     for label, measure in measures:
         verdicts = {"faster": [], "slower": [], "no difference shown": []}
-        for e in benched:
-            if e is not baseline:
-                test = compare_rates(measure(e), measure(baseline))
-                p = "n/a" if test["p"] is None else f"{test['p']:.2g}"
-                verdicts[test["verdict"]].append(f"{e['name']} ({test['ratio']:.2f}x, p = {p})")
+        tests = {e["name"]: compare_rates(measure(e), measure(baseline)) for e in benched if e is not baseline}
+        adjust_family(tests.values())
+        for name, test in tests.items():
+            p = "n/a" if test["p_holm"] is None else f"{test['p_holm']:.2g}"
+            verdicts[rate_verdict(test["ratio"], test["p_holm"])].append(f"{name} ({test['ratio']:.2f}x, p = {p})")
         base = spread(measure(baseline))
         said.append(f"{label} (tokens/s over {spreads['rounds']} interleaved rounds; a difference counts only with a "
-                    f"paired t-test over the rounds on log tokens/s at p < {SPEED_ALPHA} and a ratio at least "
-                    f"{SPEED_MARGIN:.0%} from 1): the baseline {timing(base)}; faster: "
+                    f"paired t-test over the rounds on log tokens/s at p < {SPEED_ALPHA}, Holm-adjusted over the "
+                    f"{len(tests)} variants, and a ratio at least {SPEED_MARGIN:.0%} from 1): the baseline "
+                    f"{timing(base)}; faster: "
                     f"{', '.join(verdicts['faster']) or 'none'}; slower: {', '.join(verdicts['slower']) or 'none'}; "
                     f"no difference shown: {', '.join(verdicts['no difference shown']) or 'none'}.")
     return said
@@ -295,8 +308,8 @@ def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
     refs = results["references"]
     grammar = bool((results.get("generalization") or {}).get("pairs"))
     head = ["variant", "parameters", "train tokens", "test ppl", "bits/byte", "word ppl", "Δ ppl vs baseline",
-            "p (paired t)", *(["Δ bits/byte vs PPMd", "Δ vs n-gram"] if refs else []),
-            *(["grammar (minimal pairs)", "p grammar (paired t)"] if grammar else []), "train tok/s",
+            "p (paired t, Holm)", *(["Δ bits/byte vs PPMd", "Δ vs n-gram"] if refs else []),
+            *(["grammar (minimal pairs)", "p grammar (paired t, Holm)"] if grammar else []), "train tok/s",
             "decode tok/s b1", "decode tok/s b16", "train peak MiB", "KV B/token"]
     rows = []
     for e in results["variants"]:
@@ -305,7 +318,7 @@ def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
             difference, p = "—", "—"
         else:
             difference = f"{test['ppl_difference']:+.2f} ({test['ppl_ratio'] - 1:+.1%})"
-            p = "n/a (1 seed)" if test["p"] is None else f"{test['p']:.3g}"
+            p = "n/a (1 seed)" if test["p_holm"] is None else f"{test['p_holm']:.3g}"
         speed = ["—"] * 5
         if bench:
             decode = bench["spread"]["decode_tok_s"]
@@ -318,7 +331,7 @@ def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
             grammar_test = e["grammar"].get("vs_baseline")
             grammar_cells = [generalization.percent(e["grammar"]),
                              "—" if test is None else "n/a (1 seed)" if grammar_test is None else
-                             f"{grammar_test['p']:.3g}"]
+                             f"{grammar_test['p_holm']:.3g}"]
         rows.append([e["name"], f"{e['parameters']:,}", f"{e['budget']['tokens']:,}", cell(e["ppl"], 2),
                      cell(e["bpb"], 4), cell(e["word_ppl"], 1), difference, p, *distances, *grammar_cells, *speed])
     for key in REFERENCE_KEYS if refs else ():
@@ -468,7 +481,9 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
                                     f"({entries[0]['seeds'][str(study['first_seed'])]['tokens']:,} tokens scored), "
                                     f"at the training context ({entries[0]['context']}) unless stated; "
                                     f"mean ± sample standard deviation over seeds; each variant is compared with "
-                                    f"the baseline by a paired t-test over seeds on test loss. Speed and memory "
+                                    f"the baseline by a paired t-test over seeds on test loss, its p "
+                                    f"Holm-adjusted over the variants (so that α bounds the chance of any false "
+                                    f"finding among them). Speed and memory "
                                     f"come from `capitu bench` on the first seed's model, "
                                     + ("one round " if study["bench_rounds"] == 1 else
                                        f"{study['bench_rounds']} rounds interleaved across variants: timings are "
@@ -545,9 +560,9 @@ def make_figures(results: dict) -> dict[str, bytes]:
 
 CSV_FIELDS = ["variant", "kind", "pos", "kv_heads", "parameters", "seeds", "ppl_mean", "ppl_std", "loss_mean",
               "loss_std", "bpb_mean", "bpb_std", "bpc_mean", "bpc_std", "word_ppl_mean", "word_ppl_std",
-              "ppl_difference_vs_baseline", "p_vs_baseline", "bpb_minus_ppmd", "bpb_minus_ngram", "train_tok_s",
-              "prefill_tok_s_b1", "prefill_tok_s_b16", "decode_tok_s_b1", "decode_tok_s_b16", "peak_train_bytes",
-              "peak_generate_bytes", "kv_bytes_per_token"]
+              "ppl_difference_vs_baseline", "p_vs_baseline", "p_holm_vs_baseline", "bpb_minus_ppmd", "bpb_minus_ngram",
+              "train_tok_s", "prefill_tok_s_b1", "prefill_tok_s_b16", "decode_tok_s_b1", "decode_tok_s_b16",
+              "peak_train_bytes", "peak_generate_bytes", "kv_bytes_per_token"]
 
 
 def csv_rows(results: dict) -> list[dict]:
@@ -557,6 +572,7 @@ def csv_rows(results: dict) -> list[dict]:
         row = {"variant": e["name"], "kind": e["kind"], "pos": e["pos"], "kv_heads": e["kv_heads"],
                "parameters": e["parameters"], "seeds": len(e["seeds"]),
                "ppl_difference_vs_baseline": test.get("ppl_difference"), "p_vs_baseline": test.get("p"),
+               "p_holm_vs_baseline": test.get("p_holm"),
                **{f"bpb_minus_{key}": (e["vs_references"] or {}).get(key) for key in REFERENCE_ROWS}}
         for key in ("ppl", "loss", "bpb", "bpc", "word_ppl"):
             row[f"{key}_mean"], row[f"{key}_std"] = e[key]["mean"], e[key]["std"]
