@@ -360,7 +360,7 @@ def sampling_of(args):
 
 def run_generate(args) -> None:
     from capitu.device import pick_device
-    from capitu.generate import compare, complete, load_for_generation, read_prompts
+    from capitu.generate import compare, complete, load_for_generation, read_prompts, run_labels
     from capitu.pages import markdown_comparison
 
     runs = ([args.run] if args.run else []) + (args.compare or [])
@@ -371,7 +371,9 @@ def run_generate(args) -> None:
     prompts = prompts or [""]
     device = pick_device(args.device, 0)
     if args.compare:
-        results = compare(runs, prompts, args.new_tokens, sampling, args.seed, device, args.compile)
+        labels = dict(zip(map(str, runs), run_labels(runs)))
+        results = [{"prompt": entry["prompt"], "outputs": {labels[run]: text for run, text in entry["outputs"].items()}}
+                   for entry in compare(runs, prompts, args.new_tokens, sampling, args.seed, device, args.compile)]
         if args.markdown:
             print(markdown_comparison(results))
             return

@@ -6,7 +6,9 @@ the FFN's window); each new token then costs one step, compiled or eager: the sa
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -215,6 +217,15 @@ def compare(runs: list, prompts: list[str], new_tokens: int, sampling: Sampling,
         for entry in results:
             entry["outputs"][str(run)] = complete(decoder, tokenizer, entry["prompt"], new_tokens, sampling, seed)
     return results
+
+
+def run_labels(runs: list) -> list[str]:
+    """Each run's path from the folder the runs share (baseline-s1337, rope-s1337): a comparison's headings."""
+    paths = [Path(run).resolve() for run in runs]
+    if len(set(paths)) < len(paths):
+        raise UserError("a run is given twice; each run is compared once")
+    shared = Path(os.path.commonpath([path.parent for path in paths]))
+    return [str(path.relative_to(shared)) for path in paths]
 
 
 def read_prompts(path) -> list[str]:

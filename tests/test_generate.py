@@ -1,4 +1,5 @@
 import math
+import os
 
 import numpy as np
 import pytest
@@ -173,7 +174,11 @@ def test_cli_compare_markdown(run, tmp_path, prepared_bpe, capsys):
                               "--markdown"], capsys)
     assert code == 0, err
     assert out.count("**Prompt:**") == 2 and out.count("|---|---|") == 2
-    assert f"| {run} | {tmp_path / 'rope'} |" in out
+    # each column is headed by its run's path from the folder the runs share
+    shared = os.path.commonpath([run.parent, tmp_path])
+    assert f"| {run.relative_to(shared)} | {(tmp_path / 'rope').relative_to(shared)} |" in out
+    code, out, err = run_cli(["generate", run, "--compare", tmp_path / "rope", run, "--prompt", "Era"], capsys)
+    assert code == 2 and "a run is given twice" in err
 
 
 @pytest.mark.parametrize("args, message", [
