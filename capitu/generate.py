@@ -220,10 +220,10 @@ def compare(runs: list, prompts: list[str], new_tokens: int, sampling: Sampling,
 
 
 def run_labels(runs: list) -> list[str]:
-    """Each run's path from the folder the runs share (baseline-s1337, rope-s1337): a comparison's headings."""
-    paths = [Path(run).resolve() for run in runs]
-    if len(set(paths)) < len(paths):
-        raise UserError("a run is given twice; each run is compared once")
+    """Each run's (or study's) path from the folder they share (baseline-s1337, rope-s1337): their headings."""
+    if len({Path(run).resolve() for run in runs}) < len(runs):
+        raise UserError("a folder is given twice; give each once")
+    paths = [Path(os.path.abspath(run)) for run in runs]  # as given: a link keeps its own name
     shared = Path(os.path.commonpath([path.parent for path in paths]))
     return [str(path.relative_to(shared)) for path in paths]
 

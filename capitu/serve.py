@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from capitu.checkpoint import read_config
 from capitu.errors import UserError
 from capitu.folders import StudyFolder
-from capitu.generate import PROMPTS, Sampling, complete, load_for_generation, prompt_ids
+from capitu.generate import PROMPTS, Sampling, complete, load_for_generation, prompt_ids, run_labels
 from capitu.pages import render
 from capitu.quality import training_vocabulary, writing_numbers
 from capitu.votes import connect, ranking, record_vote, vote_rows
@@ -47,16 +47,23 @@ class ServedModel:
 
 
 def find_models(paths: list[Path]) -> list[ServedModel]:
-    """A study folder gives the first-seed run of each of its variants; a run folder itself."""
+    """A study folder gives the first-seed run of each of its variants; a run folder itself. A model is named by its
+    variant or folder; where two would share a name (two studies' baselines), by its path from the folder the given
+    paths share too (tiny/baseline, gpu/baseline): the votes are counted by name."""
+    paths = list(map(Path, paths))
+    labels = dict(zip(paths, run_labels(paths))) if paths else {}
     found = []
-    for path in map(Path, paths):
+    for path in paths:
         study = StudyFolder(path)
         if study.plan.is_file():
             content = json.loads(study.plan.read_text(encoding="utf-8"))
             seed = content["study"]["first_seed"]
-            found += [(v["name"], study.run(v["name"], seed)) for v in content["variants"]]
+            found += [(v["name"], f"{labels[path]}/{v['name']}", study.run(v["name"], seed))
+                      for v in content["variants"]]
         else:
-            found.append((path.name, path))
+            found.append((path.name, labels[path], path))
+    names = [name for name, _, _ in found]
+    found = [(name if names.count(name) == 1 else qualified, folder) for name, qualified, folder in found]
     models = []
     for number, (name, folder) in enumerate(found):
         config = read_config(folder)  # a one-line error for anything that is not a model

@@ -178,7 +178,7 @@ def test_cli_compare_markdown(run, tmp_path, prepared_bpe, capsys):
     shared = os.path.commonpath([run.parent, tmp_path])
     assert f"| {run.relative_to(shared)} | {(tmp_path / 'rope').relative_to(shared)} |" in out
     code, out, err = run_cli(["generate", run, "--compare", tmp_path / "rope", run, "--prompt", "Era"], capsys)
-    assert code == 2 and "a run is given twice" in err
+    assert code == 2 and "a folder is given twice" in err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -47,6 +47,28 @@ def test_page_and_models(client):
     assert [m["name"] for m in models] == ["baseline", "rope", "<em>odd"] and models[0]["id"] == "m0"
 
 
+def test_models_that_would_share_a_name_are_named_by_their_paths(runs, tmp_path):
+    """Votes are counted by name: two studies' baselines, or two runs called the same, may not share one."""
+    from capitu.errors import UserError
+    from capitu.serve import find_models
+
+    for study in ("tiny", "gpu"):
+        (tmp_path / study / "runs").mkdir(parents=True)
+        (tmp_path / study / "study.json").write_text(json.dumps({"study": {"first_seed": 1}, "variants": [
+            {"name": "baseline"}, {"name": study}]}))
+        for name in ("baseline", study):
+            (tmp_path / study / "runs" / f"{name}-s1").symlink_to(runs / "baseline")
+    for link, target in (("links/rope", "rope"), ("links/baseline", "baseline"), ("again/baseline", "<em>odd")):
+        (tmp_path / link).parent.mkdir(exist_ok=True)
+        (tmp_path / link).symlink_to(runs / target)
+    found = find_models([tmp_path / name for name in ("tiny", "gpu", "links/rope", "again/baseline")])
+    assert [m.name for m in found] == ["tiny/baseline", "tiny", "gpu/baseline", "gpu", "rope", "again/baseline"]
+    found = find_models([tmp_path / "links" / "baseline", tmp_path / "again" / "baseline"])
+    assert [m.name for m in found] == ["links/baseline", "again/baseline"]
+    with pytest.raises(UserError, match="a folder is given twice"):
+        find_models([runs / "rope", tmp_path / "links" / "rope"])
+
+
 def test_generate_streams_what_capitu_generate_writes(client, runs):
     body = {"model": "m1", "prompt": "Capitu tinha olhos de", "new_tokens": 12, "temperature": 0.8, "top_k": 40,
             "seed": 7}
