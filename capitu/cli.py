@@ -222,10 +222,12 @@ def add_eval(commands) -> None:
 
 
 def run_eval(args) -> None:
+    from capitu.device import pick_device
     from capitu.evaluate import evaluate_run, format_pairs, format_table, score_pairs
     from capitu.folders import RunFolder
     from capitu.paths import atomic_write_json
 
+    args.device = pick_device(args.device)
     pairs = score_pairs(args.run, args.pairs, args.device, not args.quiet) if args.pairs else None
     if pairs and not (args.split or args.text):
         result = {"run": str(args.run), "pairs": pairs}
@@ -422,10 +424,12 @@ def run_bench(args) -> None:
     from capitu.bench import BenchOptions, bench, config_of_run, format_table
     from capitu.checkpoint import read_config
     from capitu.config import load_config
+    from capitu.device import pick_device
     from capitu.folders import RunFolder
 
     if bool(args.run) == bool(args.preset):
         raise UserError("give either a run folder or --preset")
+    pick_device(args.device)  # here, not in the bench's worker process, so that a wrong one is one plain line
     options = options_of(BenchOptions, args)
     if args.run:
         if args.overrides:

@@ -24,6 +24,8 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
             raise UserError(f"unknown device '{name}'") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UserError("device cuda asked for, but CUDA is not available")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise UserError("device mps asked for, but MPS is not available")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank)

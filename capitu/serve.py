@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from capitu.checkpoint import read_config
+from capitu.device import pick_device
 from capitu.errors import UserError
 from capitu.folders import StudyFolder
 from capitu.generate import PROMPTS, Sampling, complete, load_for_generation, prompt_ids, run_labels
@@ -164,7 +165,7 @@ def create_app(paths: list[Path], votes: Path | None = None, device: str = "cpu"
                compile: bool = False) -> FastAPI:
     models = find_models(paths)
     votes = Path(votes) if votes else StudyFolder(paths[0]).votes
-    server = Server(models, votes, torch.device(device), queue_limit, compile)
+    server = Server(models, votes, pick_device(device), queue_limit, compile)
     app = FastAPI(title="capitu serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
     add_error_handlers(app, server)

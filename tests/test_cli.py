@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, TINY, make_run, run_cli
 
 
@@ -257,6 +258,12 @@ HOSTILE = [
     ("study-config-table", ["study", "--data", "{bpe}", "--out", "{t}/out", "--config", "{w}/odd_study.toml"],
      "unknown table(s) model"),
 ]
+# a device this machine lacks: one line from every command that takes --device, before it starts anything
+LACKING = [device for device, there in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()))
+           if not there]
+HOSTILE += [(f"{command}-{device}", [command, "{w}/run", *more, "--device", device], f"device {device} asked for")
+            for device in LACKING
+            for command, more in (("eval", []), ("generate", ["--prompt", "Era"]), ("bench", []), ("serve", []))]
 
 
 def snapshot(folder: Path) -> dict:
