@@ -89,6 +89,17 @@ def test_run_folder_holds_what_it_promises(prepared_char, tmp_path):
         assert record["others_cores"] >= 0 and record["spare_cores"] == 0
 
 
+def test_a_batch_that_is_not_whole_micro_batches_is_said(prepared_char, tmp_path, caplog):
+    """A step runs whole micro-batches (8 x 32 = 256 tokens here): 600 asked gives 512, and the run says so."""
+    train(config_for(prepared_char, "run.steps=1", "optim.batch_tokens=600"), tmp_path / "odd", progress=False)
+    assert "optim.batch_tokens 600 is not a whole number of micro-batches (8 x 32 tokens): a step takes 512 tokens" \
+        in caplog.text
+    assert metrics(tmp_path / "odd")[-1]["tokens"] == 512
+    caplog.clear()
+    train(config_for(prepared_char, "run.steps=1"), tmp_path / "whole", progress=False)  # 256: no word
+    assert "micro-batches" not in caplog.text
+
+
 def test_sigint_leaves_a_checkpoint_that_resumes(prepared_char, tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "capitu", "train", "--data", str(prepared_char), "--out", str(run),

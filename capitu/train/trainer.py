@@ -33,7 +33,7 @@ from capitu.device import (
     use_tf32,
 )
 from capitu.environment import MachineLoad, git_commit, versions
-from capitu.errors import UserError
+from capitu.errors import UserError, warn
 from capitu.folders import DataFolder, RunFolder
 from capitu.models import build_model
 from capitu.paths import check_output, check_writable, staged_folder
@@ -267,6 +267,10 @@ def setup(config: Config, run: RunFolder, checkpoint: tuple[Path, dict] | None, 
     block, micro = config.model.block_size, config.optim.micro_batch
     accumulation = accumulation_steps(config, ddp.world)
     step_tokens = accumulation * micro * block * ddp.world
+    if step_tokens != config.optim.batch_tokens and ddp.main:
+        processes = f" x {ddp.world} processes" if ddp.world > 1 else ""
+        warn(f"optim.batch_tokens {config.optim.batch_tokens:,} is not a whole number of micro-batches ({micro} x "
+             f"{block} tokens{processes}): a step takes {step_tokens:,} tokens")
     steps = total_steps(config, step_tokens)
     sampler = WindowSampler(train_tokens, block, config.run.seed)
     val_starts = evaluation_starts(len(val_tokens), block, config.run.eval_windows)
