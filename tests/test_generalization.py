@@ -1,10 +1,11 @@
 import json
 from collections import Counter
+from pathlib import Path
 
 from test_pairs import CONLLU
 
 from capitu.study.config import StudyConfig
-from capitu.study.generalization import build_pairs, held_out, prepare_inputs
+from capitu.study.generalization import build_pairs, from_here, held_out, prepare_inputs
 
 
 def test_a_set_loses_the_documents_the_data_trains_on_and_a_missing_path_is_skipped(prepared_bpe, small_corpus,
@@ -22,6 +23,9 @@ def test_a_set_loses_the_documents_the_data_trains_on_and_a_missing_path_is_skip
     assert inputs["texts"]["mixed"]["documents"] == 1 and inputs["pairs"] is None
     assert "seen skipped: every document of it is in the training split" in err and "gone skipped" in err
     assert "no CoNLL-U treebank" in err
+    # a relative path is named with the folder it is relative to: the working directory
+    assert from_here("../a", tmp_path) == f"../a, {tmp_path} (from {Path.cwd()})"
+    assert from_here(tmp_path) == str(tmp_path)
     # the SHA-256 a study hands prepare to hold a set out are the ones prepare's manifest records
     assert held_out(StudyConfig(eval_texts={"seen": [str(small_corpus / trained[1])]})) == [
         manifest[trained[1]]["sha256"]]

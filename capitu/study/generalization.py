@@ -31,13 +31,20 @@ def raw_documents(paths: list[str]) -> list[tuple[str, str]]:
     return [document for path in paths for document in hashed_documents(Path(path))]
 
 
+def from_here(*paths) -> str:
+    """Paths for a warning, with the folder that relative ones are relative to (the working directory): a study run
+    from elsewhere misses the shipped presets' ../shared/... paths."""
+    text = ", ".join(map(str, paths))
+    return text if all(Path(path).is_absolute() for path in paths) else f"{text} (from {Path.cwd()})"
+
+
 def present_sets(study: StudyConfig, say: Callable[[str], None] = warn) -> dict[str, list[str]]:
     """The evaluation text sets whose paths are all there; each other one is named in a warning."""
     present = {}
     for name, paths in study.eval_texts.items():
         missing = [p for p in paths if not Path(p).exists()]
         if missing:
-            say(f"study: eval text set {name} skipped: {', '.join(missing)} not found")
+            say(f"study: eval text set {name} skipped: {from_here(*missing)} not found")
         else:
             present[name] = paths
     return present
@@ -54,13 +61,13 @@ def build_pairs(study: StudyConfig) -> tuple[list[dict], str] | None:
 
     if study.pairs:
         if not Path(study.pairs).is_file():
-            warn(f"study: pairs file {study.pairs} not found: no grammar scores")
+            warn(f"study: pairs file {from_here(study.pairs)} not found: no grammar scores")
             return None
         return read_pairs(Path(study.pairs)), study.pairs
     ud = Path(study.ud)
     files = sorted(ud.glob("*.conllu")) if ud.is_dir() else [ud] if ud.is_file() else []
     if not files:
-        warn(f"study: no CoNLL-U treebank at {ud} (study.ud): no grammar scores")
+        warn(f"study: no CoNLL-U treebank at {from_here(ud)} (study.ud): no grammar scores")
         return None
     pairs = minimal_pairs(files)
     if study.pairs_per_phenomenon:
