@@ -210,7 +210,9 @@ def add_eval(commands) -> None:
     p.add_argument("run", type=Path, help="a run folder (or its best/ folder)")
     p.add_argument("--split", choices=["train", "val", "test"], help="default test (with --pairs: none, unless given)")
     p.add_argument("--text", type=Path, help="a text file or folder, cleaned and tokenized as prepare does")
-    p.add_argument("--lengths", type=int_list("--lengths"), help="other context lengths, e.g. 128,256,512,1024,2048")
+    p.add_argument("--lengths", type=int_list("--lengths"), help="other context lengths, e.g. "
+                   "128,256,512,1024,2048 (one past learned positions' context, or longer than the text, is "
+                   "reported as not supported)")
     p.add_argument("--stride", type=int, default=0, help="sliding-window step (default: the context, no overlap)")
     p.add_argument("--pairs", type=Path, help="score minimal pairs (capitu pairs): accuracy overall and per "
                    "phenomenon, with a unigram model of the training split beside it; alone unless --split or "

@@ -161,6 +161,10 @@ def evaluate_run(run: Path, split: str = "test", text: Path | None = None, lengt
                 result["lengths"][str(length)] = {"supported": False,
                                                   "reason": f"learned positions stop at {config.block_size}"}
                 continue
+            if length > len(tokens) - 1:  # every window would be the whole text, scored under this length's name
+                result["lengths"][str(length)] = {"supported": False,
+                                                  "reason": f"the text has only {len(tokens) - 1:,} tokens to score"}
+                continue
             nll, scored = negative_log_likelihood(model, tokens, length, length, device, progress)
             result["lengths"][str(length)] = {"supported": True, **metrics(nll, scored, counts)}
     return result

@@ -83,6 +83,15 @@ def test_lengths_past_learned_positions_are_not_supported(prepared_char, tmp_pat
     assert (tmp_path / "learned" / "eval_val.json").is_file()
     code, out, _ = run_cli(["eval", tmp_path / "alibi", "--split", "val", "--lengths", "128", "--quiet"], capsys)
     assert code == 0 and "not supported" not in out
+    # a length the text cannot fill would be the whole text's figure under that length's name: 40 characters, an
+    # end-of-text before them (the char tokenizer), are 40 targets
+    (tmp_path / "short.txt").write_text("Era uma vez um rapaz que vivia em Belém.", encoding="utf-8")
+    code, out, err = run_cli(["eval", tmp_path / "alibi", "--text", tmp_path / "short.txt", "--lengths", "40,41",
+                              "--json", "--quiet"], capsys)
+    result = json.loads(out)
+    assert code == 0 and result["tokens"] == 40, err
+    assert result["lengths"]["40"]["supported"] and result["lengths"]["40"]["tokens"] == 40
+    assert result["lengths"]["41"] == {"supported": False, "reason": "the text has only 40 tokens to score"}
 
 
 def test_bad_input_exits_2(prepared_char, tmp_path, capsys):

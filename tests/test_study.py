@@ -563,6 +563,16 @@ def test_load_study_layers(tmp_path):
     assert study.tokens == 1000 and study.seeds == 3 and [v.name for v in variants] == ["baseline"]
 
 
+def test_evaluation_lengths_the_test_split_cannot_fill_are_dropped_with_a_warning(caplog):
+    from capitu.study.config import StudyConfig
+    from capitu.study.runner import lengths_that_fit
+
+    study = StudyConfig(eval_lengths=[128, 1000, 999, 4096])
+    assert lengths_that_fit(study, 1000).eval_lengths == [128, 999] and study.eval_lengths == [128, 1000, 999, 4096]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"study: evaluation length {n} skipped: the test split has only 999 tokens to score" for n in (1000, 4096)]
+
+
 @pytest.mark.parametrize("content, message", [
     ('[study]\nseeds = 0\n', "study.seeds"),
     ('[study]\ncolour = "red"\n', "unknown config key 'study.colour'"),

@@ -13,7 +13,7 @@ import multiprocessing
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -285,6 +285,15 @@ def references_beside(out: Path, study: StudyConfig, data: Path, wanted: bool):
             process.join()
 
 
+def lengths_that_fit(study: StudyConfig, test_tokens: int) -> StudyConfig:
+    """The study with only the evaluation lengths its test split can fill; a longer one would score the whole split
+    under that length's name (and the report's "—" means learned positions), so it is dropped with a warning."""
+    fits = [length for length in study.eval_lengths if length <= test_tokens - 1]
+    for length in sorted(set(study.eval_lengths) - set(fits)):
+        warn(f"study: evaluation length {length} skipped: the test split has only {test_tokens - 1:,} tokens to score")
+    return replace(study, eval_lengths=fits)
+
+
 def duration(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
@@ -395,6 +404,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
             prepare_inputs(out, study, data)
     for name, config in configs.items():
         config.run.tokens, config.run.steps = budgets[name]["tokens"], 0
+    study = lengths_that_fit(study, DataFolder(data).meta["splits"]["test"]["tokens"])
     jobs = [(variant.name, seed) for seed in study.seed_list for variant in variants]
     if shard is not None:
         jobs = jobs[shard[0] - 1::shard[1]]
