@@ -516,14 +516,17 @@ def add_serve(commands) -> None:
 
 
 def run_serve(args) -> None:
-    from capitu.serve import create_app, serve
+    from capitu.serve import create_app, listen, serve
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be between 1 and 65535, got {args.port}")
     app = create_app(args.paths, args.votes, args.device, compile=args.compile)
-    print(f"capitu serve: {len(app.state.server.models)} models at http://{args.host}:{args.port}/ "
-          f"(votes: {app.state.server.votes_path}); Ctrl-C stops", flush=True)
-    serve(app, args.host, args.port)
+    with listen(args.host, args.port) as sock:
+        app.state.server.votes  # opened here, holding the port: a votes path that is not a database is one line
+        count = len(app.state.server.models)
+        print(f"capitu serve: {count} model{'s' * (count != 1)} at http://{args.host}:{args.port}/ "
+              f"(votes: {app.state.server.votes_path}); Ctrl-C stops", flush=True)
+        serve(app, sock)
 
 
 def add_votes(commands) -> None:

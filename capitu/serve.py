@@ -7,9 +7,12 @@ are shared); at most `queue_limit` requests wait, and one more gets HTTP 429. Ev
 
 from __future__ import annotations
 
+import errno
 import json
 import queue
 import random
+import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -115,8 +118,16 @@ class Server:
         self.lock = threading.RLock()  # one generation (or model loading) at a time
         self.database = threading.Lock()  # one connection, used by one request at a time
         self.slots = threading.BoundedSemaphore(self.queue_limit)  # running + waiting
-        self.votes = connect(self.votes_path)
+        self.connection: sqlite3.Connection | None = None
         self.chooser = random.Random()
+
+    @property
+    def votes(self) -> sqlite3.Connection:
+        """The votes database, opened at its first use (`capitu serve` opens it once it holds the port): a start
+        refused before that leaves no votes file behind."""
+        if self.connection is None:
+            self.connection = connect(self.votes_path)
+        return self.connection
 
     def model(self, model_id: str) -> ServedModel:
         served = next((m for m in self.models if m.id == model_id), None)
@@ -312,10 +323,35 @@ def writing_table(server: Server) -> dict:
     return {"prompts": QUALITY_PROMPTS, "models": rows}
 
 
-def serve(app: FastAPI, host: str, port: int) -> None:
-    """Run the app until Ctrl-C, then close its votes database."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port`, bound here rather than by uvicorn so that a port in use or an address this
+    machine lacks is one line before the page is announced (uvicorn logs it and exits with code 3)."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, protocol)
+    except OSError as error:  # socket.gaierror: a host name that does not resolve
+        raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart reuses the port
+        sock.bind(address)
+        sock.listen()  # holds the port now: a second server's bind alone would succeed on Linux
+    except OSError as error:
+        sock.close()
+        hint = " (choose another with --port)" if error.errno == errno.EADDRINUSE else ""
+        raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error}{hint}") from None
+    return sock
+
+
+def serve(app: FastAPI, sock: socket.socket) -> None:
+    """Run the app on `sock` (from `listen`) until Ctrl-C, then close its votes database."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning")
-    app.state.server.votes.close()
+    host, port = sock.getsockname()[:2]
+    try:
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again for the caller (as uvicorn.run)
+        pass
+    finally:
+        if app.state.server.connection is not None:
+            app.state.server.connection.close()
 

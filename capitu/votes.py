@@ -26,9 +26,13 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS votes (
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute(SCHEMA)
+    """The votes file at `path`, made if it is not there."""
+    try:
+        connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(SCHEMA)
+    except sqlite3.Error as error:  # a folder that is not there or not writable, a file that is not SQLite
+        raise UserError(f"cannot use {path} as the votes file: {error}") from None
     return connection
 
 

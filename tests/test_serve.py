@@ -208,6 +208,26 @@ def test_a_person_generates_votes_three_times_and_sees_the_ranking(live_server):
     assert len(read_votes(votes)) == 3
 
 
+def test_a_start_refused_is_one_line_and_leaves_no_votes_file(runs, tmp_path, capsys):
+    from conftest import run_cli
+
+    with socket.socket() as taken:  # another server on the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run_cli(["serve", runs / "baseline", "--port", port], capsys)
+    assert code == 2 and err == f"capitu: error: cannot listen on 127.0.0.1:{port}: Address already in use (choose " \
+                                 "another with --port)\n" and out == ""
+    assert not list(runs.glob("*/votes.sqlite*"))
+    (tmp_path / "notes.sqlite").write_text("not a database, but someone's notes " * 4, encoding="utf-8")
+    for votes, message in ((tmp_path / "notes.sqlite", "file is not a database"),
+                           (tmp_path / "absent" / "votes.sqlite", "unable to open database file")):
+        code, out, err = run_cli(["serve", runs / "baseline", "--port", free_port(), "--votes", votes], capsys)
+        assert code == 2 and err == f"capitu: error: cannot use {votes} as the votes file: {message}\n", err
+    assert (tmp_path / "notes.sqlite").read_text(encoding="utf-8") == "not a database, but someone's notes " * 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.sqlite"]
+
+
 def test_ctrl_c_stops_the_server_and_keeps_every_vote(runs, tmp_path):
     import signal
     import subprocess
