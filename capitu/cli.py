@@ -258,7 +258,8 @@ def add_pairs(commands) -> None:
         "person, determiner-noun and adjective-noun gender and number, predicative adjective or participle), "
         "write the sentence and the same sentence with one word replaced by an attested form of its lemma that "
         "breaks that agreement. Score a run on them with capitu eval RUN --pairs FILE.")
-    p.add_argument("--ud", type=Path, nargs="+", required=True, metavar="FILE.conllu", help="UD treebank files")
+    p.add_argument("--ud", type=Path, nargs="+", required=True, metavar="FILE.conllu",
+                   help="UD treebank files, or folders of them (their *.conllu files)")
     p.add_argument("--out", type=Path, required=True, help="the pairs, one JSON object per line")
     p.set_defaults(handler=run_pairs)
 
@@ -266,14 +267,20 @@ def add_pairs(commands) -> None:
 def run_pairs(args) -> None:
     from collections import Counter
 
-    from capitu.pairs import minimal_pairs
-    from capitu.paths import atomic_write_bytes
+    from capitu.pairs import minimal_pairs, treebank_files
+    from capitu.paths import atomic_write_bytes, check_writable
 
     if args.out.exists():
         raise UserError(f"--out {args.out} exists; give a new file")
     if not args.out.parent.is_dir():
         raise UserError(f"--out {args.out}: no folder {args.out.parent}")
-    pairs = minimal_pairs(args.ud)
+    check_writable(args.out.parent)
+    files = []
+    for path in args.ud:
+        if path.is_dir() and not treebank_files(path):
+            raise UserError(f"--ud {path}: a folder without .conllu files")
+        files += treebank_files(path)
+    pairs = minimal_pairs(files)
     if not pairs:
         raise UserError("no minimal pairs in the given files")
     atomic_write_bytes(args.out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs).encode("utf-8"))
@@ -308,12 +315,16 @@ def run_references(args) -> None:
     sampling = sampling_of(args)
     say = (lambda line: print(f"capitu: {line}", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
     result, model = references(args.data, args.split, args.text, say=say)
-    print(json.dumps(result, indent=1) if args.json else format_references(result), flush=True)
-    if args.prompt:
-        tokenizer = load_tokenizer(DataFolder(args.data).tokenizer_path)
-        for prompt in args.prompt:
-            print(f"\n--- the {model.order}-gram model: {prompt!r}\n"
-                  + complete(NgramDecoder(model), tokenizer, prompt, args.new_tokens, sampling, args.seed))
+    tokenizer = load_tokenizer(DataFolder(args.data).tokenizer_path) if args.prompt else None
+    samples = [{"prompt": prompt, "model": f"{model.order}-gram",
+                "text": complete(NgramDecoder(model), tokenizer, prompt, args.new_tokens, sampling, args.seed)}
+               for prompt in args.prompt or []]
+    if args.json:  # the samples inside the JSON: stdout stays one JSON document
+        print(json.dumps({**result, **({"samples": samples} if samples else {})}, indent=1), flush=True)
+        return
+    print(format_references(result), flush=True)
+    for sample in samples:
+        print(f"\n--- the {sample['model']} model: {sample['prompt']!r}\n{sample['text']}")
 
 
 def add_compile_option(p, note: str) -> None:

@@ -215,6 +215,12 @@ def agreements(sentence: Sentence, lexicon: Lexicon) -> list[tuple[str, Word, st
     return found
 
 
+def treebank_files(path: Path) -> list[Path]:
+    """A CoNLL-U file itself; a folder, its *.conllu files in name order (none where it has none)."""
+    path = Path(path)
+    return sorted(path.glob("*.conllu")) if path.is_dir() else [path]
+
+
 def minimal_pairs(paths: list[Path]) -> list[dict]:
     """Every minimal pair the treebanks give, in file and sentence order."""
     sentences = {path: read_conllu(path) for path in paths}

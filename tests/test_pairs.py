@@ -151,8 +151,14 @@ def test_cli_writes_pairs_and_refuses_bad_input(treebank, tmp_path, capsys):
     assert code == 0, err
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert lines == minimal_pairs([treebank]) and f"{len(lines):,} pairs" in printed
+    # a folder gives its .conllu files (here the one treebank)
+    code, _, err = run_cli(["pairs", "--ud", tmp_path, "--out", tmp_path / "folder.jsonl"], capsys)
+    assert code == 0 and (tmp_path / "folder.jsonl").read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
+    (tmp_path / "empty").mkdir()
     (tmp_path / "notes.conllu").write_text("1\tOnly four\tcolumns\there\n", encoding="utf-8")
     for args, message in ((["--ud", treebank, "--out", out], "exists"),
+                          (["--ud", tmp_path / "empty", "--out", tmp_path / "q.jsonl"], "a folder without .conllu"),
+                          (["--ud", treebank, "--out", "/proc/q.jsonl"], "cannot write to /proc"),
                           (["--ud", tmp_path / "missing.conllu", "--out", tmp_path / "q.jsonl"], "cannot read"),
                           (["--ud", tmp_path / "notes.conllu", "--out", tmp_path / "q.jsonl"], "not CoNLL-U")):
         code, _, err = run_cli(["pairs", *args], capsys)

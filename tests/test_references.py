@@ -70,6 +70,11 @@ def test_cli_json_table_text_and_generation(prepared_bpe, tmp_path, capsys):
                               "-n", "12", "--temperature", "0"], capsys)
     assert code == 0, err
     assert f"references on {one}" in out and "| Kneser-Ney" in out and "Capitu tinha" in out.split("gram model")[1]
+    # with --json, the samples are in the one JSON document stdout holds: the same text
+    code, printed, err = run_cli(["references", "--data", prepared_bpe, "--text", one, "--prompt", "Capitu tinha",
+                                  "-n", "12", "--temperature", "0", "--json"], capsys)
+    (sample,) = json.loads(printed)["samples"]
+    assert code == 0 and sample["prompt"] == "Capitu tinha" and out.rstrip("\n").endswith("\n" + sample["text"])
 
 
 @pytest.mark.parametrize("args, message", [

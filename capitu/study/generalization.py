@@ -57,7 +57,7 @@ def held_out(study: StudyConfig) -> list[str]:
 
 def build_pairs(study: StudyConfig) -> tuple[list[dict], str] | None:
     """The study's minimal pairs and where they came from; None (with a warning) when neither is there."""
-    from capitu.pairs import minimal_pairs, read_pairs
+    from capitu.pairs import minimal_pairs, read_pairs, treebank_files
 
     if study.pairs:
         if not Path(study.pairs).is_file():
@@ -65,7 +65,7 @@ def build_pairs(study: StudyConfig) -> tuple[list[dict], str] | None:
             return None
         return read_pairs(Path(study.pairs)), study.pairs
     ud = Path(study.ud)
-    files = sorted(ud.glob("*.conllu")) if ud.is_dir() else [ud] if ud.is_file() else []
+    files = treebank_files(ud) if ud.exists() else []
     if not files:
         warn(f"study: no CoNLL-U treebank at {from_here(ud)} (study.ud): no grammar scores")
         return None
