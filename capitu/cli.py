@@ -208,7 +208,8 @@ def add_eval(commands) -> None:
         description="Score RUN over a whole split (non-overlapping windows of its training context, or "
         "sliding windows with --stride) or over any text (--text), optionally at other context lengths.")
     p.add_argument("run", type=Path, help="a run folder (or its best/ folder)")
-    p.add_argument("--split", choices=["train", "val", "test"], help="default test (with --pairs: none, unless given)")
+    p.add_argument("--split", choices=["train", "val", "test"],
+                   help="default test (with --pairs: none, unless given); not with --text")
     p.add_argument("--text", type=Path, help="a text file or folder, cleaned and tokenized as prepare does")
     p.add_argument("--lengths", type=int_list("--lengths"), help="other context lengths, e.g. "
                    "128,256,512,1024,2048 (one past learned positions' context, or longer than the text, is "
@@ -229,6 +230,11 @@ def run_eval(args) -> None:
     from capitu.folders import RunFolder
     from capitu.paths import atomic_write_json
 
+    if args.split and args.text:
+        raise UserError(f"give --split or --text, not both (--text {args.text} is scored instead of a split)")
+    lengths = list(args.lengths) if args.lengths else None
+    if lengths and min(lengths) < 1:
+        raise UserError("--lengths must be positive")
     args.device = pick_device(args.device)
     pairs = score_pairs(args.run, args.pairs, args.device, not args.quiet) if args.pairs else None
     if pairs and not (args.split or args.text):
@@ -236,9 +242,6 @@ def run_eval(args) -> None:
         print(json.dumps(result, indent=1) if args.json else format_pairs(result), flush=True)
         return
     split = args.split or "test"
-    lengths = list(args.lengths) if args.lengths else None
-    if lengths and min(lengths) < 1:
-        raise UserError("--lengths must be positive")
     result = evaluate_run(args.run, split, args.text, lengths, args.stride, args.device, not args.quiet)
     if pairs:
         result["pairs"] = pairs

@@ -180,6 +180,7 @@ HOSTILE = [
     ("eval-missing-text", ["eval", "{w}/run", "--text", "{t}/missing.txt"], "source not found"),
     ("eval-lengths-words", ["eval", "{w}/run", "--lengths", "long"], "--lengths expects comma-separated integers"),
     ("eval-lengths-zero", ["eval", "{w}/run", "--lengths", "0"], "--lengths must be positive"),
+    ("eval-split-and-text", ["eval", "{w}/run", "--split", "val", "--text", "{w}/texts"], "give --split or --text"),
     ("eval-stride", ["eval", "{w}/run", "--stride", "-1"], "--stride must be between 1 and"),
     ("eval-data-gone", ["eval", "{w}/orphan"], "data folder"),
     ("eval-imported-no-data", ["eval", "{w}/imported"], "names no data folder (an imported model has none)"),
