@@ -349,7 +349,7 @@ def add_generate(commands) -> None:
     add_sampling_options(p)
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="more runs to put side by side")
-    p.add_argument("--markdown", action="store_true", help="with --compare: Markdown tables, a column per run")
+    p.add_argument("--markdown", action="store_true", help="Markdown tables, a column per run (with --compare)")
     p.add_argument("--device", default="auto", help="cpu, cuda or mps (default: the best available)")
     add_compile_option(p, "the same text, compiled once per model and batch size")
     p.set_defaults(handler=run_generate)
@@ -387,8 +387,10 @@ def run_generate(args) -> None:
     sampling = sampling_of(args)
     prompts = (args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
     prompts = prompts or [""]
+    if args.stream and (args.compare or args.markdown):
+        raise UserError("--stream prints one run's text as it comes: not with --compare or --markdown")
     device = pick_device(args.device, 0)
-    if args.compare:
+    if args.compare or args.markdown:  # a comparison of one run is its Markdown table too
         labels = dict(zip(map(str, runs), run_labels(runs)))
         results = [{"prompt": entry["prompt"], "outputs": {labels[run]: text for run, text in entry["outputs"].items()}}
                    for entry in compare(runs, prompts, args.new_tokens, sampling, args.seed, device, args.compile)]

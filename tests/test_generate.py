@@ -179,6 +179,16 @@ def test_cli_compare_markdown(run, tmp_path, prepared_bpe, capsys):
     assert f"| {run.relative_to(shared)} | {(tmp_path / 'rope').relative_to(shared)} |" in out
     code, out, err = run_cli(["generate", run, "--compare", tmp_path / "rope", run, "--prompt", "Era"], capsys)
     assert code == 2 and "a folder is given twice" in err
+    # one run's Markdown is a one-column table of the text it writes alone
+    code, alone, _ = run_cli(["generate", run, "--prompt", "Era", "-n", "4"], capsys)
+    code, out, err = run_cli(["generate", run, "--prompt", "Era", "-n", "4", "--markdown"], capsys)
+    from capitu.pages import markdown_comparison
+
+    table = markdown_comparison([{"prompt": "Era", "outputs": {run.name: alone.removesuffix("\n")}}])
+    assert code == 0 and out == table + "\n" and table.startswith(f"**Prompt:** Era\n\n| {run.name} |\n|---|\n"), err
+    for more in (["--compare", tmp_path / "rope"], ["--markdown"]):  # --stream was ignored there without a word
+        code, _, err = run_cli(["generate", run, "--prompt", "Era", "--stream", *more], capsys)
+        assert code == 2 and "--stream prints one run's text as it comes" in err
 
 
 @pytest.mark.parametrize("args, message", [
