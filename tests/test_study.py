@@ -579,6 +579,7 @@ def test_evaluation_lengths_the_test_split_cannot_fill_are_dropped_with_a_warnin
     ('[model]\nn_layer = 2\n', "unknown table"),
     ('[[variant]]\nname = "rope"\nset = ["model.pos=rope"]\n', "baseline"),
     ('[[variant]]\nname = "../x"\n', "variant name"),
+    ('[study]\nbudget = "seconds"\nseconds = 5\ntokens = 1000\n', "does not apply to this study's budget of 5 "),
 ])
 def test_bad_study_config_exits_2(tmp_path, prepared_bpe, capsys, content, message):
     path = tmp_path / "bad.toml"

@@ -63,6 +63,10 @@ class StudyConfig:
             raise UserError(f"study.budget must be one of {', '.join(BUDGETS)}, got '{self.budget}'")
         if self.budget == "seconds" and not self.seconds > 0:
             raise UserError("study.budget = \"seconds\" needs study.seconds > 0 (training seconds per run)")
+        if self.budget == "seconds" and self.tokens:  # it would be ignored: the seconds make the tokens
+            raise UserError(f"--tokens (study.tokens) does not apply to this study's budget of {self.seconds:g} "
+                            "training seconds a run (study.seconds); a study file with budget = \"tokens\" or "
+                            "\"flops\" takes it")
         if not all(name.replace("-", "").replace("_", "").isalnum() for name in self.eval_texts):
             raise UserError(f"study.eval_texts: names are letters, digits, - and _, got {', '.join(self.eval_texts)}")
         if not all(isinstance(paths, list) and paths and all(isinstance(p, str) for p in paths)
