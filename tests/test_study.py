@@ -580,6 +580,7 @@ def test_evaluation_lengths_the_test_split_cannot_fill_are_dropped_with_a_warnin
     ('[[variant]]\nname = "rope"\nset = ["model.pos=rope"]\n', "baseline"),
     ('[[variant]]\nname = "../x"\n', "variant name"),
     ('[study]\nbudget = "seconds"\nseconds = 5\ntokens = 1000\n', "does not apply to this study's budget of 5 "),
+    ('[study]\nseconds = 5\n', "study.seconds applies to budget = \"seconds\" only; this study's budget is flops"),
 ])
 def test_bad_study_config_exits_2(tmp_path, prepared_bpe, capsys, content, message):
     path = tmp_path / "bad.toml"

@@ -63,6 +63,9 @@ class StudyConfig:
             raise UserError(f"study.budget must be one of {', '.join(BUDGETS)}, got '{self.budget}'")
         if self.budget == "seconds" and not self.seconds > 0:
             raise UserError("study.budget = \"seconds\" needs study.seconds > 0 (training seconds per run)")
+        if self.budget != "seconds" and self.seconds:  # it would be ignored
+            raise UserError(f"study.seconds applies to budget = \"seconds\" only; this study's budget is "
+                            f"{self.budget}")
         if self.budget == "seconds" and self.tokens:  # it would be ignored: the seconds make the tokens
             raise UserError(f"--tokens (study.tokens) does not apply to this study's budget of {self.seconds:g} "
                             "training seconds a run (study.seconds); a study file with budget = \"tokens\" or "
