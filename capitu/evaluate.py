@@ -22,7 +22,7 @@ from capitu.data.clean import clean_document
 from capitu.data.registry import sha256_bytes
 from capitu.data.sources import decode_text, iter_documents, list_inputs
 from capitu.data.split import SPLITS
-from capitu.errors import UserError
+from capitu.errors import UserError, warn
 from capitu.folders import DataFolder, RunFolder
 from capitu.tokenizer import load_tokenizer
 
@@ -44,11 +44,19 @@ def hashed_documents(path: Path) -> list[tuple[str, str]]:
     return documents
 
 
-def text_documents(path: Path) -> list[str]:
-    """The documents of a text file or folder, cleaned as prepare cleans them."""
-    documents = [text for _, text in hashed_documents(path)]
+def text_documents(path: Path, data: DataFolder | None = None) -> list[str]:
+    """The documents of a text file or folder, cleaned as prepare cleans them. With `data` (the prepared folder a
+    model trained on), a warning says how many of them its training split holds: figures on those are not held-out."""
+    hashed = hashed_documents(path)
+    documents = [text for _, text in hashed]
     if not documents or not any(documents):
         raise UserError(f"nothing readable in {path}" if not documents else f"{path} holds no text to score")
+    if data is not None and data.is_prepared():
+        trained = {entry["sha256"] for entry in data.meta.get("manifest", []) if entry.get("split") == "train"}
+        seen = sum(sha in trained for sha, _ in hashed)
+        if seen:
+            warn(f"{path}: {seen} of {len(hashed)} documents are in the training split of {data.path}: figures on "
+                 "them are not held-out ones")
     return documents
 
 
@@ -58,9 +66,9 @@ def document_counts(documents: list[str]) -> dict:
             "characters": sum(map(len, documents)), "words": sum(len(d.split()) for d in documents)}
 
 
-def text_tokens(path: Path, tokenizer) -> tuple[np.ndarray, dict]:
+def text_tokens(path: Path, tokenizer, data: DataFolder | None = None) -> tuple[np.ndarray, dict]:
     """Tokens and denominators of a text file or folder (document_tokens of text_documents)."""
-    return document_tokens(text_documents(path), tokenizer)
+    return document_tokens(text_documents(path, data), tokenizer)
 
 
 def document_tokens(documents: list[str], tokenizer) -> tuple[np.ndarray, dict]:
@@ -135,12 +143,12 @@ def evaluate_run(run: Path, split: str = "test", text: Path | None = None, lengt
     model, content = load_model(run, device)
     config = model.config
     tokenizer = load_tokenizer(RunFolder(run).tokenizer_path)
+    path = content.get("config", {}).get("data", {}).get("path", "")
+    data = DataFolder(path)
     if text is not None:
-        tokens, counts = text_tokens(Path(text), tokenizer)
+        tokens, counts = text_tokens(Path(text), tokenizer, data if path else None)
         source = str(text)
     else:
-        path = content.get("config", {}).get("data", {}).get("path", "")
-        data = DataFolder(path)
         if not path:
             raise UserError(f"{run} names no data folder (an imported model has none); evaluate with --text PATH")
         if not data.is_prepared():

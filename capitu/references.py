@@ -79,7 +79,7 @@ def references(data: Path | str, split: str = "test", text: Path | None = None, 
         raise UserError(f"--split must be train, val or test, got {split}")
     tokenizer = load_tokenizer(data.tokenizer_path)
     if text is not None:
-        documents = text_documents(Path(text))
+        documents = text_documents(Path(text), data)
         tokens, counts = document_tokens(documents, tokenizer)
         source = str(text)
     else:

@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -69,6 +70,23 @@ def test_text_of_the_validation_split_equals_the_split(prepared_bpe, tmp_path):
     assert by_text["tokens"] == by_split["tokens"]
     for key in ("loss", "bpb", "bpc", "word_ppl"):
         assert by_text[key] == pytest.approx(by_split[key], rel=1e-6)
+
+
+def test_a_text_the_run_trained_on_is_named_in_a_warning(prepared_bpe, small_corpus, tmp_path, capsys):
+    make_run(tmp_path / "run", prepared_bpe)
+    manifest = json.loads((prepared_bpe / "meta.json").read_text())["manifest"]
+    trained = [small_corpus / e["path"] for e in manifest if e["split"] == "train"]
+    held = [small_corpus / e["path"] for e in manifest if e["split"] in ("val", "test")]
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for path in (trained[0], held[0]):
+        shutil.copy(path, folder / path.name)
+    (folder / "new.txt").write_text("Era uma vez um rapaz que vivia em Belém.", encoding="utf-8")
+    for command in (["eval", tmp_path / "run"], ["references", "--data", prepared_bpe]):
+        code, _, err = run_cli([*command, "--text", folder, "--quiet" if command[0] == "eval" else "--json"], capsys)
+        assert code == 0 and f"{folder}: 1 of 3 documents are in the training split of {prepared_bpe}" in err, err
+    code, _, err = run_cli(["eval", tmp_path / "run", "--text", folder / "new.txt", "--quiet"], capsys)
+    assert code == 0 and "warning" not in err
 
 
 def test_lengths_past_learned_positions_are_not_supported(prepared_char, tmp_path, capsys):
