@@ -52,7 +52,7 @@ def text_documents(path: Path, data: DataFolder | None = None) -> list[str]:
     if not documents or not any(documents):
         raise UserError(f"nothing readable in {path}" if not documents else f"{path} holds no text to score")
     if data is not None and data.is_prepared():
-        trained = {entry["sha256"] for entry in data.meta.get("manifest", []) if entry.get("split") == "train"}
+        trained = data.trained_documents
         seen = sum(sha in trained for sha, _ in hashed)
         if seen:
             warn(f"{path}: {seen} of {len(hashed)} documents are in the training split of {data.path}: figures on "

@@ -54,6 +54,11 @@ class DataFolder:
     def vocab_size(self) -> int:
         return self.meta["tokenizer"]["vocab_size"]
 
+    @property
+    def trained_documents(self) -> set[str]:
+        """The SHA-256 of the training split's documents (the manifest's), to know a text a model has seen."""
+        return {entry["sha256"] for entry in self.meta["manifest"] if entry["split"] == "train"}
+
 
 class RunFolder:
     WEIGHTS = "model.safetensors"

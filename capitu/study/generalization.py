@@ -86,15 +86,16 @@ def prepare_inputs(out: Path, study: StudyConfig, data: Path) -> dict:
     from capitu.evaluate import document_tokens, pair_accuracy, unigram_log_probs, unigram_right
     from capitu.tokenizer import load_tokenizer
 
-    folder, meta = StudyFolder(out).generalization, DataFolder(data).meta
+    prepared = DataFolder(data)
+    folder, meta = StudyFolder(out).generalization, prepared.meta
     settings = {"eval_texts": study.eval_texts, "ud": study.ud, "pairs": study.pairs,
                 "pairs_per_phenomenon": study.pairs_per_phenomenon, "data_fingerprint": meta.get("fingerprint")}
     index = folder / "inputs.json"
     if index.exists() and (saved := json.loads(index.read_text(encoding="utf-8")))["settings"] == settings:
         return saved
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(DataFolder(data).tokenizer_path)
-    trained_on = {entry["sha256"] for entry in meta["manifest"] if entry["split"] == "train"}
+    tokenizer = load_tokenizer(prepared.tokenizer_path)
+    trained_on = prepared.trained_documents
     texts = {}
     for name, paths in present_sets(study).items():
         documents = raw_documents(paths)
@@ -113,7 +114,7 @@ def prepare_inputs(out: Path, study: StudyConfig, data: Path) -> dict:
         items, source = built
         atomic_write_bytes(folder / "pairs.jsonl",
                            "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in items).encode("utf-8"))
-        unigram = unigram_right(items, tokenizer, unigram_log_probs(DataFolder(data), meta["tokenizer"]["vocab_size"]))
+        unigram = unigram_right(items, tokenizer, unigram_log_probs(prepared, prepared.vocab_size))
         pairs = {"source": source, "n": len(items), "counts": dict(sorted(Counter(p["phenomenon"] for p in items)
                                                                           .items())),
                  "unigram": pair_accuracy(unigram, [p["phenomenon"] for p in items])}
