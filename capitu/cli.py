@@ -548,7 +548,7 @@ def run_serve(args) -> None:
 def add_votes(commands) -> None:
     p = commands.add_parser(
         "votes", help="the ranking of the blind votes cast in capitu serve",
-        description="Bradley-Terry strengths (Elo scale) with 95%% bootstrap intervals and vote counts, from a "
+        description="Bradley-Terry strengths (Elo scale) with 95% bootstrap intervals and vote counts, from a "
         "votes file written by capitu serve (a study folder's votes.sqlite by default).")
     p.add_argument("votes", type=Path, metavar="VOTES", help="a votes.sqlite file, or the folder that holds it")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -559,7 +559,10 @@ def run_votes(args) -> None:
     from capitu.folders import StudyFolder
     from capitu.votes import format_ranking, ranking, read_votes
 
-    path = StudyFolder(args.votes).votes if args.votes.is_dir() else args.votes
+    # a path without a suffix names a folder, there or not: a mistyped study folder is then an error, not
+    # "no votes yet"
+    is_folder = args.votes.is_dir() or not args.votes.suffix
+    path = StudyFolder(args.votes).votes if is_folder else args.votes
     result = ranking(read_votes(path))
     print(json.dumps(result, indent=1) if args.json else format_ranking(result))
 

@@ -55,10 +55,13 @@ def vote_rows(connection: sqlite3.Connection) -> list[tuple[str, str, str]]:
 def read_votes(path: Path) -> list[tuple[str, str, str]]:
     """(model_a, model_b, choice) of every vote in the file at `path`; none when the file is
     not there yet (its folder is)."""
-    if not Path(path).is_file():
-        if Path(path).parent.is_dir() and not Path(path).exists():
-            return []
-        raise UserError(f"no votes file at {path}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"no votes file at {path}: {path.parent} is not a folder")
+    if not path.exists():
+        return []
+    if not path.is_file():
+        raise UserError(f"{path} is not a votes file")
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         rows = vote_rows(connection)

@@ -219,6 +219,7 @@ HOSTILE = [
     ("models-vocab-zero", ["models", "--vocab-size", "0"], "vocab size must be between"),
     ("models-preset", ["models", "--preset", "huge"], "unknown preset 'huge'"),
     ("models-grid", ["models", "--grid", "nosuch"], "grid 'nosuch' is neither"),
+    ("votes-no-folder", ["votes", "{t}/mistyped-study"], "mistyped-study is not a folder"),
     # export
     ("export-out-file", ["export", "{w}/bpe_run", "--out", "{t}/file.txt"], "is a file"),
     ("export-out-not-empty", ["export", "{w}/bpe_run", "--out", "{t}/full"], "is not empty"),

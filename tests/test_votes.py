@@ -55,6 +55,10 @@ def test_capitu_votes_prints_an_empty_ranking_before_any_vote(tmp_path, capsys):
     assert code == 0 and '"models": []' in out
     code, _, err = run_cli(["votes", tmp_path / "nowhere" / "votes.sqlite"], capsys)
     assert code == 2 and "no votes file" in err
+    code, _, err = run_cli(["votes", tmp_path / "mistyped-study"], capsys)  # a folder that is not there
+    assert code == 2 and "mistyped-study is not a folder" in err
+    code, out, _ = run_cli(["votes", tmp_path], capsys)  # a folder serve has not started on yet
+    assert code == 0 and out.strip() == "no votes yet"
     (tmp_path / "bad.sqlite").write_text("not a database")
     code, _, err = run_cli(["votes", tmp_path / "bad.sqlite"], capsys)
     assert code == 2 and "not a capitu votes file" in err
