@@ -76,30 +76,62 @@ def add_models(commands) -> None:
     p = commands.add_parser(
         "models", help="table of the model variants of a preset: parameters, KV-cache bytes per token",
         description="Build every variant of the grid on a preset and print its parameter counts, "
-        "training FLOPs per token and KV-cache bytes per token (fp32 and bf16).")
+        "training FLOPs per token and KV-cache bytes per token (fp32 and bf16). With --study (or --config), "
+        "the models capitu study trains: the study's pinned settings and grid, and each variant's training "
+        "tokens under its budget.")
     p.add_argument("--preset", default="tiny", help="tiny, small or gpt2 (default tiny)")
-    p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
-                   help=f"vocabulary size (default {DEFAULT_VOCAB_SIZE}, capitu prepare's)")
-    p.add_argument("--grid", default="full", help="a shipped grid (full: all eleven variants, the default; core: "
+    p.add_argument("--study", action="store_true", help="the variants as capitu study --preset PRESET trains them "
+                   "(capitu/presets/study/PRESET.toml), not as capitu train --preset PRESET does")
+    p.add_argument("--config", type=Path, help="a study TOML, as capitu study --config takes (implies --study)")
+    p.add_argument("--vocab-size", type=int, help=f"vocabulary size (default: the study's with --study, else "
+                   f"{DEFAULT_VOCAB_SIZE}, capitu prepare's)")
+    p.add_argument("--grid", help="a shipped grid (full: all eleven variants, the default without --study; core: "
                    "the default study's six; ladder: GPT-2 to the modern recipe) or a grid TOML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the preset (after the study's, with --study) before the variants "
+                   "apply theirs (repeatable), e.g. --set model.n_layer=8")
     p.set_defaults(handler=run_models)
 
 
 def run_models(args) -> None:
     from capitu.config import load_config
     from capitu.models import build_model
+    from capitu.study.config import load_study
+    from capitu.study.runner import planned_tokens, study_configs
     from capitu.study.variants import load_grid, variant_config
     from capitu.tokenizer import check_vocab_size
 
-    check_vocab_size(args.vocab_size, 1)  # before building anything of that size
-    base = load_config(args.preset, overrides=[f"model.vocab_size={args.vocab_size}"])
-    print(f"preset {args.preset}, vocab {args.vocab_size:,}, context {base.model.block_size}")
-    print(f"{'variant':<11} {'params':>12} {'non-emb':>12} {'GFLOP/tok':>10} {'KV B/tok fp32':>14} {'bf16':>8}")
-    for variant in load_grid(args.grid):
-        model = build_model(variant_config(base, variant).model)
+    if args.vocab_size is not None:
+        check_vocab_size(args.vocab_size, 1)  # before building anything of that size
+    vocab_override = [f"model.vocab_size={args.vocab_size}"] if args.vocab_size is not None else []
+    changed = "".join(f", {override}" for override in args.overrides)
+    study = None
+    if args.study or args.config:
+        study, variants = load_study(args.preset, args.config, grid=args.grid)
+        study.set += [*vocab_override, *args.overrides]
+        configs = study_configs(study, variants, None, study.vocab_size)
+        print(f"capitu study --preset {study.preset}{f' --config {args.config}' if args.config else ''}{changed}: "
+              f"{len(variants)} variants x {study.seeds} seeds, {study.budget} budget")
+    else:
+        base = load_config(args.preset, overrides=[f"model.vocab_size={DEFAULT_VOCAB_SIZE}", *vocab_override,
+                                                   *args.overrides])
+        configs = {variant.name: variant_config(base, variant) for variant in load_grid(args.grid or "full")}
+    baseline = next(iter(configs.values()))
+    check_vocab_size(baseline.model.vocab_size, 1)
+    print(f"preset {args.preset}{changed}, vocab {baseline.model.vocab_size:,}, context {baseline.model.block_size}")
+    models = {name: build_model(config.model) for name, config in configs.items()}
+    tokens = {}
+    if study and study.budget != "seconds":
+        tokens = planned_tokens(study, configs, {name: m.flops_per_token() for name, m in models.items()}, {})
+    print(f"{'variant':<11} {'params':>12} {'non-emb':>12} {'MFLOP/tok':>10} {'KV B/tok fp32':>14} {'bf16':>8}"
+          + (f" {'train tokens':>13}" if tokens else ""))
+    for name, model in models.items():
         kv = f"{model.kv_bytes_per_token(4):>14,} {model.kv_bytes_per_token(2):>8,}"
-        print(f"{variant.name:<11} {model.num_params():>12,} {model.num_params(False):>12,} "
-              f"{model.flops_per_token() / 1e9:>10.3f} {kv}")
+        print(f"{name:<11} {model.num_params():>12,} {model.num_params(False):>12,} "
+              f"{model.flops_per_token() / 1e6:>10.2f} {kv}" + (f" {tokens[name]:>13,}" if tokens else ""))
+    if study and study.budget == "seconds":
+        print(f"(each variant trains {study.seconds:g} s; its tokens are its training rate, measured when the "
+              "study starts)")
 
 
 def add_export(commands) -> None:

@@ -58,6 +58,46 @@ def test_bad_input_is_one_line_with_exit_2(args, message, capsys):
     assert len(err.strip().splitlines()) == 1 and "usage:" not in err and "Traceback" not in err
 
 
+def models_table(out: str) -> dict[str, list[int]]:
+    """`capitu models`'s rows: variant -> its numbers, the GFLOP column left out (it is rounded)."""
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[1][0].isdigit()]
+    return {row[0]: [int(n.replace(",", "")) for n in row[1:3] + row[4:]] for row in rows}
+
+
+def test_models_counts_parameters_as_the_formula_does(capsys):
+    # one block of width d: attention 4d^2 + 4d, MLP 8d^2 + 5d, two layer norms 4d; the tiny preset
+    # has RoPE (no position table), an untied head and a final layer norm
+    code, out, _ = run_cli(["models", "--grid", "core", "--set", "model.n_layer=1"], capsys)
+    d, vocab = 256, 4096
+    assert code == 0 and "model.n_layer=1" in out
+    embedding = vocab * d  # non-embedding counts all but the input table: the untied output layer is counted
+    assert models_table(out)["baseline"][:2] == [2 * embedding + 12 * d * d + 15 * d, embedding + 12 * d * d + 15 * d]
+
+
+def test_models_of_a_study_are_the_ones_it_trains_on_its_budget(capsys):
+    # the tiny study pins GPT-2's model (learned positions, tied embeddings, 2 layers 128 wide, 64 tokens)
+    # and gives every variant the baseline's 900,000 training FLOPs (in whole 1,024-token steps)
+    code, out, _ = run_cli(["models", "--study", "--preset", "tiny"], capsys)
+    table = models_table(out)
+    d, vocab, context, steps = 128, 4096, 64, 1024
+    assert code == 0 and list(table) == ["baseline", "rope", "alibi", "gqa", "mqa", "ffn"]
+    assert table["baseline"][0] == vocab * d + context * d + 2 * (12 * d * d + 13 * d) + 2 * d
+    assert table["rope"][0] == table["baseline"][0] - context * d
+    assert table["baseline"][-1] == round(900_000 / steps) * steps
+    from capitu.config import load_config
+    from capitu.models import build_model
+    from capitu.study.config import load_study
+    from capitu.study.variants import variant_config
+    study, variants = load_study("tiny")
+    base = load_config("tiny", overrides=[*study.set, f"model.vocab_size={vocab}"])
+    for variant in variants:
+        flops = build_model(variant_config(base, variant).model).flops_per_token()
+        spent = table[variant.name][-1] * flops
+        assert abs(spent - 900_000 * build_model(base.model).flops_per_token()) <= steps * flops / 2
+    code, out, _ = run_cli(["models", "--study", "--preset", "small"], capsys)  # a seconds budget: measured later
+    assert code == 0 and "measured when the study starts" in out and "train tokens" not in out
+
+
 def test_eval_of_an_empty_text_is_a_clear_error(tmp_path, prepared_char, capsys):
     make_run(tmp_path / "run", prepared_char)
     (tmp_path / "empty.txt").write_text("   \n\n", encoding="utf-8")
@@ -219,6 +259,8 @@ HOSTILE = [
     ("models-vocab-zero", ["models", "--vocab-size", "0"], "vocab size must be between"),
     ("models-preset", ["models", "--preset", "huge"], "unknown preset 'huge'"),
     ("models-grid", ["models", "--grid", "nosuch"], "grid 'nosuch' is neither"),
+    ("models-study-config", ["models", "--config", "{t}/missing.toml"], "config file not found"),
+    ("models-set", ["models", "--study", "--set", "model.n_head=3"], "must be divisible by model.n_head (3)"),
     ("votes-no-folder", ["votes", "{t}/mistyped-study"], "mistyped-study is not a folder"),
     # export
     ("export-out-file", ["export", "{w}/bpe_run", "--out", "{t}/file.txt"], "is a file"),

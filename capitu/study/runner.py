@@ -63,10 +63,12 @@ def prepare_data(out: Path, study: StudyConfig, data: Path | None, source: str |
     return out / "data"
 
 
-def study_configs(study: StudyConfig, variants: list[Variant], data: Path, vocab_size: int,
+def study_configs(study: StudyConfig, variants: list[Variant], data: Path | None, vocab_size: int,
                   device: str = "auto") -> dict[str, Config]:
-    """Each variant's resolved config on `data`; a UserError if one is invalid or two are one run."""
-    base = load_config(study.preset, overrides=[*study.set, f"data.path={json.dumps(str(data.resolve()))}"])
+    """Each variant's resolved config on `data` (None: on no data, for a table of the models); a
+    UserError if one is invalid or two are one run."""
+    on_data = [f"data.path={json.dumps(str(data.resolve()))}"] if data else []
+    base = load_config(study.preset, overrides=[*study.set, *on_data])
     if study.tokens:
         base.run.tokens, base.run.steps = study.tokens, 0
     base.model.vocab_size = vocab_size
@@ -174,22 +176,31 @@ def plan_budgets(out: Path, study: StudyConfig, configs: dict[str, Config], devi
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))
     flops = {name: build_model(config.model).flops_per_token() for name, config in configs.items()}
-    budgets = {}
+    rates = {name: measure_training_rate(config, study, device) for name, config in configs.items()} \
+        if study.budget == "seconds" else {}
+    tokens = planned_tokens(study, configs, flops, rates)
+    budgets = {name: {"budget": study.budget, "flops_per_token": flops[name],
+                      **({"measured_tok_s": rates[name]} if rates else {}), "tokens": tokens[name]}
+               for name in configs}
+    atomic_write_json(path, budgets)
+    return budgets
+
+
+def planned_tokens(study: StudyConfig, configs: dict[str, Config], flops: dict[str, float],
+                   rates: dict[str, float]) -> dict[str, int]:
+    """Each variant's training tokens under the study's budget (see plan_budgets), in whole steps;
+    `rates` (training tokens/s) are read under a seconds budget only."""
+    planned = {}
     for name, config in configs.items():
-        entry = {"budget": study.budget, "flops_per_token": flops[name]}
         if study.budget == "tokens":
             tokens = config.run.tokens
         elif study.budget == "flops":
             tokens = configs["baseline"].run.tokens * flops["baseline"] / flops[name]
         else:
-            rate = measure_training_rate(config, study, device)
-            entry["measured_tok_s"] = rate
-            tokens = study.seconds * rate
+            tokens = study.seconds * rates[name]
         step_tokens = config.optim.batch_tokens
-        entry["tokens"] = max(step_tokens, int(round(tokens / step_tokens)) * step_tokens)
-        budgets[name] = entry
-    atomic_write_json(path, budgets)
-    return budgets
+        planned[name] = max(step_tokens, int(round(tokens / step_tokens)) * step_tokens)
+    return planned
 
 
 def measure_training_rate(config: Config, study: StudyConfig, device, attempts: int = 3) -> float:
