@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -651,6 +652,10 @@ def main(argv: list[str] | None = None) -> int:
     show_notes()
     try:
         args.handler(args)
+        sys.stdout.flush()  # here, so that a reader gone (below) is seen here and not at the interpreter's exit
+    except BrokenPipeError:  # the reader stopped reading (`capitu generate ... | head`): nothing went wrong here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail again
+        return 1
     except UserError as error:
         print(f"capitu: error: {error}", file=sys.stderr)
         return 2

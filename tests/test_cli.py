@@ -40,6 +40,15 @@ def test_python_dash_m_works():
     assert result.returncode == 0 and result.stdout.startswith("capitu ")
 
 
+def test_a_reader_that_stops_reading_is_not_an_error():
+    # `capitu models | head -1`: the pipe is closed before capitu writes, as head closes it after its line
+    process = subprocess.Popen([sys.executable, "-m", "capitu", "models"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    error = process.stderr.read()
+    assert process.wait() == 1 and error == ""
+
+
 def test_missing_required_argument_exits_2(capsys):
     code, _, err = run_cli(["prepare"], capsys)
     assert code == 2 and "--source" in err
