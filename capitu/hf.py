@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, processors
 
-from capitu.checkpoint import load_model, load_state, load_weights, save_model, unique_state_dict
+from capitu.checkpoint import MODEL_FORMAT, load_model, load_state, load_weights, save_model, unique_state_dict
 from capitu.config import ModelConfig
 from capitu.errors import UserError
 from capitu.folders import TOKENIZER, RunFolder
@@ -180,6 +180,9 @@ def import_hf(folder: Path, out: Path) -> None:
         raise UserError(f"{folder}: cannot read config.json: {error}") from None
     if not isinstance(hf, dict):
         raise UserError(f"{folder}/config.json: expected a JSON object, got {type(hf).__name__}")
+    if hf.get("format") == MODEL_FORMAT:
+        raise UserError(f"{folder} is a capitu model already: eval, generate, serve and bench take it as it is "
+                        "(capitu export makes an HF folder of it)")
     if hf.get("model_type") != "gpt2":
         raise UserError(f"{folder}: model_type is {hf.get('model_type')!r}, only gpt2 can be imported")
     if hf.get("activation_function", "gelu_new") != "gelu_new":

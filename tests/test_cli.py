@@ -289,6 +289,7 @@ HOSTILE = [
     ("import-out-file", ["import", "{w}/hf", "--out", "{t}/file.txt"], "is a file"),
     ("import-out-unwritable", ["import", "{w}/hf", "--out", "/proc/capitu"], "cannot write to /proc"),
     ("import-missing", ["import", "{t}/missing", "--out", "{t}/out"], "cannot read config.json"),
+    ("import-a-run", ["import", "{w}/run", "--out", "{t}/out"], "is a capitu model already"),
     ("import-config-list", ["import", "{w}/hf_list", "--out", "{t}/out"], "expected a JSON object, got list"),
     ("import-config-not-json", ["import", "{w}/hf_not_json", "--out", "{t}/out"], "cannot read config.json"),
     ("import-no-n-layer", ["import", "{w}/hf_no_layers", "--out", "{t}/out"], "n_layer must be a positive integer"),
