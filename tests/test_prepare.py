@@ -126,6 +126,17 @@ def test_legacy_encoding_is_converted_with_a_warning(tmp_path, capsys):
     assert {m["encoding"] for m in meta["manifest"]} == {"cp1252"}
 
 
+def test_a_bpe_vocabulary_smaller_than_asked_is_a_warning(tmp_path, capsys):
+    # three short documents hold a few hundred distinct pairs: BPE runs out of merges long before 2,000 tokens
+    for i, word in enumerate(["Coração", "Ação", "Canção"]):
+        (tmp_path / f"{i}.txt").write_text(f"{word} de Portugal, nação valente.\n" * 20, encoding="utf-8")
+    code, _, err = run_cli(["prepare", "--quiet", "--source", tmp_path, "--out", tmp_path / "o", "--vocab-size",
+                            "2000", "--min-document-chars", "0", "--min-paragraph-chars", "1000"], capsys)
+    vocab = json.loads((tmp_path / "o" / "meta.json").read_text())["tokenizer"]["vocab_size"]
+    assert code == 0 and vocab < 2000
+    assert f"the BPE vocabulary has {vocab:,} tokens, not the 2,000 asked for" in err
+
+
 def test_rerun_with_other_options_needs_force(small_corpus, tmp_path, capsys):
     prepare_folder(small_corpus, tmp_path / "d", tokenizer="char")
     code, _, err = run_cli(["prepare", "--quiet", "--source", small_corpus, "--out", tmp_path / "d",

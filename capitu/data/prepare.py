@@ -211,6 +211,9 @@ def prepare(options: PrepareOptions) -> dict:
     with watch.stage("train_tokenizer"):
         tokenizer = train_tokenizer(options.tokenizer, [d.text for d in by_split["train"]], options.vocab_size,
                                     options.progress)
+    if options.tokenizer == "bpe" and tokenizer.vocab_size < options.vocab_size:
+        warn(f"the BPE vocabulary has {tokenizer.vocab_size:,} tokens, not the {options.vocab_size:,} asked for: the "
+             "training split has no more pairs to merge")
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
 
     with staged_folder(out) as staging:
