@@ -34,6 +34,10 @@ def options_of(kind, args, **given):
     return kind(**{name: value for name, value in vars(args).items() if name in fields}, **given)
 
 
+def add_device_option(p, what: str = "") -> None:
+    p.add_argument("--device", default="auto", help=f"cpu, cuda or mps{what} (default: the best available)")
+
+
 def add_prepare(commands) -> None:
     from capitu.data.prepare import PrepareOptions as defaults
 
@@ -251,7 +255,7 @@ def add_eval(commands) -> None:
     p.add_argument("--pairs", type=Path, help="score minimal pairs (capitu pairs): accuracy overall and per "
                    "phenomenon, with a unigram model of the training split beside it; alone unless --split or "
                    "--text is given too")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device_option(p)
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_eval)
@@ -383,7 +387,7 @@ def add_generate(commands) -> None:
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="more runs to put side by side")
     p.add_argument("--markdown", action="store_true", help="Markdown tables, a column per run (with --compare)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or mps (default: the best available)")
+    add_device_option(p)
     add_compile_option(p, "the same text, compiled once per model and batch size")
     p.set_defaults(handler=run_generate)
 
@@ -459,7 +463,7 @@ def add_bench(commands) -> None:
     p.add_argument("--preset", help="bench a fresh model of this preset instead of a run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="with --preset: override a config value (repeatable)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or mps (default: the best available)")
+    add_device_option(p)
     p.add_argument("--train-steps", type=int, default=5, help="timed training steps (default 5)")
     p.add_argument("--prompt-length", type=int, default=0, help="prompt tokens (default: half the context)")
     p.add_argument("--new-tokens", type=int, default=0, help="generated tokens (default: the rest of the context)")
@@ -515,7 +519,7 @@ def add_study(commands) -> None:
                    "preset's study setting)")
     p.add_argument("--tokens", type=int, help="the baseline's training tokens (study.tokens; default: the preset's "
                    "study setting)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or mps for every stage (default: the best available)")
+    add_device_option(p, " for every stage")
     p.add_argument("--shard", help="K/N: train and evaluate only the K-th of N disjoint shares of the runs (one "
                    "process per GPU or per node, all into the same --out, at once); then the same command without "
                    "--shard benches and reports")
@@ -559,7 +563,7 @@ def add_serve(commands) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--votes", type=Path, help="the votes database (default: PATH/votes.sqlite of the first PATH)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device_option(p)
     add_compile_option(p, "each model compiles on its first generation")
     p.set_defaults(handler=run_serve)
 
