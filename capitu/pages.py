@@ -5,7 +5,9 @@ a user is shown as text, never as markup."""
 from __future__ import annotations
 
 import base64
+import tomllib
 from collections import namedtuple
+from importlib import resources
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -16,6 +18,21 @@ ENVIRONMENT.filters["base64"] = lambda data: base64.b64encode(data).decode("asci
 
 def render(template: str, **context) -> str:
     return ENVIRONMENT.get_template(template).render(**context)
+
+
+PAGE_WORDS = tomllib.loads(resources.files("capitu").joinpath("templates", "page.toml").read_text(encoding="utf-8"))
+
+
+def page_language(asked: str | None, accept_language: str | None) -> str:
+    """The language of capitu serve's page: the one asked for (?lang=), else the first of the browser's
+    (Accept-Language, e.g. "pt-BR,pt;q=0.9,en;q=0.8") the page has, else English."""
+    if asked in PAGE_WORDS:
+        return asked
+    for entry in (accept_language or "").split(","):
+        primary = entry.split(";")[0].strip().split("-")[0].lower()
+        if primary in PAGE_WORDS:
+            return primary
+    return "en"
 
 
 def markdown_cell(text: str) -> str:

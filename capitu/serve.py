@@ -31,7 +31,7 @@ from capitu.device import pick_device
 from capitu.errors import UserError
 from capitu.folders import StudyFolder
 from capitu.generate import PROMPTS, Sampling, complete, load_for_generation, prompt_ids, run_labels
-from capitu.pages import render
+from capitu.pages import PAGE_WORDS, page_language, render
 from capitu.quality import training_vocabulary, writing_numbers
 from capitu.votes import connect, ranking, record_vote, vote_rows
 
@@ -215,8 +215,10 @@ def add_writing_routes(app: FastAPI, server: Server) -> None:
     models = server.models
 
     @app.get("/", response_class=HTMLResponse)
-    def page():
-        return render("index.html", title="capitu", models=[{"id": m.id, "name": m.name} for m in models])
+    def page(request: Request, lang: str | None = None):
+        language = page_language(lang, request.headers.get("accept-language"))
+        return render("index.html", title="capitu", lang=language, t=PAGE_WORDS[language],
+                      models=[{"id": m.id, "name": m.name} for m in models])
 
     @app.get("/api/models")
     def list_models():

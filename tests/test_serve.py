@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_run
+from conftest import REPO, make_run
 from fastapi.testclient import TestClient
 
 from capitu.generate import Sampling, complete, load_for_generation
@@ -45,6 +46,27 @@ def test_page_and_models(client):
     assert "&lt;em&gt;odd" in page.text and "<em>odd" not in page.text  # names are text, not markup
     models = client.get("/api/models").json()["models"]
     assert [m["name"] for m in models] == ["baseline", "rope", "<em>odd"] and models[0]["id"] == "m0"
+
+
+def test_the_page_speaks_the_browsers_language_or_the_one_asked_for(client):
+    portuguese = client.get("/", headers={"Accept-Language": "pt-BR,pt;q=0.9,en;q=0.8"}).text
+    assert '<html lang="pt">' in portuguese and "Lado a lado" in portuguese and "Side by side" not in portuguese
+    english = client.get("/?lang=en", headers={"Accept-Language": "pt-BR"}).text
+    assert '<html lang="en">' in english and "Side by side" in english
+    assert "Side by side" in client.get("/", headers={"Accept-Language": "de-DE,fr;q=0.5"}).text  # none it has
+    assert "Lado a lado" in client.get("/?lang=pt").text
+    assert "Side by side" in client.get("/?lang=xx").text
+
+
+def test_every_language_has_every_word_of_the_page():
+    from capitu.pages import PAGE_WORDS
+    english = PAGE_WORDS["en"]
+    for language, words in PAGE_WORDS.items():  # `method`: English's is the API's own
+        assert set(words) - {"method"} == set(english), language
+        assert [len(words[k]) for k in ("ranking_head", "quality_head")] == [8, 6], language
+    used = set(re.findall(r"\bt\.(\w+)", (REPO / "capitu/templates/index.html").read_text(encoding="utf-8")))
+    used |= set(re.findall(r"\bT\.(\w+)", (REPO / "capitu/templates/app.js").read_text(encoding="utf-8")))
+    assert used - {"method"} == set(english)  # every word is used, and none is missing
 
 
 def test_models_that_would_share_a_name_are_named_by_their_paths(runs, tmp_path):
@@ -204,6 +226,12 @@ def test_a_person_generates_votes_three_times_and_sees_the_ranking(live_server):
         expect(page.locator("#ranking-summary")).to_contain_text("3 votes")
         assert page.locator("#ranking-table tr").count() >= 3  # a header and at least two models
         page.screenshot(path=str(shots / "serve-ranking.png"), full_page=True)
+        page = browser.new_page(viewport={"width": 1200, "height": 800}, locale="pt-BR")  # a Portuguese browser
+        page.goto(url)
+        page.click("#tab-ranking")
+        expect(page.locator("#ranking-summary")).to_contain_text("3 votos. Bradley-Terry (minorização")
+        assert page.locator("#ranking-table th").first.inner_text() == "modelo"
+        assert page.locator("#tab-blind").inner_text() == "Às cegas"
         browser.close()
     assert len(read_votes(votes)) == 3
 

@@ -1,4 +1,5 @@
-// capitu serve's page: plain DOM, no libraries; model text is always set as textContent.
+// capitu serve's page: plain DOM, no libraries; model text is always set as textContent. T: the page's words
+// in its language (page.toml).
 const $ = (id) => document.getElementById(id);
 const views = ["side", "blind", "ranking", "quality"];
 let pair = null;
@@ -65,7 +66,7 @@ for (const button of document.querySelectorAll("#choices button")) {
     try {
       const result = await (await post("/api/vote", {pair, choice: button.dataset.choice})).json();
       $("name-a").textContent = "(" + result.a + ")"; $("name-b").textContent = "(" + result.b + ")";
-      $("verdict").textContent = "Vote recorded: " + button.textContent + ".";
+      $("verdict").textContent = T.recorded + button.textContent + ".";
       $("choices").classList.add("hidden"); pair = null;
     } catch (error) { $("error").textContent = error.message; }
   };
@@ -80,8 +81,9 @@ function table(element, head, rows) {
 
 async function loadRanking() {
   const result = await (await fetch("/api/ranking")).json();
-  $("ranking-summary").textContent = result.votes + " votes. " + (result.method || "");
-  table($("ranking-table"), ["model", "score", "95% interval", "votes", "wins", "losses", "ties", "both bad"],
+  $("ranking-summary").textContent = result.votes + " " + (result.votes === 1 ? T.vote : T.votes) + ". " +
+    (T.method || result.method || "");
+  table($("ranking-table"), T.ranking_head,
         result.models.map((m) => [m.model, m.score.toFixed(0), m.low.toFixed(0) + "–" + m.high.toFixed(0),
                                   m.votes, m.wins, m.losses, m.ties, m.both_bad]));
 }
@@ -93,7 +95,7 @@ $("measure").onclick = async () => {
     const result = await response.json();
     if (!response.ok) throw new Error(result.error);
     const pct = (x) => x === null ? "—" : (100 * x).toFixed(1) + "%";
-    table($("quality-table"), ["model", "known words", "distinct-1", "distinct-2", "repeated 4-grams", "words per text"],
+    table($("quality-table"), T.quality_head,
           result.models.map((m) => [m.model, pct(m.known_words), pct(m.distinct_1), pct(m.distinct_2),
                                     pct(m.repeated_4grams), m.mean_words.toFixed(1)]));
   } catch (error) { $("error").textContent = error.message; }
