@@ -224,6 +224,8 @@ HOSTILE = [
     ("eval-corrupt-config", ["eval", "{w}/corrupt_config"], "config.json: corrupt"),
     ("eval-foreign-config", ["eval", "{w}/foreign_config"], "not a capitu model config"),
     ("eval-garbage-weights", ["eval", "{w}/garbage_weights"], "corrupt or unreadable weights"),
+    ("generate-edited-config", ["generate", "{w}/edited_config"],
+     "edited_config/config.json: model.n_embd (64) must be divisible by model.n_head (3)"),
     ("eval-wrong-shapes", ["eval", "{w}/wrong_shapes"], "weights do not match the config: mis-shaped"),
     ("eval-empty-text", ["eval", "{w}/run", "--text", "{w}/blank/empty.txt"], "holds no text to score"),
     ("eval-missing-text", ["eval", "{w}/run", "--text", "{t}/missing.txt"], "source not found"),
@@ -361,6 +363,10 @@ def world(tmp_path_factory, prepared_char, prepared_bpe) -> Path:
     (w / "corrupt_config" / "config.json").write_text("{")
     shutil.copytree(w / "run", w / "foreign_config")
     (w / "foreign_config" / "config.json").write_text('{"format": "other/1"}')
+    shutil.copytree(w / "run", w / "edited_config")
+    edited = json.loads((w / "run" / "config.json").read_text())
+    edited["model"].update(n_embd=64, n_head=3)
+    (w / "edited_config" / "config.json").write_text(json.dumps(edited))
     shutil.copytree(w / "run", w / "garbage_weights")
     (w / "garbage_weights" / "model.safetensors").write_bytes(b"\x00" * 64)
     make_run(w / "wrong_shapes", prepared_char, n_embd=32)
