@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from capitu.config import ModelConfig, from_dict, to_dict
@@ -57,6 +57,15 @@ def read_config(folder: Path) -> dict:
     except UserError as error:
         raise UserError(f"{folder / CONFIG}: {error}") from None
     return content
+
+
+def check_weights(path: Path) -> None:
+    """A one-line UserError unless the weights file at `path` opens (its header alone is read)."""
+    try:
+        with safe_open(str(path), "pt"):
+            pass
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"{path}: corrupt or unreadable weights: {error}") from None
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -283,6 +283,7 @@ HOSTILE = [
     # serve and votes
     ("serve-nothing", ["serve", "{t}/full"], "is not a capitu run or model folder"),
     ("serve-file", ["serve", "{t}/file.txt"], "is not a capitu run or model folder"),
+    ("serve-garbage-weights", ["serve", "{w}/garbage_weights"], "corrupt or unreadable weights"),
     ("serve-port", ["serve", "{w}/run", "--port", "70000"], "--port must be between 1 and 65535"),
     ("votes-missing", ["votes", "{t}/nowhere/votes.sqlite"], "no votes file"),
     ("votes-not-sqlite", ["votes", "{t}/file.txt"], "not a capitu votes file"),
