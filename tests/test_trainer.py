@@ -194,17 +194,22 @@ def test_resume_takes_a_new_device_and_budget(prepared_char, tmp_path, capsys):
     assert code == 2 and "unknown device" in err
     # a resume replays the saved config: a config that would change it is refused, not ignored; the run's own passes
     same = ["--data", str(prepared_char), *(item for setting in TINY for item in ("--set", setting))]
+    run_config = tmp_path / "run" / "config.json"
+    out_of_step = {**json.loads(run_config.read_text()), "note": "out of step"}
+    run_config.unlink()  # a file of its own, no longer the checkpoint's (a resume puts the checkpoint's back)
+    run_config.write_text(json.dumps(out_of_step))
     for change, message in ((["--set", "model.n_layer=3"], "model.n_layer 2 -> 3"),
                             (["--set", "run.seed=7"], "run.seed 1337 -> 7"),
                             (["--preset", "small"], "optim.muon_lr 0.005 -> 0.001")):
         code, _, err = run_cli(["train", "--out", tmp_path / "run", "--resume", *same, *change, "--quiet"], capsys)
         assert code == 2 and "--resume continues the run with its own config" in err and message in err, err
+        assert json.loads(run_config.read_text()) == out_of_step  # a refused resume writes nothing
     # at the end of its budget, or at --pause-at, a resume says there is nothing to train, and trains nothing
     for more, where in ((), "the end of its budget"), ((*same, "--steps", "5", "--pause-at", "2"),
                                                        "at or past --pause-at 2"):
         code, out, err = run_cli(["train", "--out", tmp_path / "run", "--resume", *more, "--quiet"], capsys)
         assert code == 0 and f"nothing to train: the run is at step 3 ({3 * 256:,} tokens), {where}" in out, out + err
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["step"] == 3
+    assert json.loads(run_config.read_text())["step"] == 3 and "note" not in json.loads(run_config.read_text())
 
 
 def test_time_alone_sets_the_schedule_and_ends_the_run(prepared_char, tmp_path, capsys):

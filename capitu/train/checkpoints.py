@@ -97,21 +97,23 @@ def problem_with(folder: Path) -> tuple[str | None, dict | None]:
     return None, state
 
 
-def load_checkpoint(run: Path, repair: bool = True) -> tuple[Path, dict]:
-    """The newest complete checkpoint of `run` and its training state. With `repair` (the one
-    process that writes), what a killed save left behind is removed first, and the run's model
-    files are put back in step with the checkpoint."""
+def load_checkpoint(run: Path, repair: bool = True, accept=None) -> tuple[Path, dict]:
+    """The newest complete checkpoint of `run` and its training state. `accept(folder)`, if given,
+    may refuse it (a UserError) before anything is written. With `repair` (the one process that
+    writes), what a killed save left behind is then removed, and the run's model files are put
+    back in step with the checkpoint."""
     run = Path(run)
-    if repair:
-        clean_leftovers(run)
-        clean_leftovers(run / CHECKPOINTS)
     skipped = []
     for folder in checkpoint_folders(run):
         problem, state = problem_with(folder)
         if problem is None:
-            if skipped and repair:
-                warn(f"{run}: skipped checkpoint {'; '.join(skipped)}; resuming from {folder.name}")
+            if accept:
+                accept(folder)
             if repair:
+                clean_leftovers(run)
+                clean_leftovers(run / CHECKPOINTS)
+                if skipped:
+                    warn(f"{run}: skipped checkpoint {'; '.join(skipped)}; resuming from {folder.name}")
                 publish(run, folder)
             return folder, state
         skipped.append(f"{folder.name} ({problem})")

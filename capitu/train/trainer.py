@@ -231,11 +231,12 @@ def train(config: Config | None, out: Path, resume: bool = False, pause_at: int 
     if resume:
         if writer:
             check_writable(out)
-        checkpoint = load_checkpoint(out, repair=writer)
-        saved = from_dict(Config, read_saved_config(checkpoint[0]))
-        if config is not None:
-            check_resumed_config(config, saved)
-        config = saved
+        def accept(folder: Path) -> None:  # before the run's files are repaired: a refused resume writes nothing
+            if config is not None:
+                check_resumed_config(config, from_dict(Config, read_saved_config(folder)))
+
+        checkpoint = load_checkpoint(out, repair=writer, accept=accept)
+        config = from_dict(Config, read_saved_config(checkpoint[0]))
     elif writer and (checkpoint_folders(out) or RunFolder(out).config_path.exists()):
         raise UserError(f"{out} already holds a run; use --resume to continue it, or another --out")
     elif writer and RunFolder(out).info_path.exists():
