@@ -415,7 +415,7 @@ def sampling_of(args):
 
 def run_generate(args) -> None:
     from capitu.device import pick_device
-    from capitu.generate import compare, complete, load_for_generation, read_prompts, run_labels
+    from capitu.generate import as_trained, compare, complete, load_for_generation, read_prompts, run_labels
     from capitu.pages import markdown_comparison
 
     runs = ([args.run] if args.run else []) + (args.compare or [])
@@ -444,7 +444,7 @@ def run_generate(args) -> None:
         if number:
             print("\n" + "-" * 40)
         if args.stream:
-            print(prompt, end="", flush=True)
+            print(as_trained(prompt), end="", flush=True)  # as the text without --stream gives it back
             complete(decoder, tokenizer, prompt, args.new_tokens, sampling, args.seed,
                      write=lambda piece: print(piece, end="", flush=True))
             print()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -181,10 +182,16 @@ def load_for_generation(run, device: torch.device, compile: bool = True):
     return make_decoder(model, 1, compile), load_tokenizer(tokenizer)
 
 
+def as_trained(prompt: str) -> str:
+    """A prompt in the training text's Unicode form, NFC: typed or pasted as NFD, a "ç" is a "c"
+    and a combining cedilla, which the model has hardly seen."""
+    return unicodedata.normalize("NFC", prompt)
+
+
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
     """A prompt is read as the start of a document: end-of-text, then its tokens (as in the
-    training data, where every document follows an end-of-text)."""
-    return [tokenizer.eot_id] + tokenizer.encode(prompt)
+    training data, where every document follows an end-of-text), in the training text's form."""
+    return [tokenizer.eot_id] + tokenizer.encode(as_trained(prompt))
 
 
 def complete(decoder, tokenizer, prompt: str, new_tokens: int, sampling: Sampling, seed: int | None,

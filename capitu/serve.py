@@ -158,7 +158,7 @@ class Server:
             started = time.perf_counter()
             text = complete(decoder, tokenizer, prompt, new_tokens, sampling, seed, write=write)
             seconds = time.perf_counter() - started
-        generated = len(tokenizer.encode(text)) - len(tokenizer.encode(prompt))
+        generated = len(tokenizer.encode(text)) - len(prompt_ids(tokenizer, prompt)) + 1  # the end-of-text
         return text, max(generated, 0) / max(seconds, 1e-9)
 
     def slot(self):

@@ -1,5 +1,6 @@
 import math
 import os
+import unicodedata
 
 import numpy as np
 import pytest
@@ -152,6 +153,12 @@ def test_cli_prompt_round_trips_accents(run, capsys):
     # the default decodes through the compiled step; the eager step samples the same text
     code, eager, err = run_cli(["generate", run, "--prompt", prompt, "-n", "5", "--seed", "3", "--no-compile"], capsys)
     assert code == 0 and eager == out
+    # the same prompt typed in NFD (c + combining cedilla, a + combining tilde) is read as the NFC the model trained on
+    decomposed = unicodedata.normalize("NFD", prompt)
+    assert decomposed != prompt
+    for stream in ([], ["--stream"]):
+        code, typed, err = run_cli(["generate", run, "--prompt", decomposed, "-n", "5", "--seed", "3", *stream], capsys)
+        assert code == 0 and typed == out, err
 
 
 def test_cli_empty_prompt_starts_from_end_of_text(run, capsys):
