@@ -7,7 +7,7 @@ exports as LlamaForCausalLM: the fused query-key-value and gate-up matrices are 
 rotates the two halves of each head as HF's `rotate_half` does.
 
 capitu reads a prompt as the start of a document, end-of-text first; the exported tokenizer adds that end-of-text
-itself (as its BOS), so HF's `generate` and pipelines condition as `capitu generate` does."""
+itself (as its BOS), and reads text in NFC, so HF's `generate` and pipelines condition as `capitu generate` does."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, processors
+from tokenizers import Tokenizer, normalizers, processors
 
 from capitu.checkpoint import MODEL_FORMAT, load_model, load_state, load_weights, save_model, unique_state_dict
 from capitu.config import ModelConfig
@@ -120,8 +120,10 @@ def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 def export_tokenizer(source: Path, target: Path) -> None:
     """The run's tokenizer, made to put end-of-text before every text it encodes (HF adds
-    special tokens by default; capitu's own encoding asks for none)."""
+    special tokens by default; capitu's own encoding asks for none), and to read text in NFC, as
+    capitu reads a prompt (generate.as_trained)."""
     tokenizer = Tokenizer.from_file(str(source))
+    tokenizer.normalizer = normalizers.NFC()
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{EOT} $A", pair=f"{EOT} $A {EOT} $B:1", special_tokens=[(EOT, EOT_ID)])
     tokenizer.save(str(target))

@@ -1,4 +1,5 @@
 import json
+import unicodedata
 
 import pytest
 import torch
@@ -121,6 +122,8 @@ def test_hf_pipeline_writes_what_capitu_generate_writes(tmp_path, prepared_bpe, 
     assert hf_text == out.rstrip("\n")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tokenizer(prompt)["input_ids"][0] == 0  # end-of-text first, as capitu reads a prompt
+    accented = "Não há ação sem coração"  # and in NFC, whatever form it is typed in
+    assert tokenizer(unicodedata.normalize("NFD", accented))["input_ids"] == tokenizer(accented)["input_ids"]
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
