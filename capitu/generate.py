@@ -238,7 +238,7 @@ def run_labels(runs: list) -> list[str]:
 def read_prompts(path) -> list[str]:
     """One prompt per line; blank lines are skipped (an empty prompt is given with --prompt '')."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark (Notepad's) is not a prompt
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read prompts from {path}: {error}") from None
     prompts = [line for line in lines if line.strip()]

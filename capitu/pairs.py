@@ -58,7 +58,7 @@ class Sentence:
 def read_conllu(path: Path) -> list[Sentence]:
     """The sentences of a CoNLL-U file; a file that is not CoNLL-U is a UserError."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
     sentences, comments, words, multiword = [], {}, [], {}
@@ -245,7 +245,7 @@ def minimal_pairs(paths: list[Path]) -> list[dict]:
 def read_pairs(path: Path) -> list[dict]:
     """A pairs file as `capitu pairs` writes it."""
     try:
-        pairs = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        pairs = [json.loads(line) for line in Path(path).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise UserError(f"cannot read pairs from {path}: {getattr(error, 'strerror', None) or error}") from None
     if not pairs or not all(isinstance(p, dict) and {"phenomenon", "good", "bad"} <= set(p) for p in pairs):

@@ -173,6 +173,14 @@ def test_cli_empty_prompt_starts_from_end_of_text(run, capsys):
     assert code == 0 and out == text + "\n"
 
 
+def test_a_prompts_file_from_notepad_reads_as_its_lines(tmp_path):
+    from capitu.generate import read_prompts
+
+    path = tmp_path / "prompts.txt"  # a byte-order mark, Windows line ends and a blank line
+    path.write_bytes("\ufeffEra uma vez\r\n\r\nCapitu tinha\r\n".encode("utf-8"))
+    assert read_prompts(path) == ["Era uma vez", "Capitu tinha"]
+
+
 def test_cli_compare_markdown(run, tmp_path, prepared_bpe, capsys):
     make_run(tmp_path / "rope", prepared_bpe, block_size=32, pos="rope")
     prompts = tmp_path / "prompts.txt"

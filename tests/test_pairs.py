@@ -67,6 +67,12 @@ def test_surface_rebuilds_the_text_with_multiword_tokens_and_spacing(treebank):
         assert surface(sentence) == sentence.text
 
 
+def test_a_treebank_with_a_byte_order_mark_reads_the_same(treebank, tmp_path):
+    marked = tmp_path / "marked.conllu"
+    marked.write_bytes(b"\xef\xbb\xbf" + treebank.read_bytes())
+    assert [(s.sent_id, s.text) for s in read_conllu(marked)] == [(s.sent_id, s.text) for s in read_conllu(treebank)]
+
+
 def test_each_pair_breaks_one_attested_agreement(treebank):
     pairs = minimal_pairs([treebank])
     found = {(p["sent_id"], p["phenomenon"], p["word"], p["replacement"]) for p in pairs}
