@@ -12,6 +12,8 @@ def test_presets_and_overrides_layer_in_order(tmp_path):
     assert config.model.n_layer == 3 and config.model.pos == "rope" and config.model.rope_base == 500.0
     assert config.optim.lr == 1.0 and config.run.compile is True
     assert config.model.n_embd == 256 and config.model.tie_embeddings is False  # from the preset
+    file.write_bytes(b"\xef\xbb\xbf" + file.read_bytes())  # saved by Notepad: a byte-order mark first
+    assert load_config("tiny", file).model.n_layer == 3
 
 
 @pytest.mark.parametrize(
