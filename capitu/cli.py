@@ -116,7 +116,7 @@ def run_models(args) -> None:
         study.set += [*vocab_override, *args.overrides]
         configs = study_configs(study, variants, None, study.vocab_size)
         print(f"capitu study --preset {study.preset}{f' --config {args.config}' if args.config else ''}{changed}: "
-              f"{len(variants)} variants x {study.seeds} seeds, {study.budget} budget")
+              f"{len(variants)} variants x {study.seeds} seed{'s' * (study.seeds != 1)}, {study.budget} budget")
     else:
         base = load_config(args.preset, overrides=[f"model.vocab_size={DEFAULT_VOCAB_SIZE}", *vocab_override,
                                                    *args.overrides])
