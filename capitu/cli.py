@@ -95,10 +95,17 @@ def add_models(commands) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the preset (after the study's, with --study) before the variants "
                    "apply theirs (repeatable), e.g. --set model.n_layer=8")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(handler=run_models)
 
 
 def run_models(args) -> None:
+    result = models_table(args)
+    print(json.dumps(result, indent=1) if args.json else format_models(result))
+
+
+def models_table(args) -> dict:
+    """The variants' sizes, FLOPs, KV-cache bytes (and, with a study, training tokens) as a dict."""
     from capitu.config import load_config
     from capitu.models import build_model
     from capitu.study.config import load_study
@@ -109,34 +116,54 @@ def run_models(args) -> None:
     if args.vocab_size is not None:
         check_vocab_size(args.vocab_size, 1)  # before building anything of that size
     vocab_override = [f"model.vocab_size={args.vocab_size}"] if args.vocab_size is not None else []
-    changed = "".join(f", {override}" for override in args.overrides)
-    study = None
+    result = {"preset": args.preset, "set": args.overrides, "study": None}
     if args.study or args.config:
         study, variants = load_study(args.preset, args.config, grid=args.grid)
         study.set += [*vocab_override, *args.overrides]
         configs = study_configs(study, variants, None, study.vocab_size)
-        print(f"capitu study --preset {study.preset}{f' --config {args.config}' if args.config else ''}{changed}: "
-              f"{len(variants)} variants x {study.seeds} seed{'s' * (study.seeds != 1)}, {study.budget} budget")
+        result["preset"] = study.preset  # the model preset: a study file may name its own
+        result["study"] = {"preset": args.preset, "config": str(args.config) if args.config else None,
+                           "seeds": study.seeds,
+                           "budget": study.budget, "seconds": study.seconds}
     else:
+        study = None
         base = load_config(args.preset, overrides=[f"model.vocab_size={DEFAULT_VOCAB_SIZE}", *vocab_override,
                                                    *args.overrides])
         configs = {variant.name: variant_config(base, variant) for variant in load_grid(args.grid or "full")}
-    baseline = next(iter(configs.values()))
-    check_vocab_size(baseline.model.vocab_size, 1)
-    print(f"preset {args.preset}{changed}, vocab {baseline.model.vocab_size:,}, context {baseline.model.block_size}")
+    baseline = next(iter(configs.values())).model
+    check_vocab_size(baseline.vocab_size, 1)
+    result.update(vocab_size=baseline.vocab_size, context=baseline.block_size)
     models = {name: build_model(config.model) for name, config in configs.items()}
     tokens = {}
-    if study and study.budget != "seconds":
+    if study and study.budget != "seconds":  # a seconds budget's tokens are measured when the study starts
         tokens = planned_tokens(study, configs, {name: m.flops_per_token() for name, m in models.items()}, {})
-    print(f"{'variant':<11} {'params':>12} {'non-emb':>12} {'MFLOP/tok':>10} {'KV B/tok fp32':>14} {'bf16':>8}"
-          + (f" {'train tokens':>13}" if tokens else ""))
-    for name, model in models.items():
-        kv = f"{model.kv_bytes_per_token(4):>14,} {model.kv_bytes_per_token(2):>8,}"
-        print(f"{name:<11} {model.num_params():>12,} {model.num_params(False):>12,} "
-              f"{model.flops_per_token() / 1e6:>10.2f} {kv}" + (f" {tokens[name]:>13,}" if tokens else ""))
-    if study and study.budget == "seconds":
-        print(f"(each variant trains {study.seconds:g} s; its tokens are its training rate, measured when the "
-              "study starts)")
+    result["variants"] = [
+        {"name": name, "params": model.num_params(), "non_embedding_params": model.num_params(False),
+         "flops_per_token": model.flops_per_token(), "kv_bytes_per_token_fp32": model.kv_bytes_per_token(4),
+         "kv_bytes_per_token_bf16": model.kv_bytes_per_token(2), "train_tokens": tokens.get(name)}
+        for name, model in models.items()]
+    return result
+
+
+def format_models(result: dict) -> str:
+    changed = "".join(f", {override}" for override in result["set"])
+    study, lines = result["study"], []
+    if study:
+        config = f" --config {study['config']}" if study["config"] else ""
+        lines.append(f"capitu study --preset {study['preset']}{config}{changed}: {len(result['variants'])} "
+                     f"variants x {study['seeds']} seed{'s' * (study['seeds'] != 1)}, {study['budget']} budget")
+    lines.append(f"preset {result['preset']}{changed}, vocab {result['vocab_size']:,}, context {result['context']}")
+    with_tokens = study is not None and study["budget"] != "seconds"
+    lines.append(f"{'variant':<11} {'params':>12} {'non-emb':>12} {'MFLOP/tok':>10} {'KV B/tok fp32':>14} {'bf16':>8}"
+                 + (f" {'train tokens':>13}" if with_tokens else ""))
+    for v in result["variants"]:
+        lines.append(f"{v['name']:<11} {v['params']:>12,} {v['non_embedding_params']:>12,} "
+                     f"{v['flops_per_token'] / 1e6:>10.2f} {v['kv_bytes_per_token_fp32']:>14,} "
+                     f"{v['kv_bytes_per_token_bf16']:>8,}" + (f" {v['train_tokens']:>13,}" if with_tokens else ""))
+    if study and not with_tokens:
+        lines.append(f"(each variant trains {study['seconds']:g} s; its tokens are its training rate, measured when "
+                     "the study starts)")
+    return "\n".join(lines)
 
 
 def add_export(commands) -> None:

@@ -103,6 +103,10 @@ def test_models_of_a_study_are_the_ones_it_trains_on_its_budget(capsys):
         flops = build_model(variant_config(base, variant).model).flops_per_token()
         spent = table[variant.name][-1] * flops
         assert abs(spent - 900_000 * build_model(base.model).flops_per_token()) <= steps * flops / 2
+    code, out, _ = run_cli(["models", "--study", "--preset", "tiny", "--json"], capsys)  # the same numbers
+    rows = {v["name"]: [v["params"], v["non_embedding_params"], v["kv_bytes_per_token_fp32"],
+                        v["kv_bytes_per_token_bf16"], v["train_tokens"]] for v in json.loads(out)["variants"]}
+    assert code == 0 and rows == table
     code, out, _ = run_cli(["models", "--study", "--preset", "small"], capsys)  # a seconds budget: measured later
     assert code == 0 and "measured when the study starts" in out and "train tokens" not in out
 
