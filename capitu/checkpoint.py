@@ -49,8 +49,8 @@ def read_config(folder: Path) -> dict:
         content = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
         raise UserError(f"{folder / CONFIG}: corrupt: {error}") from None
-    if not isinstance(content, dict) or content.get("format") != MODEL_FORMAT or not isinstance(content.get("model"),
-                                                                                                 dict):
+    if not isinstance(content, dict) or content.get("format") != MODEL_FORMAT \
+            or not isinstance(content.get("model"), dict):
         raise UserError(f"{folder / CONFIG}: not a capitu model config")
     try:  # here, so that an edited or damaged file is named, not only the value that is wrong in it
         from_dict(ModelConfig, content["model"]).validate()

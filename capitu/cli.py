@@ -123,8 +123,7 @@ def models_table(args) -> dict:
         configs = study_configs(study, variants, None, study.vocab_size)
         result["preset"] = study.preset  # the model preset: a study file may name its own
         result["study"] = {"preset": args.preset, "config": str(args.config) if args.config else None,
-                           "seeds": study.seeds,
-                           "budget": study.budget, "seconds": study.seconds}
+                           "seeds": study.seeds, "budget": study.budget, "seconds": study.seconds}
     else:
         study = None
         base = load_config(args.preset, overrides=[f"model.vocab_size={DEFAULT_VOCAB_SIZE}", *vocab_override,
