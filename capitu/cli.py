@@ -167,11 +167,12 @@ def format_models(result: dict) -> str:
 
 def add_export(commands) -> None:
     p = commands.add_parser(
-        "export", help="export a run's model to HF transformers (GPT-2 or Llama)",
+        "export", help="export a run's model to HF transformers (GPT-2, GPT-NeoX or Llama)",
         description="Write the model of RUN as a folder that transformers loads, tokenizer included: a "
-        "GPT-2-shaped model (learned positions, LayerNorm, GELU, biases, tied) as GPT2LMHeadModel, a "
-        "Llama-shaped one (RoPE, RMSNorm, SwiGLU, no biases; tied or not; MHA, GQA or MQA) as "
-        "LlamaForCausalLM. The tokenizer puts end-of-text before a prompt, as capitu generate does.")
+        "GPT-2-shaped model (learned positions, LayerNorm, GELU, biases, tied) as GPT2LMHeadModel, the same "
+        "blocks with RoPE (tied or not, multi-head) as GPTNeoXForCausalLM, a Llama-shaped one (RoPE, RMSNorm, "
+        "SwiGLU, no biases; tied or not; MHA, GQA or MQA) as LlamaForCausalLM. The tokenizer puts end-of-text "
+        "before a prompt and reads text in NFC, as capitu generate does.")
     p.add_argument("run", type=Path, help="a run or model folder (model.safetensors, config.json)")
     p.add_argument("--format", choices=["hf"], default="hf", help="output format (hf)")
     p.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")

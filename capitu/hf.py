@@ -1,10 +1,12 @@
-"""Interop with HF transformers (GPT2LMHeadModel, LlamaForCausalLM), without importing it.
+"""Interop with HF transformers (GPT2LMHeadModel, GPTNeoXForCausalLM, LlamaForCausalLM), without importing it.
 
 The GPT-2-equivalent configuration (learned positions, multi-head attention, biases, tied embeddings) maps one to
 one: the same parameter names, with HF's Conv1D weights stored transposed ([in, out]) where nn.Linear stores [out,
 in]; it exports and imports. A Llama-shaped model (RoPE, RMSNorm, SwiGLU, no biases; tied or not; MHA, GQA or MQA)
 exports as LlamaForCausalLM: the fused query-key-value and gate-up matrices are split, and capitu's RoPE already
-rotates the two halves of each head as HF's `rotate_half` does.
+rotates the two halves of each head as HF's `rotate_half` does. GPT-2's blocks with RoPE (tied or not, multi-head)
+export as GPTNeoXForCausalLM (sequential residuals, RoPE over whole heads), the fused query-key-value matrix
+regrouped head by head.
 
 capitu reads a prompt as the start of a document, end-of-text first; the exported tokenizer adds that end-of-text
 itself (as its BOS), and reads text in NFC, so HF's `generate` and pipelines condition as `capitu generate` does."""
@@ -33,11 +35,18 @@ CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_
 HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers some versions save
 
 
+GPT2_BLOCK = {"kind": "gpt", "bias": True, "norm": "layernorm", "mlp": "gelu", "qk_norm": False, "logit_softcap": 0.0}
+
+
 def gpt2_differences(config: ModelConfig) -> list[str]:
     """What keeps `config` from being GPT-2 (nothing: it exports as GPT2LMHeadModel)."""
-    wanted = {"kind": "gpt", "pos": "learned", "n_kv_head": config.n_head, "bias": True, "tie_embeddings": True,
-              "norm": "layernorm", "mlp": "gelu", "qk_norm": False, "logit_softcap": 0.0}
-    return differences(config, wanted)
+    return differences(config, {**GPT2_BLOCK, "pos": "learned", "n_kv_head": config.n_head, "tie_embeddings": True})
+
+
+def neox_differences(config: ModelConfig) -> list[str]:
+    """What keeps `config` from being GPT-NeoX, GPT-2's blocks with RoPE over whole heads, tied
+    or not (nothing: it exports as GPTNeoXForCausalLM)."""
+    return differences(config, {**GPT2_BLOCK, "pos": "rope", "n_kv_head": config.n_head})
 
 
 def llama_differences(config: ModelConfig) -> list[str]:
@@ -52,14 +61,18 @@ def differences(config: ModelConfig, wanted: dict) -> list[str]:
     return [f"model.{key} = {actual[key]!r} (needs {value!r})" for key, value in wanted.items() if actual[key] != value]
 
 
+ARCHITECTURES = {"gpt2": ("GPT-2", gpt2_differences), "gpt_neox": ("GPT-NeoX", neox_differences),
+                 "llama": ("Llama", llama_differences)}
+
+
 def check_exportable(config: ModelConfig) -> str:
-    """"gpt2" or "llama", or a one-line error naming what has no HF equivalent."""
-    gpt2, llama = gpt2_differences(config), llama_differences(config)
-    if not gpt2:
-        return "gpt2"
-    if not llama:
-        return "llama"
-    raise UserError("no HF equivalent: GPT-2 needs " + ", ".join(gpt2) + "; Llama needs " + ", ".join(llama))
+    """"gpt2", "gpt_neox" or "llama", or a one-line error naming what has no HF equivalent."""
+    missing = {kind: differ(config) for kind, (_, differ) in ARCHITECTURES.items()}
+    for kind, problems in missing.items():
+        if not problems:
+            return kind
+    raise UserError("no HF equivalent: " + "; ".join(f"as {ARCHITECTURES[kind][0]}, " + ", ".join(problems)
+                                                      for kind, problems in missing.items()))
 
 
 def hf_config(config: ModelConfig) -> dict:
@@ -118,6 +131,42 @@ def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {name: tensor.contiguous() for name, tensor in out.items()}
 
 
+def neox_config(config: ModelConfig) -> dict:
+    return {
+        "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd, "intermediate_size": config.hidden, "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head, "hidden_act": "gelu_new", "max_position_embeddings": config.block_size,
+        "rotary_pct": 1.0, "rotary_emb_base": config.rope_base,  # transformers >= 5 reads these too
+        "use_parallel_residual": False, "attention_bias": True, "layer_norm_eps": 1e-5,
+        "hidden_dropout": 0.0, "attention_dropout": 0.0, "tie_word_embeddings": config.tie_embeddings,
+        "initializer_range": 0.02, "bos_token_id": EOT_ID, "eos_token_id": EOT_ID,
+    }
+
+
+def neox_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's weights under GPTNeoXForCausalLM's names: c_attn's rows, query, key and
+    value blocks of n_head heads each, regrouped head by head (each head's q, k, v together)."""
+    c = model.config
+    state = unique_state_dict(model)
+
+    def by_head(qkv: torch.Tensor) -> torch.Tensor:  # (3 C, ...) as [q; k; v] -> (3 C, ...) as [h0 q k v; h1 ...]
+        return qkv.reshape(3, c.n_head, c.head_dim, *qkv.shape[1:]).transpose(0, 1).reshape(qkv.shape)
+
+    out = {"gpt_neox.embed_in.weight": state["transformer.wte.weight"]}
+    if not c.tie_embeddings:
+        out["embed_out.weight"] = state["lm_head.weight"]  # lm_head in transformers >= 5, which renames it
+    names = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm", "attn.c_attn": "attention.query_key_value",
+             "attn.c_proj": "attention.dense", "mlp.c_fc": "mlp.dense_h_to_4h", "mlp.c_proj": "mlp.dense_4h_to_h"}
+    for i in range(c.n_layer):
+        for ours, theirs in names.items():
+            for kind in ("weight", "bias"):
+                tensor = state[f"transformer.h.{i}.{ours}.{kind}"]
+                out[f"gpt_neox.layers.{i}.{theirs}.{kind}"] = by_head(tensor) if ours == "attn.c_attn" else tensor
+    for kind in ("weight", "bias"):
+        out[f"gpt_neox.final_layer_norm.{kind}"] = state[f"transformer.ln_f.{kind}"]
+    return {name: tensor.contiguous() for name, tensor in out.items()}
+
+
 def export_tokenizer(source: Path, target: Path) -> None:
     """The run's tokenizer, made to put end-of-text before every text it encodes (HF adds
     special tokens by default; capitu's own encoding asks for none), and to read text in NFC, as
@@ -130,7 +179,7 @@ def export_tokenizer(source: Path, target: Path) -> None:
 
 
 def export_hf(run: Path, out: Path) -> str:
-    """Write a folder that GPT2LMHeadModel or LlamaForCausalLM .from_pretrained (and
+    """Write a folder that GPT2LMHeadModel, GPTNeoXForCausalLM or LlamaForCausalLM .from_pretrained (and
     AutoTokenizer) load; it appears whole or not at all. Returns the architecture."""
     check_output(out, new=True)
     model, _ = load_model(run)
@@ -138,8 +187,9 @@ def export_hf(run: Path, out: Path) -> str:
     tokenizer = RunFolder(run).tokenizer_path
     if not tokenizer.is_file() or load_tokenizer(tokenizer).kind != "bpe":
         raise UserError("HF export needs the run's BPE tokenizer.json (a char tokenizer has no HF equivalent)")
-    weights, config = (hf_state_dict(model), hf_config(model.config)) if kind == "gpt2" else (
-        llama_state_dict(model), llama_config(model.config))
+    state_of, config_of = {"gpt2": (hf_state_dict, hf_config), "gpt_neox": (neox_state_dict, neox_config),
+                           "llama": (llama_state_dict, llama_config)}[kind]
+    weights, config = state_of(model), config_of(model.config)
     with staged_folder(out) as staging:
         save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_json(staging / "config.json", config)

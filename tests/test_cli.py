@@ -283,7 +283,8 @@ HOSTILE = [
     ("export-out-unwritable", ["export", "{w}/bpe_run", "--out", "/proc/capitu"], "cannot write to /proc"),
     ("export-missing-run", ["export", "{t}/missing", "--out", "{t}/out"], "is not a capitu run or model folder"),
     ("export-char-run", ["export", "{w}/run", "--out", "{t}/out"], "HF export needs the run's BPE tokenizer"),
-    ("export-rope-run", ["export", "{w}/rope_run", "--out", "{t}/out"], "no HF equivalent: GPT-2 needs model.pos"),
+    ("export-alibi-run", ["export", "{w}/alibi_run", "--out", "{t}/out"],
+     "no HF equivalent: as GPT-2, model.pos = 'alibi' (needs 'learned')"),
     # serve and votes
     ("serve-nothing", ["serve", "{t}/full"], "is not a capitu run or model folder"),
     ("serve-file", ["serve", "{t}/file.txt"], "is not a capitu run or model folder"),
@@ -357,7 +358,7 @@ def world(tmp_path_factory, prepared_char, prepared_bpe) -> Path:
     (w / "binary" / "binary.txt").write_bytes(bytes(range(256)) * 8)
     make_run(w / "run", prepared_char)
     make_run(w / "bpe_run", prepared_bpe)
-    make_run(w / "rope_run", prepared_bpe, pos="rope")
+    make_run(w / "alibi_run", prepared_bpe, pos="alibi")
     make_run(w / "no_tokenizer", prepared_char)
     (w / "no_tokenizer" / "tokenizer.json").unlink()
     make_run(w / "orphan", prepared_char)

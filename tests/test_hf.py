@@ -55,7 +55,8 @@ LLAMA = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False)
 
 
 @pytest.mark.parametrize("change, named", [
-    ({"pos": "rope"}, "model.norm = 'layernorm' (needs 'rmsnorm')"),
+    ({"pos": "alibi"}, "as GPT-NeoX, model.pos = 'alibi' (needs 'rope')"),
+    ({"pos": "rope", "n_kv_head": 2}, "as GPT-NeoX, model.n_kv_head = 2 (needs 4)"),
     ({"n_kv_head": 2}, "model.n_kv_head = 2 (needs 4)"),
     ({"bias": False}, "model.bias = False (needs True)"),
     ({"kind": "ffn"}, "model.kind = 'ffn' (needs 'gpt')"),
@@ -69,7 +70,7 @@ def test_other_variants_refuse_to_export(tmp_path, change, named, capsys):
     model = build_model(ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=16, **change))
     save_model(tmp_path / "run", model)
     code, _, err = run_cli(["export", tmp_path / "run", "--format", "hf", "--out", tmp_path / "hf"], capsys)
-    assert code == 2 and err.startswith("capitu: error: no HF equivalent: GPT-2 needs") and named in err
+    assert code == 2 and err.startswith("capitu: error: no HF equivalent: as GPT-2, ") and named in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "hf").exists()
 
 
@@ -92,6 +93,19 @@ def exported_run(tmp_path, prepared_bpe, **changes):
     return model, export_hf(tmp_path / "run", tmp_path / "hf")
 
 
+def assert_same_model(loaded, model):
+    """HF's model gives capitu's logits and greedy continuation (capitu's one token at a time, without a cache)."""
+    idx = torch.randint(0, model.config.vocab_size, (2, 50))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx).logits, model(idx)[0], atol=1e-4, rtol=0)
+        greedy = loaded.generate(idx[:1, :10], max_new_tokens=30, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0)[0, 10:]
+    ids = idx[:1, :10]
+    for _ in range(30):
+        ids = torch.cat([ids, model(ids)[0][:, -1].argmax(-1, keepdim=True)], 1)
+    assert greedy.tolist() == ids[0, 10:].tolist()
+
+
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("n_kv_head", [0, 2, 1])  # multi-head, grouped-query, multi-query
 def test_llama_shaped_models_export_as_llama(tmp_path, prepared_bpe, tied, n_kv_head):
@@ -99,18 +113,20 @@ def test_llama_shaped_models_export_as_llama(tmp_path, prepared_bpe, tied, n_kv_
     assert architecture == "LlamaForCausalLM"
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert type(loaded).__name__ == "LlamaForCausalLM"
-    idx = torch.randint(0, model.config.vocab_size, (2, 50))
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(idx).logits, model(idx)[0], atol=1e-4, rtol=0)
-        greedy = loaded.generate(idx[:1, :10], max_new_tokens=30, do_sample=False, eos_token_id=None,
-                                 pad_token_id=0)[0, 10:]
-    ids = idx[:1, :10]
-    for _ in range(30):  # capitu's greedy choice, one token at a time, without a cache
-        ids = torch.cat([ids, model(ids)[0][:, -1].argmax(-1, keepdim=True)], 1)
-    assert greedy.tolist() == ids[0, 10:].tolist()
+    assert_same_model(loaded, model)
 
 
-@pytest.mark.parametrize("shape", [{}, LLAMA])  # GPT-2, and Llama
+@pytest.mark.parametrize("tied", [True, False])  # the study's RoPE variant; the tiny preset (untied)
+def test_gpt2_blocks_with_rope_export_as_gpt_neox(tmp_path, prepared_bpe, tied):
+    model, architecture = exported_run(tmp_path, prepared_bpe, pos="rope", tie_embeddings=tied)
+    assert architecture == "GPTNeoXForCausalLM"
+    loaded, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert type(loaded).__name__ == "GPTNeoXForCausalLM"
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # every weight has its place
+    assert_same_model(loaded.eval(), model)
+
+
+@pytest.mark.parametrize("shape", [{}, {"pos": "rope"}, LLAMA])  # GPT-2, GPT-NeoX and Llama
 def test_hf_pipeline_writes_what_capitu_generate_writes(tmp_path, prepared_bpe, shape, capsys):
     exported_run(tmp_path, prepared_bpe, **shape)
     prompt = "Capitu tinha olhos de"
