@@ -75,14 +75,14 @@ def check_exportable(config: ModelConfig) -> str:
                                                       for kind, problems in missing.items()))
 
 
-def hf_config(config: ModelConfig) -> dict:
+def hf_config(config: ModelConfig, eot_id: int = EOT_ID) -> dict:
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
         "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": config.n_embd,
         "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": config.hidden,
         "activation_function": "gelu_new", "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout, "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
-        "scale_attn_weights": True, "tie_word_embeddings": True, "bos_token_id": EOT_ID, "eos_token_id": EOT_ID,
+        "scale_attn_weights": True, "tie_word_embeddings": True, "bos_token_id": eot_id, "eos_token_id": eot_id,
     }
 
 
@@ -92,7 +92,7 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
             for name, tensor in unique_state_dict(model).items()}
 
 
-def llama_config(config: ModelConfig) -> dict:
+def llama_config(config: ModelConfig, eot_id: int = EOT_ID) -> dict:
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
         "hidden_size": config.n_embd, "intermediate_size": config.hidden, "num_hidden_layers": config.n_layer,
@@ -101,7 +101,7 @@ def llama_config(config: ModelConfig) -> dict:
         "rope_theta": config.rope_base,  # transformers < 5
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},  # transformers >= 5
         "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": config.tie_embeddings,
-        "initializer_range": 0.02, "bos_token_id": EOT_ID, "eos_token_id": EOT_ID,
+        "initializer_range": 0.02, "bos_token_id": eot_id, "eos_token_id": eot_id,
     }
 
 
@@ -131,7 +131,7 @@ def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {name: tensor.contiguous() for name, tensor in out.items()}
 
 
-def neox_config(config: ModelConfig) -> dict:
+def neox_config(config: ModelConfig, eot_id: int = EOT_ID) -> dict:
     return {
         "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "vocab_size": config.vocab_size,
         "hidden_size": config.n_embd, "intermediate_size": config.hidden, "num_hidden_layers": config.n_layer,
@@ -139,7 +139,7 @@ def neox_config(config: ModelConfig) -> dict:
         "rotary_pct": 1.0, "rotary_emb_base": config.rope_base,  # transformers >= 5 reads these too
         "use_parallel_residual": False, "attention_bias": True, "layer_norm_eps": 1e-5,
         "hidden_dropout": 0.0, "attention_dropout": 0.0, "tie_word_embeddings": config.tie_embeddings,
-        "initializer_range": 0.02, "bos_token_id": EOT_ID, "eos_token_id": EOT_ID,
+        "initializer_range": 0.02, "bos_token_id": eot_id, "eos_token_id": eot_id,
     }
 
 
@@ -167,14 +167,14 @@ def neox_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {name: tensor.contiguous() for name, tensor in out.items()}
 
 
-def export_tokenizer(source: Path, target: Path) -> None:
+def export_tokenizer(source: Path, target: Path, eot_id: int) -> None:
     """The run's tokenizer, made to put end-of-text before every text it encodes (HF adds
     special tokens by default; capitu's own encoding asks for none), and to read text in NFC, as
     capitu reads a prompt (generate.as_trained)."""
     tokenizer = Tokenizer.from_file(str(source))
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{EOT} $A", pair=f"{EOT} $A {EOT} $B:1", special_tokens=[(EOT, EOT_ID)])
+        single=f"{EOT} $A", pair=f"{EOT} $A {EOT} $B:1", special_tokens=[(EOT, eot_id)])
     tokenizer.save(str(target))
 
 
@@ -187,13 +187,14 @@ def export_hf(run: Path, out: Path) -> str:
     tokenizer = RunFolder(run).tokenizer_path
     if not tokenizer.is_file() or load_tokenizer(tokenizer).kind != "bpe":
         raise UserError("HF export needs the run's BPE tokenizer.json (a char tokenizer has no HF equivalent)")
+    eot_id = load_tokenizer(tokenizer).eot_id  # 0 for capitu's own; an imported GPT-2's is 50256
     state_of, config_of = {"gpt2": (hf_state_dict, hf_config), "gpt_neox": (neox_state_dict, neox_config),
                            "llama": (llama_state_dict, llama_config)}[kind]
-    weights, config = state_of(model), config_of(model.config)
+    weights, config = state_of(model), config_of(model.config, eot_id)
     with staged_folder(out) as staging:
         save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_json(staging / "config.json", config)
-        export_tokenizer(tokenizer, staging / TOKENIZER)  # HF's file has our file's name
+        export_tokenizer(tokenizer, staging / TOKENIZER, eot_id)  # HF's file has our file's name
         special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
         atomic_write_json(staging / "tokenizer_config.json", {
             "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size,

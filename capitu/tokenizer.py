@@ -35,14 +35,18 @@ class Tokenizer(Protocol):
 
 
 class BPETokenizer:
-    """GPT-2's byte-level BPE (no prefix space, so the round trip is exact)."""
+    """GPT-2's byte-level BPE (no prefix space, so the round trip is exact). capitu's own put
+    end-of-text at id 0; an imported one (OpenAI's GPT-2: 50256) keeps its own."""
 
     kind = "bpe"
-    eot_id = EOT_ID
 
     def __init__(self, hf: HFTokenizer):
         self.hf = hf
         self.vocab_size = hf.get_vocab_size()
+        eot_id = hf.token_to_id(EOT)
+        if eot_id is None:
+            raise UserError(f"the tokenizer has no {EOT} token, which capitu puts before every document")
+        self.eot_id = eot_id
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, show_progress: bool = True) -> "BPETokenizer":

@@ -31,6 +31,46 @@ def test_weights_from_hf_give_the_same_logits(tmp_path):
     torch.testing.assert_close(model(idx)[0], expected, atol=1e-5, rtol=0)
 
 
+def gpt2_like_tokenizer(path):
+    """A byte-level BPE whose end-of-text is its last id, as in OpenAI's GPT-2 (50256), not capitu's 0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator(["Capitu tinha olhos de ressaca. Era uma vez um rapaz."] * 20, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    hf.add_special_tokens(["<|endoftext|>"])
+    hf.save(str(path))
+    return hf.token_to_id("<|endoftext|>"), hf.get_vocab_size()
+
+
+def test_an_imported_gpt2_keeps_its_end_of_text_id(tmp_path, capsys):
+    from capitu.generate import prompt_ids
+    from capitu.tokenizer import load_tokenizer
+
+    eot, vocab = gpt2_like_tokenizer(tmp_path / "tokenizer.json")
+    assert eot == vocab - 1 > 0
+    reference = hf_model(vocab)
+    reference.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer.json").write_bytes((tmp_path / "tokenizer.json").read_bytes())
+    import_hf(tmp_path / "hf", tmp_path / "ours")
+    tokenizer = load_tokenizer(tmp_path / "ours" / "tokenizer.json")
+    ids = prompt_ids(tokenizer, "Capitu tinha")
+    assert ids[0] == eot and tokenizer.decode(ids[1:]) == "Capitu tinha"
+    # capitu's greedy continuation is HF's from the same end-of-text: the prompt reads as a document's start
+    code, out, err = run_cli(["generate", tmp_path / "ours", "--prompt", "Capitu tinha", "-n", "8",
+                              "--temperature", "0", "--no-compile"], capsys)
+    with torch.no_grad():
+        greedy = reference.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, eos_token_id=eot,
+                                    pad_token_id=eot)[0, len(ids):].tolist()
+    assert code == 0 and out.rstrip("\n") == "Capitu tinha" + tokenizer.decode([t for t in greedy if t != eot]), err
+    export_hf(tmp_path / "ours", tmp_path / "again")  # and an export of it puts that id first, as its BOS
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path / "again")
+    assert again("Capitu tinha")["input_ids"] == ids
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["bos_token_id"] == eot
+
+
 def test_export_then_import_round_trips(tmp_path, prepared_bpe):
     torch.manual_seed(0)
     vocab = json.loads((prepared_bpe / "meta.json").read_text())["tokenizer"]["vocab_size"]

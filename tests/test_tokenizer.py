@@ -65,6 +65,17 @@ def test_save_and_load(tmp_path):
         load_tokenizer(tmp_path / "bad.json")
 
 
+def test_a_bpe_without_end_of_text_is_refused_in_words(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.train_from_iterator(["Era uma vez"] * 5, trainers.BpeTrainer(vocab_size=270, show_progress=False))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(UserError, match="has no <\\|endoftext\\|> token, which capitu puts before every document"):
+        load_tokenizer(tmp_path / "tokenizer.json")
+
+
 def test_bad_vocab_size():
     with pytest.raises(UserError, match="vocab size"):
         BPETokenizer.train(["abc"], vocab_size=10)
