@@ -10,7 +10,7 @@ from conftest import REPO
 NOTEBOOK = REPO / "notebooks" / "capitu_colab.ipynb"
 
 
-def test_the_notebook_runs_from_start_to_end(small_corpus, tmp_path, monkeypatch, capsys):
+def test_the_notebook_runs_from_start_to_end(small_corpus, tmp_path, monkeypatch, capfd):
     notebook = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
     assert notebook["nbformat"] == 4 and "Abrir no Colab" in "".join(notebook["cells"][0]["source"])
     monkeypatch.chdir(tmp_path)
@@ -25,7 +25,9 @@ def test_the_notebook_runs_from_start_to_end(small_corpus, tmp_path, monkeypatch
         exec(compile("".join(cell["source"]), f"{NOTEBOOK.name} cell {cell['id']}", "exec"), namespace)
         ran += 1
     assert ran == 5
-    printed = capsys.readouterr().out
+    printed = capfd.readouterr().out  # the cells' prints and the commands' output
+    # capitu models --study, before the study: the models it trains and their training tokens
+    assert "capitu study --preset tiny --config smoke.toml: 2 variants x 1 seed, flops budget" in printed
     assert "» Capitu tinha olhos de" in printed  # the generations, side by side
     results = json.loads((tmp_path / "studies" / "colab" / "results.json").read_text())
     assert {e["name"] for e in results["variants"]} == {"baseline", "rope"}
