@@ -13,7 +13,9 @@ itself (as its BOS), and reads text in NFC, so HF's `generate` and pipelines con
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -223,9 +225,162 @@ def check_header(path: Path, hf: dict) -> None:
         raise UserError(f"{path}: holds {len(layers)} layers where config.json says n_layer {hf['n_layer']}")
 
 
+def positive_ints(hf: dict, folder: Path, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if type(hf.get(key)) is not int or hf[key] < 1:
+            raise UserError(f"{folder}/config.json: {key} must be a positive integer, got {hf.get(key)!r}")
+
+
+def refuse_unlike(hf: dict, folder: Path, wanted: dict, kind: str) -> None:
+    """A one-line UserError naming the settings (HF's defaults where absent) that capitu's models
+    cannot reproduce."""
+    unlike = [f"{key} = {hf.get(key, default)!r} (needs {value!r})" for key, (value, default) in wanted.items()
+              if hf.get(key, default) != value]
+    if unlike:
+        raise UserError(f"{folder}: a {kind} capitu cannot run: {', '.join(unlike)}")
+
+
+def rope_settings(hf: dict) -> tuple[float, float]:
+    """(base, share of each head rotated), wherever the transformers version put them."""
+    nested = hf.get("rope_parameters") or {}
+    base = hf.get("rotary_emb_base", hf.get("rope_theta", nested.get("rope_theta", 10000.0)))
+    share = hf.get("rotary_pct", hf.get("partial_rotary_factor", nested.get("partial_rotary_factor", 1.0)))
+    return float(base), float(share)
+
+
+def gpt2_import(hf: dict, folder: Path) -> ModelConfig:
+    """GPT-2, as OpenAI's checkpoints and capitu's exports have it (its shapes checked against the weights)."""
+    if hf.get("activation_function", "gelu_new") != "gelu_new":
+        raise UserError(f"{folder}: activation {hf['activation_function']} is not GPT-2's gelu_new")
+    positive_ints(hf, folder, ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"))
+    if hf.get("n_inner") is not None and (type(hf["n_inner"]) is not int or hf["n_inner"] < 1):
+        raise UserError(f"{folder}/config.json: n_inner must be a positive integer or null, got {hf['n_inner']!r}")
+    check_header(folder / "model.safetensors", hf)
+    return ModelConfig(
+        kind="gpt", vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+        n_head=hf["n_head"], n_embd=hf["n_embd"], pos="learned",
+        mlp_hidden=hf.get("n_inner") or 4 * hf["n_embd"], dropout=0.0, bias=True, tie_embeddings=True,
+    )
+
+
+def gpt2_state(weights: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """hf_state_dict's inverse: the same names (some files leave out the `transformer.` prefix), Conv1D's
+    weights transposed back, the mask buffers some versions save left out."""
+    state = {}
+    for name, tensor in weights.items():
+        if name.endswith(HF_BUFFERS):
+            continue
+        name = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
+        state[name] = tensor.t().contiguous() if name.endswith(CONV1D) else tensor
+    state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    return state
+
+
+LLM_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "max_position_embeddings")
+
+
+def neox_import(hf: dict, folder: Path) -> ModelConfig:
+    """GPT-NeoX as capitu exports it: sequential residuals, RoPE over whole heads, GPT-2's blocks."""
+    positive_ints(hf, folder, LLM_SIZES)
+    base, share = rope_settings(hf)
+    refuse_unlike({**hf, "rotary_pct": share}, folder, {
+        "use_parallel_residual": (False, True), "rotary_pct": (1.0, 1.0), "hidden_act": ("gelu_new", "gelu"),
+        "attention_bias": (True, True), "layer_norm_eps": (1e-5, 1e-5)}, "GPT-NeoX")
+    return ModelConfig(
+        kind="gpt", vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"],
+        n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"], pos="rope",
+        rope_base=base, mlp_hidden=hf["intermediate_size"], dropout=0.0, bias=True,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+
+
+def neox_state(weights: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """neox_state_dict's inverse: each head's q, k, v rows back into [q; k; v]."""
+    def by_kind(qkv: torch.Tensor) -> torch.Tensor:  # (3 C, ...) as [h0 q k v; h1 ...] -> as [q; k; v]
+        return qkv.reshape(config.n_head, 3, config.head_dim, *qkv.shape[1:]).transpose(0, 1).reshape(qkv.shape)
+
+    names = {"input_layernorm": "ln_1", "post_attention_layernorm": "ln_2", "attention.query_key_value": "attn.c_attn",
+             "attention.dense": "attn.c_proj", "mlp.dense_h_to_4h": "mlp.c_fc", "mlp.dense_4h_to_h": "mlp.c_proj"}
+    state = {"transformer.wte.weight": weights.get("gpt_neox.embed_in.weight"),
+             "lm_head.weight": weights.get("embed_out.weight", weights.get("lm_head.weight"))}
+    for kind in ("weight", "bias"):
+        state[f"transformer.ln_f.{kind}"] = weights.get(f"gpt_neox.final_layer_norm.{kind}")
+    for i in range(config.n_layer):
+        for theirs, ours in names.items():
+            for kind in ("weight", "bias"):
+                state[f"transformer.h.{i}.{ours}.{kind}"] = weights.get(f"gpt_neox.layers.{i}.{theirs}.{kind}")
+        for kind in ("weight", "bias"):
+            fused = state[f"transformer.h.{i}.attn.c_attn.{kind}"]
+            if fused is not None:  # a missing one is named by load_state
+                state[f"transformer.h.{i}.attn.c_attn.{kind}"] = by_kind(fused)
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    return state
+
+
+def llama_import(hf: dict, folder: Path) -> ModelConfig:
+    """Llama as capitu exports it: RMSNorm at capitu's epsilon, SwiGLU, no biases, RoPE over whole heads."""
+    positive_ints(hf, folder, LLM_SIZES)
+    base, _ = rope_settings(hf)
+    nested = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    refuse_unlike({**hf, "rope type": nested.get("rope_type", nested.get("type", "default"))}, folder, {
+        "hidden_act": ("silu", "silu"), "attention_bias": (False, False), "mlp_bias": (False, False),
+        "rms_norm_eps": (RMS_EPS, 1e-6), "rope type": ("default", "default"),
+        "head_dim": (hf["hidden_size"] // hf["num_attention_heads"], hf["hidden_size"] // hf["num_attention_heads"])},
+        "Llama")
+    kv_heads = hf.get("num_key_value_heads") or hf["num_attention_heads"]  # 0 in capitu: as many as heads
+    return ModelConfig(
+        kind="gpt", vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"],
+        n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
+        n_kv_head=kv_heads if kv_heads != hf["num_attention_heads"] else 0, n_embd=hf["hidden_size"],
+        pos="rope", rope_base=base, norm="rmsnorm", mlp="swiglu", mlp_hidden=hf["intermediate_size"], dropout=0.0,
+        bias=False, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+
+
+def llama_state(weights: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """llama_state_dict's inverse: q, k, v into c_attn; gate, up into c_fc (gate rows first)."""
+    def joined(*names: str) -> torch.Tensor | None:
+        parts = [weights.get(name) for name in names]
+        return None if any(part is None for part in parts) else torch.cat(parts)
+
+    state = {"transformer.wte.weight": weights.get("model.embed_tokens.weight"),
+             "transformer.ln_f.weight": weights.get("model.norm.weight"),
+             "lm_head.weight": weights.get("lm_head.weight")}
+    for i in range(config.n_layer):
+        block, layer = f"transformer.h.{i}.", f"model.layers.{i}."
+        state.update({
+            block + "ln_1.weight": weights.get(layer + "input_layernorm.weight"),
+            block + "attn.c_attn.weight": joined(*(layer + f"self_attn.{x}_proj.weight" for x in "qkv")),
+            block + "attn.c_proj.weight": weights.get(layer + "self_attn.o_proj.weight"),
+            block + "ln_2.weight": weights.get(layer + "post_attention_layernorm.weight"),
+            block + "mlp.c_fc.weight": joined(layer + "mlp.gate_proj.weight", layer + "mlp.up_proj.weight"),
+            block + "mlp.c_proj.weight": weights.get(layer + "mlp.down_proj.weight"),
+        })
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    return state
+
+
+IMPORTERS = {"gpt2": (gpt2_import, gpt2_state), "gpt_neox": (neox_import, neox_state),
+             "llama": (llama_import, llama_state)}
+
+
+def check_size(path: Path, config: ModelConfig) -> None:
+    """A config that describes more parameters than the weights file holds is refused before the
+    model is built (counted on the meta device, which allocates nothing)."""
+    with torch.device("meta"):  # two models of one and two blocks: a block's share, without building them all
+        one, two = (GPT(dataclasses.replace(config, n_layer=n)).num_params() for n in (1, 2))
+    wanted = one + (config.n_layer - 1) * (two - one)
+    with safe_open(str(path), framework="pt") as weights:
+        held = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    if wanted > held:
+        raise UserError(f"{path}: holds {held:,} numbers where config.json describes a model of {wanted:,} "
+                        "parameters")
+
+
 def import_hf(folder: Path, out: Path) -> None:
-    """Bring an HF GPT-2 checkpoint folder (config.json + model.safetensors) in as a capitu
-    model folder (written whole or not at all)."""
+    """Bring an HF GPT-2 checkpoint folder, or a GPT-NeoX or Llama one shaped as capitu exports
+    them (config.json + model.safetensors), in as a capitu model folder (written whole or not at all)."""
     check_output(out, new=True)
     try:
         hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -236,31 +391,19 @@ def import_hf(folder: Path, out: Path) -> None:
     if hf.get("format") == MODEL_FORMAT:
         raise UserError(f"{folder} is a capitu model already: eval, generate, serve and bench take it as it is "
                         "(capitu export makes an HF folder of it)")
-    if hf.get("model_type") != "gpt2":
-        raise UserError(f"{folder}: model_type is {hf.get('model_type')!r}, only gpt2 can be imported")
-    if hf.get("activation_function", "gelu_new") != "gelu_new":
-        raise UserError(f"{folder}: activation {hf['activation_function']} is not GPT-2's gelu_new")
+    if hf.get("model_type") not in IMPORTERS:
+        raise UserError(f"{folder}: model_type is {hf.get('model_type')!r}; capitu imports gpt2, gpt_neox and llama")
     if not (folder / "model.safetensors").is_file():
         raise UserError(f"{folder}: no model.safetensors")
-    for key in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"):
-        if type(hf.get(key)) is not int or hf[key] < 1:
-            raise UserError(f"{folder}/config.json: {key} must be a positive integer, got {hf.get(key)!r}")
-    if hf.get("n_inner") is not None and (type(hf["n_inner"]) is not int or hf["n_inner"] < 1):
-        raise UserError(f"{folder}/config.json: n_inner must be a positive integer or null, got {hf['n_inner']!r}")
-    check_header(folder / "model.safetensors", hf)
-    config = ModelConfig(
-        kind="gpt", vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
-        n_head=hf["n_head"], n_embd=hf["n_embd"], pos="learned",
-        mlp_hidden=hf.get("n_inner") or 4 * hf["n_embd"], dropout=0.0, bias=True, tie_embeddings=True,
-    )
+    config_of, state_of = IMPORTERS[hf["model_type"]]
+    config = config_of(hf, folder)
+    try:
+        config.validate()
+    except UserError as error:  # sizes that do not make a model (a width not divisible by the heads)
+        raise UserError(f"{folder}/config.json: {error}") from None
+    check_size(folder / "model.safetensors", config)
     model = GPT(config)
-    state = {}
-    for name, tensor in load_weights(folder / "model.safetensors").items():
-        if name.endswith(HF_BUFFERS):
-            continue
-        name = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
-        state[name] = tensor.t().contiguous() if name.endswith(CONV1D) else tensor
-    state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    state = state_of(load_weights(folder / "model.safetensors"), config)
     load_state(model, {k: v.float() if v is not None else None for k, v in state.items()}, folder / "model.safetensors")
     with staged_folder(out) as staging:
         save_model(staging, model, {"imported_from": str(folder)})

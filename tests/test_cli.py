@@ -303,7 +303,10 @@ HOSTILE = [
     ("import-no-n-layer", ["import", "{w}/hf_no_layers", "--out", "{t}/out"], "n_layer must be a positive integer"),
     ("import-n-layer-word", ["import", "{w}/hf_word_layers", "--out", "{t}/out"], "n_layer must be a positive integer"),
     ("import-huge", ["import", "{w}/hf_huge", "--out", "{t}/out"], "where config.json needs"),
-    ("import-llama", ["import", "{w}/hf_llama", "--out", "{t}/out"], "only gpt2 can be imported"),
+    ("import-mislabelled", ["import", "{w}/hf_llama", "--out", "{t}/out"],
+     "config.json: hidden_size must be a positive integer, got None"),
+    ("import-bert", ["import", "{w}/hf_bert", "--out", "{t}/out"],
+     "model_type is 'bert'; capitu imports gpt2, gpt_neox and llama"),
     ("import-no-weights", ["import", "{w}/hf_no_weights", "--out", "{t}/out"], "no model.safetensors"),
     ("import-garbage-weights", ["import", "{w}/hf_garbage", "--out", "{t}/out"], "not a readable safetensors file"),
     ("import-layers", ["import", "{w}/hf_more_layers", "--out", "{t}/out"], "layers where config.json says n_layer"),
@@ -392,6 +395,7 @@ def world(tmp_path_factory, prepared_char, prepared_bpe) -> Path:
     hf_variant(w, "hf_word_layers", lambda c: {**c, "n_layer": "four"})
     hf_variant(w, "hf_huge", lambda c: {**c, "n_embd": 1 << 20, "vocab_size": 1 << 20, "n_layer": 400})
     hf_variant(w, "hf_llama", lambda c: {**c, "model_type": "llama"})
+    hf_variant(w, "hf_bert", lambda c: {**c, "model_type": "bert"})
     hf_variant(w, "hf_more_layers", lambda c: {**c, "n_layer": c["n_layer"] + 4})
     hf_variant(w, "hf_no_weights", lambda c: c)
     (w / "hf_no_weights" / "model.safetensors").unlink()

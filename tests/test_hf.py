@@ -1,5 +1,7 @@
+import dataclasses
 import json
 import unicodedata
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,6 +94,64 @@ def test_export_then_import_round_trips(tmp_path, prepared_bpe):
 
 
 LLAMA = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+
+
+@pytest.mark.parametrize("shape", [{"pos": "rope"}, {"pos": "rope", "tie_embeddings": False},
+                                   {**LLAMA, "n_kv_head": 2}, {**LLAMA, "tie_embeddings": False}])
+def test_gpt_neox_and_llama_exports_import_back(tmp_path, prepared_bpe, shape):
+    model, _ = exported_run(tmp_path, prepared_bpe, **shape)
+    import_hf(tmp_path / "hf", tmp_path / "back")
+    back, _ = load_model(tmp_path / "back")
+    assert back.config == dataclasses.replace(model.config, mlp_hidden=model.config.hidden)  # 0: the default width
+    for name, value in model.state_dict().items():
+        assert torch.equal(back.state_dict()[name], value), name
+    assert (tmp_path / "back" / "tokenizer.json").is_file()
+
+
+def transformers_folder(tmp_path, model) -> Path:
+    model.save_pretrained(tmp_path / "theirs")
+    return tmp_path / "theirs"
+
+
+@pytest.mark.parametrize("theirs", [
+    lambda: transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        use_parallel_residual=False, rotary_pct=1.0, hidden_act="gelu_new", max_position_embeddings=64)),
+    lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, rms_norm_eps=1e-6, max_position_embeddings=64)),
+])
+def test_hf_made_models_of_capitus_shapes_import_with_their_logits(tmp_path, theirs):
+    torch.manual_seed(0)
+    reference = trained_looking(theirs())
+    import_hf(transformers_folder(tmp_path, reference), tmp_path / "ours")
+    model, _ = load_model(tmp_path / "ours")
+    idx = torch.randint(0, 64, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], reference(idx).logits, atol=1e-4, rtol=0)
+
+
+def test_hf_models_capitu_cannot_run_are_refused_in_words(tmp_path, capsys):
+    # Pythia's shape: parallel residuals, a quarter of each head rotated; a Llama at another epsilon
+    neox = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64))
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        rms_norm_eps=1e-5))
+    for model, named in ((neox, "use_parallel_residual = True (needs False)"),
+                         (neox, "rotary_pct = 0.25 (needs 1.0)"), (llama, "rms_norm_eps = 1e-05 (needs 1e-06)")):
+        folder = transformers_folder(tmp_path / named[:4], model)
+        code, _, err = run_cli(["import", folder, "--out", tmp_path / "out"], capsys)
+        assert code == 2 and ("a GPT-NeoX capitu cannot run" in err or "a Llama capitu cannot run" in err), err
+        assert named in err and not (tmp_path / "out").exists(), err
+
+
+def test_a_config_larger_than_its_weights_is_refused_before_building(tmp_path, prepared_bpe, capsys):
+    exported_run(tmp_path, prepared_bpe, **LLAMA)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 100_000}))
+    code, _, err = run_cli(["import", tmp_path / "hf", "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "where config.json describes a model of" in err, err
 
 
 @pytest.mark.parametrize("change, named", [
