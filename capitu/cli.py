@@ -191,7 +191,7 @@ def add_import(commands) -> None:
         "import", help="bring an HF GPT-2 checkpoint (or a GPT-NeoX or Llama one) in as a capitu model folder",
         description="Convert an HF folder (config.json, model.safetensors, tokenizer.json) into a capitu model "
         "folder that eval, generate, serve and bench use: GPT-2, or GPT-NeoX and Llama of the shapes capitu "
-        "export writes (sequential residuals and whole heads rotated; Llama's RMSNorm at epsilon 1e-6).")
+        "export writes (sequential residuals, whole heads rotated, no biases in Llama), at their norms' epsilon.")
     p.add_argument("folder", type=Path, help="an HF GPT-2, GPT-NeoX or Llama folder")
     p.add_argument("--out", type=Path, required=True, help="the capitu model folder to write (must be new or empty)")
     p.set_defaults(handler=_import)

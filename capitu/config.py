@@ -39,6 +39,7 @@ def check_ranges(section, prefix: str) -> None:
         if not accepts(value):
             raise UserError(f"{prefix}.{name} must be {words}, got {value}")
 MODEL_KINDS = ("gpt", "ffn")
+LAYER_NORM_EPS, RMS_EPS = 1e-5, 1e-6  # GPT-2's and Llama 2's
 
 
 @dataclass
@@ -59,6 +60,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     # the modern recipe, one knob each (GPT-2's choice first)
     norm: str = "layernorm"  # layernorm, or rmsnorm (with a learned gain, as Llama)
+    norm_eps: float = 0.0  # 0: the norm's usual epsilon (LayerNorm 1e-5 as GPT-2, RMSNorm 1e-6 as Llama 2)
     mlp: str = "gelu"  # gelu (tanh, GPT-2), relu2 (squared ReLU, Primer), swiglu (gated SiLU, Llama)
     qk_norm: bool = False  # RMS-normalise queries and keys per head (no gain) before attention
     logit_softcap: float = 0.0  # C * tanh(logits / C) on the output logits; 0: off
@@ -70,12 +72,17 @@ class ModelConfig:
         "vocab_size": "non-negative", "block_size": "positive", "n_layer": "positive", "n_head": "positive",
         "n_kv_head": "non-negative", "n_embd": "positive", "rope_base": "positive", "mlp_ratio": "positive",
         "mlp_hidden": "non-negative", "dropout": "fraction", "ffn_context": "positive", "ffn_hidden": "positive",
-        "logit_softcap": "non-negative",
+        "logit_softcap": "non-negative", "norm_eps": "non-negative",
     }
 
     @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
+
+    @property
+    def eps(self) -> float:
+        """The norms' epsilon (what `hf.py` exports as layer_norm_epsilon or rms_norm_eps)."""
+        return self.norm_eps or (RMS_EPS if self.norm == "rmsnorm" else LAYER_NORM_EPS)
 
     @property
     def head_dim(self) -> int:

@@ -25,11 +25,10 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, normalizers, processors
 
 from capitu.checkpoint import MODEL_FORMAT, load_model, load_state, load_weights, save_model, unique_state_dict
-from capitu.config import ModelConfig
+from capitu.config import LAYER_NORM_EPS, RMS_EPS, ModelConfig
 from capitu.errors import UserError
 from capitu.folders import TOKENIZER, RunFolder
 from capitu.models import GPT
-from capitu.models.gpt import RMS_EPS
 from capitu.paths import atomic_write_json, check_output, staged_folder
 from capitu.tokenizer import EOT, EOT_ID, load_tokenizer
 
@@ -83,7 +82,7 @@ def hf_config(config: ModelConfig, eot_id: int = EOT_ID) -> dict:
         "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": config.n_embd,
         "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": config.hidden,
         "activation_function": "gelu_new", "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout, "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
+        "attn_pdrop": config.dropout, "layer_norm_epsilon": config.eps, "initializer_range": 0.02,
         "scale_attn_weights": True, "tie_word_embeddings": True, "bos_token_id": eot_id, "eos_token_id": eot_id,
     }
 
@@ -99,7 +98,7 @@ def llama_config(config: ModelConfig, eot_id: int = EOT_ID) -> dict:
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
         "hidden_size": config.n_embd, "intermediate_size": config.hidden, "num_hidden_layers": config.n_layer,
         "num_attention_heads": config.n_head, "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim,
-        "hidden_act": "silu", "max_position_embeddings": config.block_size, "rms_norm_eps": RMS_EPS,
+        "hidden_act": "silu", "max_position_embeddings": config.block_size, "rms_norm_eps": config.eps,
         "rope_theta": config.rope_base,  # transformers < 5
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},  # transformers >= 5
         "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": config.tie_embeddings,
@@ -139,7 +138,7 @@ def neox_config(config: ModelConfig, eot_id: int = EOT_ID) -> dict:
         "hidden_size": config.n_embd, "intermediate_size": config.hidden, "num_hidden_layers": config.n_layer,
         "num_attention_heads": config.n_head, "hidden_act": "gelu_new", "max_position_embeddings": config.block_size,
         "rotary_pct": 1.0, "rotary_emb_base": config.rope_base,  # transformers >= 5 reads these too
-        "use_parallel_residual": False, "attention_bias": True, "layer_norm_eps": 1e-5,
+        "use_parallel_residual": False, "attention_bias": True, "layer_norm_eps": config.eps,
         "hidden_dropout": 0.0, "attention_dropout": 0.0, "tie_word_embeddings": config.tie_embeddings,
         "initializer_range": 0.02, "bos_token_id": eot_id, "eos_token_id": eot_id,
     }
@@ -240,6 +239,14 @@ def refuse_unlike(hf: dict, folder: Path, wanted: dict, kind: str) -> None:
         raise UserError(f"{folder}: a {kind} capitu cannot run: {', '.join(unlike)}")
 
 
+def norm_eps(hf: dict, folder: Path, key: str, usual: float) -> float:
+    """The config's epsilon as capitu's model.norm_eps: 0.0 where it is the norm's usual one."""
+    value = hf.get(key, usual)
+    if type(value) not in (int, float) or not value > 0:
+        raise UserError(f"{folder}/config.json: {key} must be a positive number, got {value!r}")
+    return 0.0 if value == usual else float(value)
+
+
 def rope_settings(hf: dict) -> tuple[float, float]:
     """(base, share of each head rotated), wherever the transformers version put them."""
     nested = hf.get("rope_parameters") or {}
@@ -260,6 +267,7 @@ def gpt2_import(hf: dict, folder: Path) -> ModelConfig:
         kind="gpt", vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
         n_head=hf["n_head"], n_embd=hf["n_embd"], pos="learned",
         mlp_hidden=hf.get("n_inner") or 4 * hf["n_embd"], dropout=0.0, bias=True, tie_embeddings=True,
+        norm_eps=norm_eps(hf, folder, "layer_norm_epsilon", LAYER_NORM_EPS),
     )
 
 
@@ -286,11 +294,12 @@ def neox_import(hf: dict, folder: Path) -> ModelConfig:
     base, share = rope_settings(hf)
     refuse_unlike({**hf, "rotary_pct": share}, folder, {
         "use_parallel_residual": (False, True), "rotary_pct": (1.0, 1.0), "hidden_act": ("gelu_new", "gelu"),
-        "attention_bias": (True, True), "layer_norm_eps": (1e-5, 1e-5)}, "GPT-NeoX")
+        "attention_bias": (True, True)}, "GPT-NeoX")
     return ModelConfig(
         kind="gpt", vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"],
         n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"], pos="rope",
         rope_base=base, mlp_hidden=hf["intermediate_size"], dropout=0.0, bias=True,
+        norm_eps=norm_eps(hf, folder, "layer_norm_eps", LAYER_NORM_EPS),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 
@@ -319,13 +328,13 @@ def neox_state(weights: dict[str, torch.Tensor], config: ModelConfig) -> dict[st
 
 
 def llama_import(hf: dict, folder: Path) -> ModelConfig:
-    """Llama as capitu exports it: RMSNorm at capitu's epsilon, SwiGLU, no biases, RoPE over whole heads."""
+    """Llama as capitu exports it: RMSNorm, SwiGLU, no biases, RoPE over whole heads."""
     positive_ints(hf, folder, LLM_SIZES)
     base, _ = rope_settings(hf)
     nested = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     refuse_unlike({**hf, "rope type": nested.get("rope_type", nested.get("type", "default"))}, folder, {
         "hidden_act": ("silu", "silu"), "attention_bias": (False, False), "mlp_bias": (False, False),
-        "rms_norm_eps": (RMS_EPS, 1e-6), "rope type": ("default", "default"),
+        "rope type": ("default", "default"),
         "head_dim": (hf["hidden_size"] // hf["num_attention_heads"], hf["hidden_size"] // hf["num_attention_heads"])},
         "Llama")
     kv_heads = hf.get("num_key_value_heads") or hf["num_attention_heads"]  # 0 in capitu: as many as heads
@@ -333,8 +342,9 @@ def llama_import(hf: dict, folder: Path) -> ModelConfig:
         kind="gpt", vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"],
         n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
         n_kv_head=kv_heads if kv_heads != hf["num_attention_heads"] else 0, n_embd=hf["hidden_size"],
-        pos="rope", rope_base=base, norm="rmsnorm", mlp="swiglu", mlp_hidden=hf["intermediate_size"], dropout=0.0,
-        bias=False, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+        pos="rope", rope_base=base, norm="rmsnorm", norm_eps=norm_eps(hf, folder, "rms_norm_eps", RMS_EPS),
+        mlp="swiglu", mlp_hidden=hf["intermediate_size"], dropout=0.0, bias=False,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 
 def llama_state(weights: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:

@@ -120,6 +120,9 @@ def transformers_folder(tmp_path, model) -> Path:
     lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
         vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=64, rms_norm_eps=1e-6, max_position_embeddings=64)),
+    lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(  # SmolLM2's epsilon and tied embeddings
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        intermediate_size=64, rms_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=64)),
 ])
 def test_hf_made_models_of_capitus_shapes_import_with_their_logits(tmp_path, theirs):
     torch.manual_seed(0)
@@ -132,14 +135,14 @@ def test_hf_made_models_of_capitus_shapes_import_with_their_logits(tmp_path, the
 
 
 def test_hf_models_capitu_cannot_run_are_refused_in_words(tmp_path, capsys):
-    # Pythia's shape: parallel residuals, a quarter of each head rotated; a Llama at another epsilon
+    # Pythia's shape: parallel residuals, a quarter of each head rotated; a Llama with biased projections
     neox = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
         vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64))
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
         vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-        rms_norm_eps=1e-5))
+        attention_bias=True))
     for model, named in ((neox, "use_parallel_residual = True (needs False)"),
-                         (neox, "rotary_pct = 0.25 (needs 1.0)"), (llama, "rms_norm_eps = 1e-05 (needs 1e-06)")):
+                         (neox, "rotary_pct = 0.25 (needs 1.0)"), (llama, "attention_bias = True (needs False)")):
         folder = transformers_folder(tmp_path / named[:4], model)
         code, _, err = run_cli(["import", folder, "--out", tmp_path / "out"], capsys)
         assert code == 2 and ("a GPT-NeoX capitu cannot run" in err or "a Llama capitu cannot run" in err), err

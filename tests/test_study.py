@@ -1,4 +1,5 @@
 import base64
+import copy
 import csv
 import json
 import math
@@ -702,3 +703,22 @@ def test_report_shows_writing_numbers_and_the_blind_votes(micro_study, prepared_
     report = (out / "report.md").read_text()
     assert "## Blind votes" in report and "3 blind votes" in report
     assert table_rows(report, "variant | known words")["rope"][2] == f"{distinct:.1%}"
+
+
+def test_a_run_saved_before_a_setting_existed_trains_the_same():
+    # a study continued by a newer capitu: its runs' configs lack the settings added since (model.norm_eps),
+    # whose defaults are what they were trained with
+    from capitu.config import load_config, to_dict
+    from capitu.study.runner import same_training
+
+    wanted = to_dict(load_config("tiny", overrides=["model.vocab_size=64"]))
+    older = copy.deepcopy(wanted)
+    del older["model"]["norm_eps"]
+    older["run"]["device"] = "cuda"  # the device may differ
+    assert same_training(older, wanted)
+    changed = copy.deepcopy(wanted)
+    changed["model"]["n_layer"] += 1
+    assert not same_training(changed, wanted)
+    unknown = copy.deepcopy(wanted)
+    unknown["model"]["colour"] = "blue"  # a setting this version does not know
+    assert not same_training(unknown, wanted)

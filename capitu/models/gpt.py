@@ -27,15 +27,12 @@ class ContextTooLong(UserError):
     pass
 
 
-RMS_EPS = 1e-6
-
-
 def norm_layer(config: ModelConfig) -> nn.Module:
-    """GPT-2's LayerNorm (with a bias unless `bias=False`), or RMSNorm with a learned gain and
-    Llama's epsilon (`hf.py` exports it as `rms_norm_eps`)."""
+    """GPT-2's LayerNorm (with a bias unless `bias=False`), or RMSNorm with a learned gain as
+    Llama's; at `config.eps`."""
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.n_embd, eps=RMS_EPS)
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+        return nn.RMSNorm(config.n_embd, eps=config.eps)
+    return nn.LayerNorm(config.n_embd, eps=config.eps, bias=config.bias)
 
 
 def masked_attention(q, k, v, mask):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from capitu.checkpoint import read_config
-from capitu.config import Config, load_config, to_dict
+from capitu.config import Config, from_dict, load_config, to_dict
 from capitu.device import pick_device
 from capitu.environment import MachineLoad, is_busy
 from capitu.errors import UserError, warn
@@ -80,11 +80,16 @@ def study_configs(study: StudyConfig, variants: list[Variant], data: Path | None
 
 
 def same_training(saved: dict, wanted: dict) -> bool:
-    """Whether two resolved configs train the same run (the device may differ)."""
-    def without_device(config: dict) -> dict:
-        return {**config, "run": {k: v for k, v in config.get("run", {}).items() if k != "device"}}
+    """Whether two resolved configs train the same run (the device may differ). A setting newer than
+    the saved config takes its default there, which is what that run was trained with."""
+    def resolved(config: dict) -> dict:
+        config = to_dict(from_dict(Config, config))
+        return {**config, "run": {k: v for k, v in config["run"].items() if k != "device"}}
 
-    return without_device(saved) == without_device(wanted)
+    try:
+        return resolved(saved) == resolved(wanted)
+    except UserError:  # a saved setting this version does not know
+        return False
 
 
 def train_stage(config: Config, run: Path, progress: bool) -> str:
