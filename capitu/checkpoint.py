@@ -59,11 +59,12 @@ def read_config(folder: Path) -> dict:
     return content
 
 
-def check_weights(path: Path) -> None:
-    """A one-line UserError unless the weights file at `path` opens (its header alone is read)."""
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in the weights file at `path`, from its header alone (nothing is loaded);
+    a one-line UserError unless the file opens."""
     try:
-        with safe_open(str(path), "pt"):
-            pass
+        with safe_open(str(path), "pt") as weights:
+            return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
     except (SafetensorError, OSError, ValueError) as error:
         raise UserError(f"{path}: corrupt or unreadable weights: {error}") from None
 

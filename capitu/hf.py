@@ -20,11 +20,18 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, normalizers, processors
 
-from capitu.checkpoint import MODEL_FORMAT, load_model, load_state, load_weights, save_model, unique_state_dict
+from capitu.checkpoint import (
+    MODEL_FORMAT,
+    load_model,
+    load_state,
+    load_weights,
+    save_model,
+    unique_state_dict,
+    weight_shapes,
+)
 from capitu.config import LAYER_NORM_EPS, RMS_EPS, ModelConfig
 from capitu.errors import UserError
 from capitu.folders import TOKENIZER, RunFolder
@@ -208,12 +215,7 @@ def export_hf(run: Path, out: Path) -> str:
 def check_header(path: Path, hf: dict) -> None:
     """The config's shapes against the safetensors header, before any model is built: a config
     with huge dimensions must not allocate them."""
-    try:
-        with safe_open(str(path), framework="pt") as weights:
-            shapes = {name.removeprefix("transformer."): tuple(weights.get_slice(name).get_shape())
-                      for name in weights.keys()}
-    except (OSError, SafetensorError) as error:
-        raise UserError(f"{path}: not a readable safetensors file: {error}") from None
+    shapes = {name.removeprefix("transformer."): shape for name, shape in weight_shapes(path).items()}
     expected = {"wte.weight": (hf["vocab_size"], hf["n_embd"]), "wpe.weight": (hf["n_positions"], hf["n_embd"]),
                 "h.0.mlp.c_fc.weight": (hf["n_embd"], hf.get("n_inner") or 4 * hf["n_embd"])}
     for name, shape in expected.items():
@@ -381,8 +383,7 @@ def check_size(path: Path, config: ModelConfig) -> None:
     with torch.device("meta"):  # two models of one and two blocks: a block's share, without building them all
         one, two = (GPT(dataclasses.replace(config, n_layer=n)).num_params() for n in (1, 2))
     wanted = one + (config.n_layer - 1) * (two - one)
-    with safe_open(str(path), framework="pt") as weights:
-        held = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    held = sum(map(math.prod, weight_shapes(path).values()))
     if wanted > held:
         raise UserError(f"{path}: holds {held:,} numbers where config.json describes a model of {wanted:,} "
                         "parameters")

@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from capitu.checkpoint import check_weights, read_config
+from capitu.checkpoint import read_config, weight_shapes
 from capitu.device import pick_device
 from capitu.errors import UserError
 from capitu.folders import RunFolder, StudyFolder
@@ -71,7 +71,7 @@ def find_models(paths: list[Path]) -> list[ServedModel]:
     models = []
     for number, (name, folder) in enumerate(found):
         config = read_config(folder)  # a one-line error for anything that is not a model
-        check_weights(RunFolder(folder).weights)  # here, not at its first generation, as a page error
+        weight_shapes(RunFolder(folder).weights)  # it opens: checked here, not at its first generation
         models.append(ServedModel(f"m{number}", name, folder, config["model"]["block_size"]))
     if not models:
         raise UserError("nothing to serve: give a study folder or run folders")

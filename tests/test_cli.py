@@ -308,7 +308,7 @@ HOSTILE = [
     ("import-bert", ["import", "{w}/hf_bert", "--out", "{t}/out"],
      "model_type is 'bert'; capitu imports gpt2, gpt_neox and llama"),
     ("import-no-weights", ["import", "{w}/hf_no_weights", "--out", "{t}/out"], "no model.safetensors"),
-    ("import-garbage-weights", ["import", "{w}/hf_garbage", "--out", "{t}/out"], "not a readable safetensors file"),
+    ("import-garbage-weights", ["import", "{w}/hf_garbage", "--out", "{t}/out"], "corrupt or unreadable weights"),
     ("import-layers", ["import", "{w}/hf_more_layers", "--out", "{t}/out"], "layers where config.json says n_layer"),
     # study
     ("study-out-file", ["study", "--data", "{bpe}", "--out", "{t}/file.txt"], "is a file"),

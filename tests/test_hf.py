@@ -149,6 +149,13 @@ def test_hf_models_capitu_cannot_run_are_refused_in_words(tmp_path, capsys):
         assert named in err and not (tmp_path / "out").exists(), err
 
 
+def test_unreadable_weights_of_any_architecture_are_one_line(tmp_path, prepared_bpe, capsys):
+    exported_run(tmp_path, prepared_bpe, pos="rope")  # GPT-NeoX, whose import reads the header for its size check
+    (tmp_path / "hf" / "model.safetensors").write_bytes(b"garbage" * 10)
+    code, _, err = run_cli(["import", tmp_path / "hf", "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "model.safetensors: corrupt or unreadable weights" in err and len(err.splitlines()) == 1, err
+
+
 def test_a_config_larger_than_its_weights_is_refused_before_building(tmp_path, prepared_bpe, capsys):
     exported_run(tmp_path, prepared_bpe, **LLAMA)
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
