@@ -193,9 +193,10 @@ def export_hf(run: Path, out: Path) -> str:
     model, _ = load_model(run)
     kind = check_exportable(model.config)
     tokenizer = RunFolder(run).tokenizer_path
-    if not tokenizer.is_file() or load_tokenizer(tokenizer).kind != "bpe":
+    run_tokenizer = load_tokenizer(tokenizer) if tokenizer.is_file() else None
+    if run_tokenizer is None or run_tokenizer.kind != "bpe":
         raise UserError("HF export needs the run's BPE tokenizer.json (a char tokenizer has no HF equivalent)")
-    eot_id = load_tokenizer(tokenizer).eot_id  # 0 for capitu's own; an imported GPT-2's is 50256
+    eot_id = run_tokenizer.eot_id  # 0 for capitu's own; an imported GPT-2's is 50256
     state_of, config_of = {"gpt2": (hf_state_dict, hf_config), "gpt_neox": (neox_state_dict, neox_config),
                            "llama": (llama_state_dict, llama_config)}[kind]
     weights, config = state_of(model), config_of(model.config, eot_id)

@@ -30,7 +30,7 @@ from capitu.checkpoint import read_config, weight_shapes
 from capitu.device import pick_device
 from capitu.errors import UserError
 from capitu.folders import RunFolder, StudyFolder
-from capitu.generate import PROMPTS, Sampling, complete, load_for_generation, prompt_ids, run_labels
+from capitu.generate import PROMPTS, Sampling, as_trained, complete, load_for_generation, prompt_ids, run_labels
 from capitu.pages import PAGE_WORDS, page_language, render
 from capitu.quality import training_vocabulary, writing_numbers
 from capitu.votes import connect, ranking, record_vote, vote_rows
@@ -158,7 +158,7 @@ class Server:
             started = time.perf_counter()
             text = complete(decoder, tokenizer, prompt, new_tokens, sampling, seed, write=write)
             seconds = time.perf_counter() - started
-        generated = len(tokenizer.encode(text)) - len(prompt_ids(tokenizer, prompt)) + 1  # the end-of-text
+        generated = len(tokenizer.encode(text)) - len(tokenizer.encode(as_trained(prompt)))
         return text, max(generated, 0) / max(seconds, 1e-9)
 
     def slot(self):
