@@ -113,24 +113,25 @@ def models_table(args) -> dict:
     from capitu.study.variants import load_grid, variant_config
     from capitu.tokenizer import check_vocab_size
 
-    if args.vocab_size is not None:
-        check_vocab_size(args.vocab_size, 1)  # before building anything of that size
-    vocab_override = [f"model.vocab_size={args.vocab_size}"] if args.vocab_size is not None else []
     result = {"preset": args.preset, "set": args.overrides, "study": None}
     if args.study or args.config:
         study, variants = load_study(args.preset, args.config, grid=args.grid)
-        study.set += [*vocab_override, *args.overrides]
-        configs = study_configs(study, variants, None, study.vocab_size)
+        if any(override.startswith("model.vocab_size=") for override in args.overrides):
+            raise UserError("a study's vocabulary is its data's, not a --set: give --vocab-size")
+        vocab = args.vocab_size if args.vocab_size is not None else study.vocab_size
+        check_vocab_size(vocab, 1)  # before building anything of that size
+        study.set += args.overrides
+        configs = study_configs(study, variants, None, vocab)
         result["preset"] = study.preset  # the model preset: a study file may name its own
         result["study"] = {"preset": args.preset, "config": str(args.config) if args.config else None,
                            "seeds": study.seeds, "budget": study.budget, "seconds": study.seconds}
     else:
         study = None
-        base = load_config(args.preset, overrides=[f"model.vocab_size={DEFAULT_VOCAB_SIZE}", *vocab_override,
-                                                   *args.overrides])
+        vocab = DEFAULT_VOCAB_SIZE if args.vocab_size is None else args.vocab_size
+        base = load_config(args.preset, overrides=[f"model.vocab_size={vocab}", *args.overrides])  # --set wins
+        check_vocab_size(base.model.vocab_size, 1)  # before building anything of that size (a widened variant)
         configs = {variant.name: variant_config(base, variant) for variant in load_grid(args.grid or "full")}
     baseline = next(iter(configs.values())).model
-    check_vocab_size(baseline.vocab_size, 1)
     result.update(vocab_size=baseline.vocab_size, context=baseline.block_size)
     models = {name: build_model(config.model) for name, config in configs.items()}
     tokens = {}

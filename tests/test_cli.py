@@ -107,6 +107,8 @@ def test_models_of_a_study_are_the_ones_it_trains_on_its_budget(capsys):
     rows = {v["name"]: [v["params"], v["non_embedding_params"], v["kv_bytes_per_token_fp32"],
                         v["kv_bytes_per_token_bf16"], v["train_tokens"]] for v in json.loads(out)["variants"]}
     assert code == 0 and rows == table
+    code, out, _ = run_cli(["models", "--study", "--preset", "tiny", "--vocab-size", "8192"], capsys)  # another data's
+    assert code == 0 and models_table(out)["baseline"][0] == table["baseline"][0] + (8192 - vocab) * d
     code, out, _ = run_cli(["models", "--study", "--preset", "small"], capsys)  # a seconds budget: measured later
     assert code == 0 and "measured when the study starts" in out and "train tokens" not in out
 
@@ -276,6 +278,8 @@ HOSTILE = [
     ("models-grid", ["models", "--grid", "nosuch"], "grid 'nosuch' is neither"),
     ("models-study-config", ["models", "--config", "{t}/missing.toml"], "config file not found"),
     ("models-set", ["models", "--study", "--set", "model.n_head=3"], "must be divisible by model.n_head (3)"),
+    ("models-study-vocab-set", ["models", "--study", "--set", "model.vocab_size=8192"],
+     "a study's vocabulary is its data's, not a --set: give --vocab-size"),
     ("votes-no-folder", ["votes", "{t}/mistyped-study"], "mistyped-study is not a folder"),
     # export
     ("export-out-file", ["export", "{w}/bpe_run", "--out", "{t}/file.txt"], "is a file"),
