@@ -3,7 +3,8 @@
 The app serves one page (templates/index.html, its script and style inline: it works offline) and a JSON API under
 /api. Models are chosen by id from the served list, never by path. Generations run one at a time (the CPU's cores
 are shared); at most `queue_limit` requests wait, and one more gets HTTP 429. Every error is a 4xx with a JSON
-`{"error": ...}` (a 500 never shows a traceback). Votes are committed to SQLite one by one."""
+`{"error": ..., "code": ..., "values": ...}` (a 500 never shows a traceback): `error` in English, and the page says it
+in its own language from `code` and `values` (page.toml's errors). Votes are committed to SQLite one by one."""
 
 from __future__ import annotations
 
@@ -101,8 +102,19 @@ class VoteRequest(BaseModel):
     choice: str = Field(pattern="^(A|B|tie|bad)$")
 
 
-class Busy(Exception):
-    pass
+class Refused(Exception):
+    """A request turned down with HTTP `status`: page.toml's error `code`, filled with `values`."""
+
+    def __init__(self, status: int, code: str, **values):
+        super().__init__(code)
+        self.status, self.code, self.values = status, code, values
+
+
+def error_body(code: str, **values) -> dict:
+    """An error as the API answers it: in English, and by code and values, for the page to say in its language (a
+    list value names request fields)."""
+    filled = {key: ", ".join(value) if isinstance(value, list) else value for key, value in values.items()}
+    return {"error": PAGE_WORDS["en"]["errors"][code].format(**filled), "code": code, "values": values}
 
 
 @dataclass
@@ -133,16 +145,15 @@ class Server:
     def model(self, model_id: str) -> ServedModel:
         served = next((m for m in self.models if m.id == model_id), None)
         if served is None:
-            raise HTTPException(404, f"unknown model {model_id!r}; GET /api/models lists them")
+            raise Refused(404, "unknown_model", model=model_id)
         return served
 
     def check_lengths(self, served: ServedModel, prompt: str, new_tokens: int) -> None:
         _, tokenizer = self.load(served)
         if new_tokens > served.block_size:
-            raise HTTPException(422, f"new_tokens must be at most {served.block_size} (the context of {served.name})")
+            raise Refused(422, "too_many_tokens", limit=served.block_size, model=served.name)
         if len(prompt_ids(tokenizer, prompt)) + 1 > served.block_size:
-            raise HTTPException(422, f"the prompt is longer than the context of {served.name} ({served.block_size} "
-                                     "tokens)")
+            raise Refused(422, "prompt_too_long", limit=served.block_size, model=served.name)
 
     def load(self, served: ServedModel):
         with self.lock:
@@ -163,7 +174,7 @@ class Server:
 
     def slot(self):
         if not self.slots.acquire(blocking=False):
-            raise Busy()
+            raise Refused(429, "busy", limit=self.queue_limit)
         return self.slots
 
 
@@ -187,28 +198,29 @@ def create_app(paths: list[Path], votes: Path | None = None, device: str = "cpu"
 
 
 def add_error_handlers(app: FastAPI, server: Server) -> None:
-    """Every error as JSON {"error": ...}: 4xx for what the request got wrong, 500 without a traceback."""
+    """Every error as JSON (error_body): 4xx for what the request got wrong, 500 without a traceback."""
+    @app.exception_handler(Refused)
+    async def refused(request: Request, error: Refused):
+        return JSONResponse(error_body(error.code, **error.values), status_code=error.status)
+
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException):
-        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+    async def http_error(request: Request, error: HTTPException):  # an unknown route, a method not allowed
+        return JSONResponse(error_body("http", message=str(error.detail)), status_code=error.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):
-        problems = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in error.errors()]
-        return JSONResponse({"error": "; ".join(problems)}, status_code=422)
-
-    @app.exception_handler(Busy)
-    async def busy(request: Request, error: Busy):
-        return JSONResponse({"error": f"busy: {server.queue_limit} generations running or waiting; try again"},
-                            status_code=429)
+        fields = [".".join(str(p) for p in e["loc"][1:]) or "body" for e in error.errors()]
+        problems = "; ".join(f"{field}: {e['msg']}" for field, e in zip(fields, error.errors()))
+        return JSONResponse(error_body("invalid", problems=problems, fields=list(dict.fromkeys(fields))),
+                            status_code=422)
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, error: UserError):
-        return JSONResponse({"error": str(error)}, status_code=422)
+        return JSONResponse(error_body("refused", message=str(error)), status_code=422)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, error: Exception):
-        return JSONResponse({"error": f"internal error: {type(error).__name__}"}, status_code=500)
+        return JSONResponse(error_body("internal", name=type(error).__name__), status_code=500)
 
 
 def add_writing_routes(app: FastAPI, server: Server) -> None:
@@ -239,7 +251,7 @@ def add_writing_routes(app: FastAPI, server: Server) -> None:
                                              write=pieces.put)
                 pieces.put({"done": True, "text": text, "tokens_per_s": rate})
             except Exception as error:  # reported in the stream, which has already begun
-                pieces.put({"done": True, "error": f"generation failed: {type(error).__name__}"})
+                pieces.put({"done": True, **error_body("generation_failed", name=type(error).__name__)})
             finally:
                 slot.release()
 
@@ -263,7 +275,7 @@ def add_judging_routes(app: FastAPI, server: Server) -> None:
     @app.post("/api/blind")
     def blind(request: BlindRequest):
         if len(models) < 2:
-            raise HTTPException(409, "a blind comparison needs at least two models")
+            raise Refused(409, "needs_two")
         sampling = sampling_of(request)
         pair = server.chooser.sample(models, 2)
         for served in pair:
@@ -285,7 +297,7 @@ def add_judging_routes(app: FastAPI, server: Server) -> None:
     def vote(request: VoteRequest):
         shown = server.pairs.pop(request.pair, None)
         if shown is None:
-            raise HTTPException(404, "unknown or already judged pair")
+            raise Refused(404, "unknown_pair")
         with server.database:
             record_vote(server.votes, shown["prompt"], tuple(shown["models"]), tuple(shown["texts"]),
                         shown["settings"], request.choice)

@@ -64,6 +64,12 @@ def test_every_language_has_every_word_of_the_page():
     for language, words in PAGE_WORDS.items():  # `method`: English's is the API's own
         assert set(words) - {"method"} == set(english), language
         assert [len(words[k]) for k in ("ranking_head", "quality_head")] == [8, 6], language
+        assert set(words["errors"]) == set(english["errors"]), language
+        for code, text in words["errors"].items():  # the same values to fill in
+            assert set(re.findall(r"\{(\w+)\}", text)) <= set(re.findall(r"\{(\w+)\}", english["errors"][code]) +
+                                                             ["fields"]), (language, code)
+    served = (REPO / "capitu/serve.py").read_text(encoding="utf-8")
+    assert set(re.findall(r'(?:Refused\(\d+, |error_body\()"(\w+)"', served)) == set(english["errors"])
     used = set(re.findall(r"\bt\.(\w+)", (REPO / "capitu/templates/index.html").read_text(encoding="utf-8")))
     used |= set(re.findall(r"\bT\.(\w+)", (REPO / "capitu/templates/app.js").read_text(encoding="utf-8")))
     assert used - {"method"} == set(english)  # every word is used, and none is missing
@@ -102,21 +108,44 @@ def test_generate_streams_what_capitu_generate_writes(client, runs):
     assert last["text"] == complete(decoder, tokenizer, body["prompt"], 12, Sampling(temperature=0.8, top_k=40), 7)
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"model": "m9", "prompt": "Era"}, 404, "unknown model 'm9'"),
-    ({"model": "../../etc/passwd", "prompt": "Era"}, 404, "unknown model"),
-    ({"prompt": "Era"}, 422, "model: Field required"),
-    ({"model": "m0"}, 422, "prompt: Field required"),
-    ({"model": "m0", "prompt": "Era", "new_tokens": 0}, 422, "new_tokens"),
-    ({"model": "m0", "prompt": "Era", "new_tokens": 65}, 422, "new_tokens must be at most 64"),
-    ({"model": "m0", "prompt": "palavra " * 100}, 422, "longer than the context"),
-    ({"model": "m0", "prompt": "x" * 5000}, 422, "prompt"),
-    ({"model": "m0", "prompt": "Era", "top_p": 2}, 422, "top_p"),
-    ({"model": "m0", "prompt": "Era", "temperature": -1}, 422, "temperature"),
+@pytest.mark.parametrize("body, status, message, code, values", [
+    ({"model": "m9", "prompt": "Era"}, 404, "unknown model 'm9'", "unknown_model", {"model": "m9"}),
+    ({"model": "../../etc/passwd", "prompt": "Era"}, 404, "unknown model", "unknown_model", None),
+    ({"prompt": "Era"}, 422, "model: Field required", "invalid", {"fields": ["model"]}),
+    ({"model": "m0"}, 422, "prompt: Field required", "invalid", None),
+    ({"model": "m0", "prompt": "Era", "new_tokens": 0}, 422, "new_tokens", "invalid", None),
+    ({"model": "m0", "prompt": "Era", "new_tokens": 65}, 422, "new_tokens must be at most 64 (the context of baseline)",
+     "too_many_tokens", {"limit": 64, "model": "baseline"}),
+    ({"model": "m0", "prompt": "palavra " * 100}, 422, "longer than the context", "prompt_too_long", None),
+    ({"model": "m0", "prompt": "x" * 5000}, 422, "prompt", "invalid", None),
+    ({"model": "m0", "prompt": "Era", "top_p": 2, "seed": 1.5}, 422, "top_p: Input should be less than or equal to 1",
+     "invalid", {"fields": ["top_p", "seed"]}),
+    ({"model": "m0", "prompt": "Era", "temperature": -1}, 422, "temperature", "invalid", None),
 ])
-def test_bad_generate_requests_get_a_json_error(client, body, status, message):
+def test_bad_generate_requests_get_a_json_error(client, body, status, message, code, values):
+    """In English, and by code and values for the page to say in its language."""
     response = client.post("/api/generate", json=body)
-    assert response.status_code == status and message in response.json()["error"], response.text
+    answer = response.json()
+    assert response.status_code == status and message in answer["error"] and answer["code"] == code, response.text
+    assert values is None or {key: answer["values"][key] for key in values} == values, answer
+
+
+def test_a_failure_is_an_error_without_its_traceback(client, monkeypatch):
+    """Inside the stream, which has begun when generation fails, and in the answer of a request that is not one."""
+    server = client.app_state.server
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(server, "generate", broken)
+    last = events(client.post("/api/generate", json={"model": "m0", "prompt": "Era", "new_tokens": 2}))[-1]
+    assert last == {"done": True, "error": "generation failed: RuntimeError", "code": "generation_failed",
+                    "values": {"name": "RuntimeError"}}
+    monkeypatch.setattr(server, "quality", None)
+    with TestClient(client.app, raise_server_exceptions=False) as failing:
+        response = failing.get("/api/quality")
+    assert response.status_code == 500 and response.json()["error"] == "internal error: RuntimeError"
+    assert "secret" not in response.text
 
 
 def test_compiled_serving_writes_the_same_text(runs, tmp_path):
@@ -232,6 +261,14 @@ def test_a_person_generates_votes_three_times_and_sees_the_ranking(live_server):
         expect(page.locator("#ranking-summary")).to_contain_text("3 votos. Bradley-Terry (minorização")
         assert page.locator("#ranking-table th").first.inner_text() == "modelo"
         assert page.locator("#tab-blind").inner_text() == "Às cegas"
+        page.click("#tab-side")  # what the server refuses, in the page's words
+        page.fill("#new_tokens", "1000")
+        page.click("#generate")
+        expect(page.locator("#error")).to_have_text("tokens novos: no máximo 64 (o contexto de baseline)")
+        page.fill("#new_tokens", "8")
+        page.fill("#top_p", "0")
+        page.click("#generate")
+        expect(page.locator("#error")).to_have_text("valor inválido: top-p")
         browser.close()
     assert len(read_votes(votes)) == 3
 

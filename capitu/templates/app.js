@@ -18,10 +18,21 @@ function settings() {
           top_p: +$("top_p").value, new_tokens: +$("new_tokens").value, seed: +$("seed").value};
 }
 
+// an API error in the page's language: its words for the error's code, filled with its values (a list names request
+// fields, shown by their labels); the API's English where the page has no words for it
+function problem(answer) {
+  const words = T.errors[answer.code];
+  if (!words) return new Error(answer.error);
+  return new Error(words.replace(/\{(\w+)\}/g, (_, key) => {
+    const value = answer.values[key];
+    return Array.isArray(value) ? value.map((field) => T[field] || field).join(", ") : value;
+  }));
+}
+
 async function post(url, body) {
   const response = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"},
                                      body: JSON.stringify(body)});
-  if (!response.ok) throw new Error((await response.json()).error || response.statusText);
+  if (!response.ok) throw problem(await response.json().catch(() => ({error: response.statusText})));
   return response;
 }
 
@@ -38,7 +49,7 @@ async function stream(column) {
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const event = JSON.parse(buffer.slice(6, end)); buffer = buffer.slice(end + 2);
-      if (event.error) throw new Error(event.error);
+      if (event.error) throw problem(event);
       if (event.done) { text.textContent = event.text; rate.textContent = event.tokens_per_s.toFixed(0) + " tokens/s"; }
       else text.textContent += event.text;
     }
@@ -93,7 +104,7 @@ $("measure").onclick = async () => {
   try {
     const response = await fetch("/api/quality");
     const result = await response.json();
-    if (!response.ok) throw new Error(result.error);
+    if (!response.ok) throw problem(result);
     const pct = (x) => x === null ? "—" : (100 * x).toFixed(1) + "%";
     table($("quality-table"), T.quality_head,
           result.models.map((m) => [m.model, pct(m.known_words), pct(m.distinct_1), pct(m.distinct_2),
