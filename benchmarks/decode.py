@@ -23,7 +23,7 @@ import transformers
 from capitu.config import load_config
 from capitu.decode import make_decoder
 from capitu.generate import Sampling, draw, generate
-from capitu.hf import hf_config, hf_state_dict
+from capitu.hf import gpt2_config, gpt2_weights
 from capitu.models import GPT
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,8 +106,8 @@ same = torch.equal(ours(baseline, prompt), recompute(baseline, prompt, args.new_
 print(f"\n1. KV cache vs recompute, batch 1: {rates['cache']:,.0f} vs {rates['recompute']:,.0f} tok/s, "
       f"ratio {rates['cache'] / rates['recompute']:.2f} (same tokens: {same})")
 
-hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(baseline.config)))
-hf.load_state_dict(hf_state_dict(baseline), strict=False)  # the tied output layer is rebuilt by tying
+hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**gpt2_config(baseline.config)))
+hf.load_state_dict(gpt2_weights(baseline), strict=False)  # the tied output layer is rebuilt by tying
 hf = hf.to(device).eval()
 
 

@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from capitu.hf import hf_config
+from capitu.hf import gpt2_config
 
 
 def hf_twin(config):
     """GPT2LMHeadModel of the same shape (capitu's export mapping), its own random weights."""
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(config)))
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**gpt2_config(config)))
 
 
 class LogitsThenLoss(torch.nn.Module):

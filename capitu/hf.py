@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import shutil
+from collections import namedtuple
 from pathlib import Path
 
 import torch
@@ -69,21 +70,17 @@ def differences(config: ModelConfig, wanted: dict) -> list[str]:
     return [f"model.{key} = {actual[key]!r} (needs {value!r})" for key, value in wanted.items() if actual[key] != value]
 
 
-ARCHITECTURES = {"gpt2": ("GPT-2", gpt2_differences), "gpt_neox": ("GPT-NeoX", neox_differences),
-                 "llama": ("Llama", llama_differences)}
-
-
 def check_exportable(config: ModelConfig) -> str:
     """"gpt2", "gpt_neox" or "llama", or a one-line error naming what has no HF equivalent."""
-    missing = {kind: differ(config) for kind, (_, differ) in ARCHITECTURES.items()}
+    missing = {kind: architecture.differences(config) for kind, architecture in ARCHITECTURES.items()}
     for kind, problems in missing.items():
         if not problems:
             return kind
-    raise UserError("no HF equivalent: " + "; ".join(f"as {ARCHITECTURES[kind][0]}, " + ", ".join(problems)
+    raise UserError("no HF equivalent: " + "; ".join(f"as {ARCHITECTURES[kind].name}, " + ", ".join(problems)
                                                       for kind, problems in missing.items()))
 
 
-def hf_config(config: ModelConfig, eot_id: int = EOT_ID) -> dict:
+def gpt2_config(config: ModelConfig, eot_id: int = EOT_ID) -> dict:
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
         "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": config.n_embd,
@@ -94,7 +91,7 @@ def hf_config(config: ModelConfig, eot_id: int = EOT_ID) -> dict:
     }
 
 
-def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+def gpt2_weights(model: GPT) -> dict[str, torch.Tensor]:
     """The model's weights under GPT2LMHeadModel's names and layouts (tied output left out)."""
     return {name: tensor.t().contiguous() if name.endswith(CONV1D) else tensor
             for name, tensor in unique_state_dict(model).items()}
@@ -113,7 +110,7 @@ def llama_config(config: ModelConfig, eot_id: int = EOT_ID) -> dict:
     }
 
 
-def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+def llama_weights(model: GPT) -> dict[str, torch.Tensor]:
     """The model's weights under LlamaForCausalLM's names: c_attn split into q, k and v
     (n_head, n_kv_head, n_kv_head heads), c_fc into gate and up (gate rows first)."""
     c = model.config
@@ -151,7 +148,7 @@ def neox_config(config: ModelConfig, eot_id: int = EOT_ID) -> dict:
     }
 
 
-def neox_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+def neox_weights(model: GPT) -> dict[str, torch.Tensor]:
     """The model's weights under GPTNeoXForCausalLM's names: c_attn's rows, query, key and
     value blocks of n_head heads each, regrouped head by head (each head's q, k, v together)."""
     c = model.config
@@ -197,9 +194,7 @@ def export_hf(run: Path, out: Path) -> str:
     if run_tokenizer is None or run_tokenizer.kind != "bpe":
         raise UserError("HF export needs the run's BPE tokenizer.json (a char tokenizer has no HF equivalent)")
     eot_id = run_tokenizer.eot_id  # 0 for capitu's own; an imported GPT-2's is 50256
-    state_of, config_of = {"gpt2": (hf_state_dict, hf_config), "gpt_neox": (neox_state_dict, neox_config),
-                           "llama": (llama_state_dict, llama_config)}[kind]
-    weights, config = state_of(model), config_of(model.config, eot_id)
+    weights, config = ARCHITECTURES[kind].weights(model), ARCHITECTURES[kind].config(model.config, eot_id)
     with staged_folder(out) as staging:
         save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_json(staging / "config.json", config)
@@ -275,7 +270,7 @@ def gpt2_import(hf: dict, folder: Path) -> ModelConfig:
 
 
 def gpt2_state(weights: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """hf_state_dict's inverse: the same names (some files leave out the `transformer.` prefix), Conv1D's
+    """gpt2_weights's inverse: the same names (some files leave out the `transformer.` prefix), Conv1D's
     weights transposed back, the mask buffers some versions save left out."""
     state = {}
     for name, tensor in weights.items():
@@ -307,7 +302,7 @@ def neox_import(hf: dict, folder: Path) -> ModelConfig:
 
 
 def neox_state(weights: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """neox_state_dict's inverse: each head's q, k, v rows back into [q; k; v]."""
+    """neox_weights's inverse: each head's q, k, v rows back into [q; k; v]."""
     def by_kind(qkv: torch.Tensor) -> torch.Tensor:  # (3 C, ...) as [h0 q k v; h1 ...] -> as [q; k; v]
         return qkv.reshape(config.n_head, 3, config.head_dim, *qkv.shape[1:]).transpose(0, 1).reshape(qkv.shape)
 
@@ -351,7 +346,7 @@ def llama_import(hf: dict, folder: Path) -> ModelConfig:
 
 
 def llama_state(weights: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """llama_state_dict's inverse: q, k, v into c_attn; gate, up into c_fc (gate rows first)."""
+    """llama_weights's inverse: q, k, v into c_attn; gate, up into c_fc (gate rows first)."""
     def joined(*names: str) -> torch.Tensor | None:
         parts = [weights.get(name) for name in names]
         return None if any(part is None for part in parts) else torch.cat(parts)
@@ -374,8 +369,13 @@ def llama_state(weights: dict[str, torch.Tensor], config: ModelConfig) -> dict[s
     return state
 
 
-IMPORTERS = {"gpt2": (gpt2_import, gpt2_state), "gpt_neox": (neox_import, neox_state),
-             "llama": (llama_import, llama_state)}
+# each HF model_type capitu writes and reads: its name, what keeps a config from it, and the two ways across
+Architecture = namedtuple("Architecture", "name differences config weights import_config import_weights")
+ARCHITECTURES = {
+    "gpt2": Architecture("GPT-2", gpt2_differences, gpt2_config, gpt2_weights, gpt2_import, gpt2_state),
+    "gpt_neox": Architecture("GPT-NeoX", neox_differences, neox_config, neox_weights, neox_import, neox_state),
+    "llama": Architecture("Llama", llama_differences, llama_config, llama_weights, llama_import, llama_state),
+}
 
 
 def check_size(path: Path, config: ModelConfig) -> None:
@@ -403,19 +403,19 @@ def import_hf(folder: Path, out: Path) -> None:
     if hf.get("format") == MODEL_FORMAT:
         raise UserError(f"{folder} is a capitu model already: eval, generate, serve and bench take it as it is "
                         "(capitu export makes an HF folder of it)")
-    if hf.get("model_type") not in IMPORTERS:
+    if hf.get("model_type") not in ARCHITECTURES:
         raise UserError(f"{folder}: model_type is {hf.get('model_type')!r}; capitu imports gpt2, gpt_neox and llama")
     if not (folder / "model.safetensors").is_file():
         raise UserError(f"{folder}: no model.safetensors")
-    config_of, state_of = IMPORTERS[hf["model_type"]]
-    config = config_of(hf, folder)
+    architecture = ARCHITECTURES[hf["model_type"]]
+    config = architecture.import_config(hf, folder)
     try:
         config.validate()
     except UserError as error:  # sizes that do not make a model (a width not divisible by the heads)
         raise UserError(f"{folder}/config.json: {error}") from None
     check_size(folder / "model.safetensors", config)
     model = GPT(config)
-    state = state_of(load_weights(folder / "model.safetensors"), config)
+    state = architecture.import_weights(load_weights(folder / "model.safetensors"), config)
     load_state(model, {k: v.float() if v is not None else None for k, v in state.items()}, folder / "model.safetensors")
     with staged_folder(out) as staging:
         save_model(staging, model, {"imported_from": str(folder)})
