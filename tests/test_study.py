@@ -611,7 +611,13 @@ def test_a_refused_new_study_leaves_its_folder_as_it_found_it(tmp_path, small_co
     for source, message in ((tmp_path / "empty", "no .txt files"), (tmp_path / "one.txt", "at least 3")):
         code, _, err = run_cli(["study", "--source", source, "--out", out, "--quiet"], capsys)
         assert code == 2 and message in err, err
-        assert [p.name for p in out.iterdir()] == [".setup.lock"]
+        assert not out.exists()  # the folder it made, gone (its shards' lock file with it)
+    out.mkdir()  # a folder the user made stays, as empty as it was
+    code, _, err = run_cli(["study", "--source", tmp_path / "empty", "--out", out, "--quiet"], capsys)
+    assert code == 2 and list(out.iterdir()) == []
+    # a shard leaves the lock, which another shard may be holding
+    code, _, err = run_cli(["study", "--source", tmp_path / "empty", "--out", out, "--quiet", "--shard", "1/2"], capsys)
+    assert code == 2 and [p.name for p in out.iterdir()] == [".setup.lock"]
 
 
 def test_variants_that_resolve_to_the_same_model_are_refused():

@@ -341,14 +341,24 @@ def forgotten_if_refused(out: Path):
 
 
 @contextlib.contextmanager
-def setup_lock(out: Path):
+def setup_lock(out: Path, sharded: bool):
     """Shards started at once into one folder set the study up (plan, data, budgets, generalization inputs) one at a
-    time: the first does the work, the others find its files. An advisory lock (POSIX `flock`), none elsewhere."""
+    time: the first does the work, the others find its files. An advisory lock (POSIX `flock`), none elsewhere.
+    A refused setup that leaves nothing but the lock takes it away, and the folder if it made it, unless `sharded`
+    (another shard may hold the lock: a file unlinked under it would let a third take a new one at once)."""
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / SETUP_LOCK, "a") as handle:  # closing the file releases the lock
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    try:
+        with open(out / SETUP_LOCK, "a") as handle:  # closing the file releases the lock
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+    except UserError:
+        if not sharded and [path.name for path in out.iterdir()] == [SETUP_LOCK]:
+            (out / SETUP_LOCK).unlink()
+            if made:
+                out.rmdir()
+        raise
 
 
 def train_jobs(jobs: list[tuple[str, int]], configs: dict[str, Config], study: StudyConfig, out: Path, device,
@@ -408,7 +418,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
     # half-way (a file being written, the plan not yet there)
     if shard is None:
         check_study_folder(out)
-    with setup_lock(out):
+    with setup_lock(out, sharded=shard is not None):
         if shard is not None:
             check_study_folder(out)
         clean_leftovers(out)
