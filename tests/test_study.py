@@ -48,7 +48,8 @@ name = "baseline"
 name = "rope"
 set = ["model.pos=rope"]
 """
-SECTIONS = ["Setup", "Findings", "Budget", "Results", "Generalization", "Plots", "Generations", "Reproducibility"]
+SECTIONS = ["Setup", "Findings", "Budget", "Results", "Speed and memory", "Generalization", "Plots", "Generations",
+            "Reproducibility"]
 
 
 # Texts unlike the training data, written here: the study scores every run on them
@@ -126,6 +127,7 @@ def test_micro_study_writes_every_file_and_section(micro_study):
 def test_report_numbers_equal_the_runs_eval_json(micro_study):
     report = (micro_study / "report.md").read_text(encoding="utf-8")
     rows = table_rows(report, "variant | parameters")
+    speeds = table_rows(report, "variant | train tok/s")
     results = json.loads((micro_study / "results.json").read_text())
     csv_rows = {row["variant"]: row for row in csv.DictReader((micro_study / "results.csv").open())}
     losses = {}
@@ -145,11 +147,13 @@ def test_report_numbers_equal_the_runs_eval_json(micro_study):
         assert entry["word_ppl"]["mean"] == pytest.approx(mean_std([e["word_ppl"] for e in evals])[0], rel=1e-12)
         rounds = json.loads((micro_study / "runs" / f"{variant}-s1337" / "bench.json").read_text())["rounds"]
         assert len(rounds) == 2
-        rates = sorted(r["train_tok_s"] for r in rounds)
-        median = sum(rates) / 2  # the median of two
         assert entry["bench"]["spread"]["train_tok_s"]["values"] == [r["train_tok_s"] for r in rounds]
-        assert rows[variant][12] == f"{median:,.0f} ({rates[0]:,.0f}-{rates[1]:,.0f})"
-        assert rows[variant][16] == f"{rounds[0]['kv_bytes_per_token']['shapes']:,}"
+        timings = [[r["train_tok_s"] for r in rounds]] + [[r[key][batch] for r in rounds] for key in (
+            "prefill_tok_s", "decode_tok_s") for batch in ("1", "16")]
+        for column, rates in enumerate(map(sorted, timings), 1):  # the median of two, and the range
+            assert speeds[variant][column] == f"{sum(rates) / 2:,.0f} ({rates[0]:,.0f}-{rates[1]:,.0f})", column
+        assert speeds[variant][6:] == [f"{rounds[0][key] / 2**20:,.0f}" for key in (
+            "peak_train_bytes", "peak_generate_bytes")] + [f"{rounds[0]['kv_bytes_per_token']['shapes']:,}"]
         assert rows[variant][10] == f"{entry['grammar']['mean']:.1%} ± {entry['grammar']['std']:.1%}"
         for column, key in ((8, "ppmd"), (9, "ngram")):  # the distance to each reference, from the two files
             assert float(rows[variant][column]) == pytest.approx(bpb - results["references"][key]["bpb"], abs=1e-4)
@@ -513,14 +517,17 @@ def test_timings_are_compared_round_by_round_and_not_at_all_on_a_busy_machine():
     baseline = entry("baseline", [100, 105, 110], [50, 51, 52])
     fast = entry("fast", [120, 126, 131], [45, 51, 60])
     said = speed_findings([baseline, fast], baseline)
-    assert "faster: fast (1.20x, p = " in said[0] and "no difference shown: none" in said[0]
-    assert "faster: none" in said[1] and "no difference shown: fast (1.01x, p = 0.88)" in said[1]
+    assert said[0].startswith("Speed against the baseline, in tokens/s over 3 interleaved rounds") and len(said) == 3
+    assert said[1].startswith("Training: ") and "faster: fast (1.20x, p = " in said[1]
+    assert "no difference shown: none" in said[1]
+    assert said[2].startswith("Decoding at batch 1: ") and "faster: none" in said[2]
+    assert "no difference shown: fast (1.01x, p = 0.88)" in said[2]
     # two variants each faster alone at p < 0.05 (0.042 and 0.034), but not as a family of two: Holm takes the
     # smaller p to 2 x 0.034 = 0.069, and the larger to that too
     one, two = entry("one", [110, 118, 116], [50, 51, 52]), entry("two", [108, 119, 118], [50, 51, 52])
     for alone in (one, two):
-        assert "faster: " + alone["name"] in speed_findings([baseline, alone], baseline)[0]
-    said = speed_findings([baseline, one, two], baseline)[0]
+        assert "faster: " + alone["name"] in speed_findings([baseline, alone], baseline)[1]
+    said = speed_findings([baseline, one, two], baseline)[1]
     assert "faster: none" in said and "no difference shown: one (1.09x, p = 0.069), two (1.10x, p = 0.069)" in said
     busy = entry("fast", [120, 126, 131], [45, 51, 60], others=0.6)
     said = speed_findings([baseline, busy], baseline)

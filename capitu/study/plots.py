@@ -74,11 +74,16 @@ def perplexity_by_length(series: dict[str, dict[int, float]], context: int,
 
 def bars(panels: list[tuple[str, dict[str, float]]], title: str,
          ranges: list[dict[str, tuple[float, float]] | None] | None = None) -> bytes:
-    """One horizontal bar chart per panel (title, {variant: value}), side by side; `ranges`,
+    """One horizontal bar chart per panel (title, {variant: value}), three to a row; `ranges`,
     one per panel or None, draws each value's (low, high) range as an error bar."""
-    height = 0.32 * max(len(values) for _, values in panels) + 1.4
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), height), sharey=True, layout="constrained")
-    axes = axes if len(panels) > 1 else [axes]
+    columns = min(len(panels), 3)
+    lines = -(-len(panels) // columns)
+    height = 0.32 * max(len(values) for _, values in panels) + 1.0
+    figure, grid = plt.subplots(lines, columns, figsize=(4.2 * columns, height * lines + 0.4), sharey=True,
+                                layout="constrained", squeeze=False)
+    axes = grid.flatten()
+    for ax in axes[len(panels):]:  # the last row's empty places
+        ax.set_visible(False)
     for ax, (label, values), spans in zip(axes, panels, ranges or [None] * len(panels)):
         names = list(values)
         errors = None
@@ -89,7 +94,7 @@ def bars(panels: list[tuple[str, dict[str, float]]], title: str,
         ax.grid(axis="x", alpha=0.3)
         ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
         ax.xaxis.set_major_formatter(ticker.StrMethodFormatter("{x:,.0f}"))
-        ax.invert_yaxis()
+    axes[0].yaxis.set_inverted(True)  # the first variant on top; the y axis is shared (inverting each would toggle)
     figure.suptitle(title)
     return to_png(figure)
 

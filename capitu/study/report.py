@@ -270,10 +270,13 @@ def speed_findings(benched: list[dict], baseline: dict) -> list[str]:
                 f"study command)."]
     spreads = baseline["bench"]["spread"]
     measures = [("Training", lambda e: e["bench"]["spread"]["train_tok_s"]["values"])]
-    for batch in spreads["decode_tok_s"]:
-        measures.append((f"Decoding at batch {batch}",
-                         lambda e, b=batch: e["bench"]["spread"]["decode_tok_s"][b]["values"]))
-    said = []
+    for key, words in (("prefill_tok_s", "Prefill"), ("decode_tok_s", "Decoding")):
+        for batch in spreads.get(key, {}):
+            measures.append((f"{words} at batch {batch}",
+                             lambda e, k=key, b=batch: e["bench"]["spread"][k][b]["values"]))
+    said = [f"Speed against the baseline, in tokens/s over {spreads['rounds']} interleaved rounds: a difference counts "
+            f"only with a paired t-test over the rounds on log tokens/s at p < {SPEED_ALPHA}, Holm-adjusted over the "
+            f"{len(benched) - 1} variants, and a ratio at least {SPEED_MARGIN:.0%} from 1."]
     for label, measure in measures:
         verdicts = {"faster": [], "slower": [], "no difference shown": []}
         tests = {e["name"]: compare_rates(measure(e), measure(baseline)) for e in benched if e is not baseline}
@@ -282,12 +285,9 @@ def speed_findings(benched: list[dict], baseline: dict) -> list[str]:
             p = "n/a" if test["p_holm"] is None else f"{test['p_holm']:.2g}"
             verdicts[rate_verdict(test["ratio"], test["p_holm"])].append(f"{name} ({test['ratio']:.2f}x, p = {p})")
         base = spread(measure(baseline))
-        said.append(f"{label} (tokens/s over {spreads['rounds']} interleaved rounds; a difference counts only with a "
-                    f"paired t-test over the rounds on log tokens/s at p < {SPEED_ALPHA}, Holm-adjusted over the "
-                    f"{len(tests)} variants, and a ratio at least {SPEED_MARGIN:.0%} from 1): the baseline "
-                    f"{timing(base)}; faster: "
-                    f"{', '.join(verdicts['faster']) or 'none'}; slower: {', '.join(verdicts['slower']) or 'none'}; "
-                    f"no difference shown: {', '.join(verdicts['no difference shown']) or 'none'}.")
+        said.append(f"{label}: the baseline {timing(base)}; faster: {', '.join(verdicts['faster']) or 'none'}; "
+                    f"slower: {', '.join(verdicts['slower']) or 'none'}; no difference shown: "
+                    f"{', '.join(verdicts['no difference shown']) or 'none'}.")
     return said
 
 
@@ -309,22 +309,15 @@ def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
     grammar = bool((results.get("generalization") or {}).get("pairs"))
     head = ["variant", "parameters", "train tokens", "test ppl", "bits/byte", "word ppl", "Δ ppl vs baseline",
             "p (paired t, Holm)", *(["Δ bits/byte vs PPMd", "Δ vs n-gram"] if refs else []),
-            *(["grammar (minimal pairs)", "p grammar (paired t, Holm)"] if grammar else []), "train tok/s",
-            "decode tok/s b1", "decode tok/s b16", "train peak MiB", "KV B/token"]
+            *(["grammar (minimal pairs)", "p grammar (paired t, Holm)"] if grammar else [])]
     rows = []
     for e in results["variants"]:
-        test, bench = e["vs_baseline"], e["bench"]
+        test = e["vs_baseline"]
         if test is None:
             difference, p = "—", "—"
         else:
             difference = f"{test['ppl_difference']:+.2f} ({test['ppl_ratio'] - 1:+.1%})"
             p = "n/a (1 seed)" if test["p_holm"] is None else f"{test['p_holm']:.3g}"
-        speed = ["—"] * 5
-        if bench:
-            decode = bench["spread"]["decode_tok_s"]
-            speed = [timing(bench["spread"]["train_tok_s"]),
-                     *(timing(decode[b]) if b in decode else "—" for b in ("1", "16")),
-                     f"{bench['peak_train_bytes'] / MIB:,.0f}", f"{bench['kv_bytes_per_token']['shapes']:,}"]
         distances = [f"{e['vs_references'][key]:+.4f}" for key in REFERENCE_ROWS] if refs else []
         grammar_cells = []
         if grammar:
@@ -333,13 +326,36 @@ def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
                              "—" if test is None else "n/a (1 seed)" if grammar_test is None else
                              f"{grammar_test['p_holm']:.3g}"]
         rows.append([e["name"], f"{e['parameters']:,}", f"{e['budget']['tokens']:,}", cell(e["ppl"], 2),
-                     cell(e["bpb"], 4), cell(e["word_ppl"], 1), difference, p, *distances, *grammar_cells, *speed])
+                     cell(e["bpb"], 4), cell(e["word_ppl"], 1), difference, p, *distances, *grammar_cells])
     for key in REFERENCE_KEYS if refs else ():
         entry = refs[key]
         ppl = f"{entry['ppl']:,.2f}" if "ppl" in entry else "—"
         trained = "train split" if key in REFERENCE_ROWS else "none"
         rows.append([f"reference: {reference_label(key, entry)}", "—", trained, ppl, f"{entry['bpb']:.4f}",
                      f"{entry['word_ppl']:,.1f}", *["—"] * (len(head) - 6)])
+    return head, rows
+
+
+def speed_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Each variant's bench: tokens/s (median and range of the rounds) of training, of prefill and decoding at each
+    batch size, and memory."""
+    entries = results["variants"]
+    benched = next((e["bench"] for e in entries if e["bench"]), None)
+    batches = {key: list(benched[key]) if benched else [] for key in ("prefill_tok_s", "decode_tok_s")}
+    head = ["variant", "train tok/s", *(f"prefill tok/s b{b}" for b in batches["prefill_tok_s"]),
+            *(f"decode tok/s b{b}" for b in batches["decode_tok_s"]), "train peak MiB", "generate peak MiB",
+            "KV B/token"]
+    rows = []
+    for e in entries:
+        bench = e["bench"]
+        if not bench:
+            rows.append([e["name"], *["—"] * (len(head) - 1)])
+            continue
+        spreads = bench["spread"]
+        rows.append([e["name"], timing(spreads["train_tok_s"]),
+                     *(timing(spreads[key][b]) if b in spreads[key] else "—" for key in batches for b in batches[key]),
+                     f"{bench['peak_train_bytes'] / MIB:,.0f}", f"{bench['peak_generate_bytes'] / MIB:,.0f}",
+                     f"{bench['kv_bytes_per_token']['shapes']:,}"])
     return head, rows
 
 
@@ -454,6 +470,22 @@ def reproducibility(results: dict, variants: list[Variant], data: Path, command:
     return "\n".join(lines)
 
 
+def bench_words(study: dict, entries: list[dict]) -> str:
+    """How the speed and memory table was measured."""
+    bench = next((e["bench"] for e in entries if e["bench"]), None)
+    shapes = (f"prefill runs a {bench['prompt_length']}-token prompt through the model at once, decoding "
+              f"{bench['new_tokens']} new tokens one at a time through the KV cache, at each batch size; "
+              if bench else "")
+    return ("From `capitu bench` on the first seed's model, "
+            + ("one round" if study["bench_rounds"] == 1 else
+               f"{study['bench_rounds']} rounds interleaved across variants: timings are the median (range) of the "
+               "rounds")
+            + f"; {shapes}training is the trainer's whole optimizer step. Memory: the peak of training and of "
+              "generation (on a CPU, the measuring process's peak resident memory), and the KV cache's bytes per "
+              "token. "
+            + decode_path_words(entries))
+
+
 def bench_notes(entries: list[dict]) -> list[Block]:
     """A plain warning above the table when other programs disturbed the bench rounds, and one for each variant
     whose bench failed."""
@@ -483,13 +515,7 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
                                     f"mean ± sample standard deviation over seeds; each variant is compared with "
                                     f"the baseline by a paired t-test over seeds on test loss, its p "
                                     f"Holm-adjusted over the variants (so that α bounds the chance of any false "
-                                    f"finding among them). Speed and memory "
-                                    f"come from `capitu bench` on the first seed's model, "
-                                    + ("one round " if study["bench_rounds"] == 1 else
-                                       f"{study['bench_rounds']} rounds interleaved across variants: timings are "
-                                       "the median (range) of the rounds ")
-                                    + "(CPU memory: peak resident memory of the measuring process). "
-                                    + decode_path_words(entries))])
+                                    f"finding among them).")])
     head, rows = main_table(results)
     length_head, length_rows = length_table(results)
     found = results.get("generalization")
@@ -505,7 +531,9 @@ def build_sections(results: dict, generations: dict, figures: dict[str, bytes], 
         Section("Findings", [Items(results["findings"])]),
         *([Section("Ladder", ladder_blocks(results["ladder"], figures["ladder.png"]))] if "ladder" in results else []),
         Section("Budget", budget_blocks(results)),
-        Section("Results", [*bench_notes(entries), Table(head, rows)]),
+        Section("Results", [Table(head, rows)]),
+        Section("Speed and memory", [*bench_notes(entries), Paragraph(bench_words(study, entries)),
+                                     Table(*speed_table(results))]),
         Section("Generalization", [*general,
                                    Paragraph("Perplexity by evaluation length (— : learned positions cannot go past "
                                              "their training context; the feed-forward LM reads a fixed window of n "
@@ -544,11 +572,11 @@ def make_figures(results: dict) -> dict[str, bytes]:
         speed = [("training tokens/s", {e["name"]: e["bench"]["train_tok_s"] for e in benched})]
         spans = [{e["name"]: (e["bench"]["spread"]["train_tok_s"]["min"], e["bench"]["spread"]["train_tok_s"]["max"])
                   for e in benched}]
-        for batch in benched[0]["bench"]["decode_tok_s"]:
-            rates = {e["name"]: e["bench"]["decode_tok_s"][batch] for e in benched}
-            speed.append((f"decode tokens/s, batch {batch}", rates))
-            spans.append({e["name"]: (e["bench"]["spread"]["decode_tok_s"][batch]["min"],
-                                      e["bench"]["spread"]["decode_tok_s"][batch]["max"]) for e in benched})
+        for key, words in (("prefill_tok_s", "prefill"), ("decode_tok_s", "decode")):
+            for batch in benched[0]["bench"][key]:
+                speed.append((f"{words} tokens/s, batch {batch}", {e["name"]: e["bench"][key][batch] for e in benched}))
+                spans.append({e["name"]: (e["bench"]["spread"][key][batch]["min"],
+                                          e["bench"]["spread"][key][batch]["max"]) for e in benched})
         figures["speed.png"] = plots.bars(speed, "Throughput (capitu bench): median and range of the rounds", spans)
         figures["memory.png"] = plots.bars([
             ("training peak (MiB)", {e["name"]: e["bench"]["peak_train_bytes"] / MIB for e in benched}),
