@@ -383,7 +383,7 @@ def run_references(args) -> None:
 
     sampling = sampling_of(args)
     say = (lambda line: print(f"capitu: {line}", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
-    result, model = references(args.data, args.split, args.text, say=say)
+    result, model = references(args.data, args.split, args.text, say=say, progress=True)
     tokenizer = load_tokenizer(DataFolder(args.data).tokenizer_path) if args.prompt else None
     samples = [{"prompt": prompt, "model": f"{model.order}-gram",
                 "text": complete(NgramDecoder(model), tokenizer, prompt, args.new_tokens, sampling, args.seed)}

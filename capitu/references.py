@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from capitu.data.split import SPLITS
 from capitu.errors import UserError
@@ -30,6 +31,7 @@ from capitu.tokenizer import load_tokenizer
 
 PPMD_ORDER, PPMD_MEMORY_MIB = 8, 256
 SEPARATOR = "\n\n"
+CHUNK = 1 << 20  # bytes a compressor reads at a time, so that its bar moves: what it writes is the same as in one call
 
 
 def split_documents(data: DataFolder, split: str) -> list[str]:
@@ -49,14 +51,36 @@ def joined(documents: list[str]) -> bytes:
     return SEPARATOR.join(documents).encode("utf-8")
 
 
-def ppmd_bits(text: bytes, primer: bytes = b"") -> int:
+def fed(compress, data: bytes, bar: tqdm | None) -> int:
+    """The bytes a streaming compressor's `compress` writes while it reads `data`, chunk by chunk, each moving `bar`
+    on."""
+    written = 0
+    for start in range(0, len(data), CHUNK):
+        written += len(compress(data[start:start + CHUNK]))
+        if bar is not None:
+            bar.update(len(data[start:start + CHUNK]))
+    return written
+
+
+def ppmd_bits(text: bytes, primer: bytes = b"", bar: tqdm | None = None) -> int:
     """Bits PPMd writes for `text`, after reading `primer` when one is given."""
     import pyppmd
 
     encoder = pyppmd.Ppmd7Encoder(PPMD_ORDER, PPMD_MEMORY_MIB << 20)
     if primer:
-        encoder.encode(primer + SEPARATOR.encode())
-    return 8 * (len(encoder.encode(text)) + len(encoder.flush()))
+        fed(encoder.encode, primer + SEPARATOR.encode(), bar)
+    return 8 * (fed(encoder.encode, text, bar) + len(encoder.flush()))
+
+
+def xz_bits(text: bytes, bar: tqdm | None = None) -> int:
+    """Bits xz -9e writes for `text`."""
+    compressor = lzma.LZMACompressor(preset=9 | lzma.PRESET_EXTREME)
+    return 8 * (fed(compressor.compress, text, bar) + len(compressor.flush()))
+
+
+def progress_bar(progress: bool, total: int, name: str) -> tqdm:
+    """Bytes read by a compressor, on a terminal (tqdm's disable=None) when `progress`."""
+    return tqdm(total=total, desc=name, unit="B", unit_scale=True, disable=None if progress else True)
 
 
 def per_unit(bits: float, counts: dict) -> dict:
@@ -70,9 +94,11 @@ def fit_ngram(data: DataFolder) -> tuple[KneserNey, dict[int, float]]:
     return choose_order(np.asarray(data.tokens("train")), np.asarray(data.tokens("val")), data.vocab_size)
 
 
-def references(data: Path | str, split: str = "test", text: Path | None = None, say=None) -> tuple[dict, KneserNey]:
+def references(data: Path | str, split: str = "test", text: Path | None = None, say=None,
+               progress: bool = False) -> tuple[dict, KneserNey]:
     """The references on a split of a prepared folder, or on a text file or folder; and the
-    fitted n-gram model (for generation). `say` gets a line as each reference starts."""
+    fitted n-gram model (for generation). `say` gets a line as each reference starts; with `progress`, the
+    compressors show a bar on a terminal."""
     data = DataFolder(data).require()
     say = say or (lambda line: None)
     if split not in SPLITS:
@@ -88,17 +114,20 @@ def references(data: Path | str, split: str = "test", text: Path | None = None, 
         source = f"{data.path} ({split})"
     seconds, result = {}, {"source": source, "bytes": counts["bytes"]}
     started = time.perf_counter()
-    say("PPMd, primed with the training split")
+    say("PPMd, primed with the training split, then alone")
     scored_text = joined(documents)  # what the compressors read
-    primed = ppmd_bits(scored_text, joined(split_documents(data, "train")))
+    train_text = joined(split_documents(data, "train"))
+    with progress_bar(progress, len(train_text) + len(SEPARATOR) + 2 * len(scored_text), "PPMd") as bar:
+        primed = ppmd_bits(scored_text, train_text, bar)
+        alone = ppmd_bits(scored_text, bar=bar)
     ppmd = {"variant": "H", "order": PPMD_ORDER, "memory_mib": PPMD_MEMORY_MIB}
     result["ppmd"] = {**per_unit(primed, counts), **ppmd, "primed": "train"}
-    result["ppmd_alone"] = {**per_unit(ppmd_bits(scored_text), counts), **ppmd, "primed": None}
+    result["ppmd_alone"] = {**per_unit(alone, counts), **ppmd, "primed": None}
     seconds["ppmd"] = time.perf_counter() - started
     say("xz")
     started = time.perf_counter()
-    xz_bits = 8 * len(lzma.compress(scored_text, preset=9 | lzma.PRESET_EXTREME))
-    result["xz"] = {**per_unit(xz_bits, counts), "preset": "9e"}
+    with progress_bar(progress, len(scored_text), "xz") as bar:
+        result["xz"] = {**per_unit(xz_bits(scored_text, bar), counts), "preset": "9e"}
     seconds["xz"] = time.perf_counter() - started
     say("Kneser-Ney n-gram: counting orders 2-6, the order chosen on validation")
     started = time.perf_counter()

@@ -59,6 +59,30 @@ def test_each_reference_against_its_own_definition(prepared_bpe, scored):
     assert result["ngram"]["word_ppl"] == pytest.approx(2 ** (bits / data.meta["splits"]["test"]["words"]), rel=1e-9)
 
 
+def test_compressors_read_in_chunks_write_what_they_write_in_one_call(prepared_bpe, monkeypatch):
+    """The chunks move the progress bar over every byte read, and change nothing the compressors write."""
+    from capitu import references
+
+    data = DataFolder(prepared_bpe)
+    test = SEPARATOR.join(split_documents(data, "test")).encode()
+    train = SEPARATOR.join(split_documents(data, "train")).encode()
+    monkeypatch.setattr(references, "CHUNK", 997)  # many chunks, the last one short
+
+    class Bar:
+        n = 0
+
+        def update(self, count):
+            self.n += count
+
+    bar = Bar()
+    assert references.xz_bits(test, bar) == 8 * len(lzma.compress(test, preset=9 | lzma.PRESET_EXTREME))
+    assert references.ppmd_bits(test, bar=bar) == 8 * compressed(test)
+    encoder = pyppmd.Ppmd7Encoder(8, 256 << 20)
+    encoder.encode(train + SEPARATOR.encode())
+    assert references.ppmd_bits(test, train, bar) == 8 * (len(encoder.encode(test)) + len(encoder.flush()))
+    assert bar.n == 3 * len(test) + len(train) + len(SEPARATOR)
+
+
 def test_cli_json_table_text_and_generation(prepared_bpe, tmp_path, capsys):
     code, out, err = run_cli(["references", "--data", prepared_bpe, "--json"], capsys)
     assert code == 0, err
