@@ -10,10 +10,23 @@ from collections import namedtuple
 from importlib import resources
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
 
 ENVIRONMENT = Environment(loader=PackageLoader("capitu", "templates"), autoescape=select_autoescape(["html"]),
                           trim_blocks=True, lstrip_blocks=True)
 ENVIRONMENT.filters["base64"] = lambda data: base64.b64encode(data).decode("ascii")
+
+
+def inline_code(text: str) -> Markup:
+    """Prose for HTML: escaped, its `spans` in <code>, as Markdown shows them (a text with an unpaired backtick is
+    left as it is)."""
+    parts = str(escape(text)).split("`")
+    if len(parts) % 2 == 0:
+        return escape(text)
+    return Markup("".join(f"<code>{part}</code>" if i % 2 else part for i, part in enumerate(parts)))
+
+
+ENVIRONMENT.filters["inline_code"] = inline_code
 
 
 def render(template: str, **context) -> str:
