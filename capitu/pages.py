@@ -74,7 +74,7 @@ def markdown_comparison(results: list[dict]) -> str:
 
 Paragraph = namedtuple("Paragraph", "text kind", defaults=["p"])
 Items = namedtuple("Items", "items kind", defaults=["list"])
-Table = namedtuple("Table", "head rows kind", defaults=["table"])
+Table = namedtuple("Table", "head rows kind writing", defaults=["table", False])  # writing: cells of text to read
 Image = namedtuple("Image", "file png caption kind", defaults=["image"])
 Preformatted = namedtuple("Preformatted", "text kind", defaults=["pre"])
 Block = Paragraph | Items | Table | Image | Preformatted

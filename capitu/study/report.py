@@ -422,7 +422,7 @@ def generation_blocks(generations: dict, vocabulary: set[str] | None, refs: dict
     for entry in generations["results"]:
         blocks.append(Paragraph(f"Prompt: «{entry['prompt']}»"))
         rows = [[names.get(run, run), text] for run, text in entry["outputs"].items()]
-        blocks.append(Table(["variant", "text"], rows))
+        blocks.append(Table(["variant", "text"], rows, writing=True))
     continuations: dict[str, list[str]] = {}
     for entry in generations["results"]:
         for run, text in entry["outputs"].items():
