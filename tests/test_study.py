@@ -122,6 +122,11 @@ def test_micro_study_writes_every_file_and_section(micro_study):
     assert "«Capitu tinha olhos de»" in report and "| rope | Era uma vez" in report
     assert "paired t-test" in report and "Extrapolation" in report
     assert "Decoding ran through the compiled step for baseline, rope (compiling took" in report
+    # the training time stays in the report however the study was run: the runs' own seconds, summed
+    logs = [micro_study / "runs" / f"{variant}-s{seed}" / "metrics.jsonl" for variant in ("baseline", "rope")
+            for seed in (1337, 1338)]
+    trained = sum(json.loads(log.read_text().splitlines()[-1])["elapsed_s"] for log in logs)
+    assert f"the runs' training {trained:,.0f} s in all" in report
 
 
 def test_report_numbers_equal_the_runs_eval_json(micro_study):

@@ -452,6 +452,11 @@ def votes_blocks(path: Path) -> list[Block]:
             Table(["variant", "score", "95% interval", "votes", "wins", "losses", "ties", "both bad"], rows)]
 
 
+def training_seconds(results: dict) -> float:
+    """Every run's training time, summed (runs trained at once count each)."""
+    return sum(s["train_seconds"] or 0.0 for e in results["variants"] for s in e["seeds"].values())
+
+
 def reproducibility(results: dict, variants: list[Variant], data: Path, command: list[str],
                     seconds: float) -> str:
     meta = DataFolder(data).meta
@@ -462,7 +467,8 @@ def reproducibility(results: dict, variants: list[Variant], data: Path, command:
         f"data:     {data} (fingerprint {meta.get('fingerprint')}; tokenizer {meta['tokenizer']['kind']} "
         f"vocab {meta['tokenizer']['vocab_size']}; test split {meta['splits']['test']['tokens']:,} tokens)",
         f"hardware: {hardware()}",
-        f"time:     this invocation {seconds:,.0f} s",
+        f"time:     this invocation {seconds:,.0f} s; the runs' training {training_seconds(results):,.0f} s in all "
+        "(their train s summed: what a continued or re-reported study's invocation leaves out)",
         "study:    " + json.dumps(results["study"], ensure_ascii=False),
         "grid:     " + json.dumps([asdict(v) for v in variants], ensure_ascii=False),
         "each run's resolved config: runs/NAME-sSEED/config.json",
