@@ -112,6 +112,7 @@ class StudyFolder:
         self.plan = self.path / "study.json"  # settings, grid and data: the same --out must mean the same study
         self.budgets = self.path / "budgets.json"  # each variant's training tokens under the study's budget
         self.generations = self.path / "generations.json"
+        self.results = self.path / "results.json"  # every number of the report
         self.references = self.path / "references.json"  # PPMd, xz and the n-gram model on the same test split
         self.generalization = self.path / "generalization"  # the other texts' tokens and the minimal pairs
         self.votes = self.path / self.VOTES

@@ -315,6 +315,18 @@ def test_two_shards_at_once_then_the_report_equal_the_study_run_whole(micro_stud
     sharded = json.loads((out / "results.json").read_text())
     for a, b in zip(whole["variants"], sharded["variants"]):
         assert a["name"] == b["name"] and a["bpb"]["values"] == b["bpb"]["values"]
+    # it ends with the results, best first, each as the report has it, and the references
+    printed = final.stdout.splitlines()
+    table = printed[printed.index(next(line for line in printed if line.startswith("study done in"))) + 1:]
+    assert table[0].split() == ["variant", "test", "bits/byte", "vs", "PPMd", "vs", "n-gram", "p", "vs", "baseline",
+                                "grammar"]
+    rows = table_rows((out / "report.md").read_text(encoding="utf-8"), "variant | parameters")
+    best_first = sorted(sharded["variants"], key=lambda v: v["bpb"]["mean"])
+    assert [line.split()[0] for line in table[1:3]] == [v["name"] for v in best_first]
+    for line in table[1:3]:
+        assert rows[line.split()[0]][4] in line  # its bits per byte, mean ± sd
+    assert table[3].startswith("references (bits/byte): PPMd primed with train ")
+    assert f"{sharded['references']['ngram']['bpb']:.4f}" in table[3] and len(table) == 4
     for bad in ("3/2", "x", "0/2"):
         code, _, err = run_cli(["study", "--config", config, "--data", prepared_bpe, "--out", tmp_path / "o",
                                 "--shard", bad], capsys)

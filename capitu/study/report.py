@@ -336,6 +336,29 @@ def main_table(results: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+# the results table's columns the study's command prints when it is done, under shorter names
+SUMMARY_COLUMNS = {"variant": "variant", "bits/byte": "test bits/byte", "Δ bits/byte vs PPMd": "vs PPMd",
+                   "Δ vs n-gram": "vs n-gram", "p (paired t, Holm)": "p vs baseline",
+                   "grammar (minimal pairs)": "grammar"}
+
+
+def summary_table(results: dict) -> str:
+    """The results table's main columns as aligned text, the variants best first, then the references' bits per
+    byte on one line."""
+    head, rows = main_table(results)
+    keep = [head.index(name) for name in SUMMARY_COLUMNS if name in head]
+    bpb = head.index("bits/byte")
+    variants = sorted(rows[:len(results["variants"])], key=lambda row: float(row[bpb].split(" ")[0]))
+    table = [[SUMMARY_COLUMNS[head[i]] for i in keep]] + [[row[i] for i in keep] for row in variants]
+    widths = [max(len(line[i]) for line in table) for i in range(len(keep))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
+    refs = results["references"]
+    if refs:
+        lines.append("references (bits/byte): " + "; ".join(
+            f"{name} {refs[key]['bpb']:.4f}" for key, name in REFERENCE_KEYS.items()))
+    return "\n".join(lines)
+
+
 def speed_table(results: dict) -> tuple[list[str], list[list[str]]]:
     """Each variant's bench: tokens/s (median and range of the rounds) of training, of prefill and decoding at each
     batch size, and memory."""
@@ -643,7 +666,7 @@ def write_report(out: Path, study: StudyConfig, variants: list[Variant], data: P
     (out / "plots").mkdir(exist_ok=True)
     for name, png in figures.items():
         atomic_write_bytes(out / "plots" / name, png)
-    atomic_write_json(out / "results.json", results)
+    atomic_write_json(StudyFolder(out).results, results)
     rows = csv_rows(results)
     fields = CSV_FIELDS + [k for k in dict.fromkeys(k for row in rows for k in row) if k not in CSV_FIELDS]
     buffer = io.StringIO()

@@ -404,7 +404,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
     without a shard then benches and reports, training nothing that is done. Times count from `started` (a
     `time.perf_counter()`; default now): the command's start, where shards trained before this call."""
     from capitu.study.generalization import prepare_inputs
-    from capitu.study.report import write_report
+    from capitu.study.report import summary_table, write_report
 
     started = time.perf_counter() if started is None else started
     out = Path(out)
@@ -450,5 +450,6 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
     say("references: PPMd, xz and the Kneser-Ney n-gram model on the same test split")
     references_stage(out, study, data)
     report = write_report(out, study, variants, data, command or sys.argv, time.perf_counter() - started)
-    say(f"study done in {duration(time.perf_counter() - started)}: {report}")
+    say(f"study done in {duration(time.perf_counter() - started)}: {report} (and report.html beside it)")
+    say(summary_table(json.loads(StudyFolder(out).results.read_text(encoding="utf-8"))))
     return report
