@@ -117,13 +117,32 @@ def test_bad_input_exits_2_with_one_line(args, message, small_corpus, tmp_path, 
 def test_legacy_encoding_is_converted_with_a_warning(tmp_path, capsys):
     for i, word in enumerate(["Coração", "Ação", "Canção"]):
         (tmp_path / f"{i}.txt").write_bytes(f"{word} de Portugal, nação valente.\n".encode("cp1252") * 20)
+    (tmp_path / "notas.md").write_text("# Notas\n", encoding="utf-8")
     code, out, err = run_cli(["prepare", "--quiet", "--source", tmp_path, "--out", tmp_path / "o",
                               "--tokenizer", "char", "--min-document-chars", "0", "--min-paragraph-chars", "1000"],
                              capsys)
     assert code == 0, err
-    assert "0.txt: not UTF-8, converted from cp1252" in err
+    assert "0.txt: not UTF-8, read as cp1252" in err
+    assert "1 file(s) under" in err and "are neither .txt nor archives, and are left out: notas.md" in err
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())
     assert {m["encoding"] for m in meta["manifest"]} == {"cp1252"}
+
+
+def test_how_a_file_was_read_is_part_of_the_outputs_key():
+    """A corpus of UTF-8 files keeps the key it had before files were keyed by how they were read; a file read another
+    way changes it, so that an output made when that file was read otherwise is rebuilt."""
+    import hashlib
+
+    from capitu.data.dedup import Document
+    from capitu.data.prepare import PIPELINE_VERSION, PrepareOptions, cache_key
+
+    options = PrepareOptions(source="s", out="o")
+    plain = [Document("a.txt", "x", "1", 1, extra={"encoding": "utf-8"})]
+    before = {"pipeline": PIPELINE_VERSION, "options": options.key_fields(), "inputs": [["a.txt", "1"]]}
+    assert cache_key(plain, options) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    read = {encoding: cache_key([Document("a.txt", "x", "1", 1, extra={"encoding": encoding})], options)
+            for encoding in ("cp1252", "utf-8 less 1 invalid byte sequence(s)")}
+    assert len({cache_key(plain, options), *read.values()}) == 3
 
 
 def test_a_bpe_vocabulary_smaller_than_asked_is_a_warning(tmp_path, capsys):

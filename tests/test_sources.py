@@ -78,6 +78,29 @@ def test_legacy_encodings_are_detected_and_converted():
     assert decode_text("coração".encode("utf-16")) == ("coração", "utf-16")
 
 
+def test_utf8_with_a_few_broken_sequences_stays_utf8_without_them():
+    text = "Capitu tinha olhos de ressaca, não? Ação, coração, nação. " * 20
+    cut = text.encode("utf-8")[:-1] + "ã".encode("utf-8")[:1]  # cut in the middle of its last character
+    assert decode_text(cut) == (text[:-1], "utf-8 less 1 invalid byte sequence(s)")
+    stray = "ação ".encode("utf-8") * 200 + b"\xe9" + " fim".encode("utf-8")  # one Latin-1 é in UTF-8
+    assert decode_text(stray) == ("ação " * 200 + " fim", "utf-8 less 1 invalid byte sequence(s)")
+    # a text's own U+FFFD is not an invalid sequence
+    assert decode_text("ação \ufffd ".encode("utf-8") * 200 + b"\xff")[1] == "utf-8 less 1 invalid byte sequence(s)"
+    # Latin-1 and Windows-1252 texts are not: nearly every accented letter is an invalid sequence
+    assert decode_text("ação ".encode("utf-8") * 5 + "coração ".encode("cp1252") * 5)[1] == "cp1252"
+    assert decode_text(b"ASCII and one \xe9")[1] == "cp1252"  # one invalid byte, no valid non-ASCII
+
+
+def test_files_that_are_not_texts_are_named(tmp_path):
+    from capitu.data.sources import other_files
+
+    for name in ("a.txt", "b.md", "sub/c.pdf", "d.zip", ".DS_Store", "sub/e.txt.xz"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert other_files(tmp_path) == ["b.md", "sub/c.pdf"]
+    assert other_files(tmp_path / "a.txt") == []
+
+
 def test_binary_data_is_refused():
     assert decode_text(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR") == (None, "binary file")
     assert decode_text(bytes(range(0, 32)) * 10) == (None, "binary file")

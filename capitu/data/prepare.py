@@ -20,7 +20,7 @@ from capitu.config import DEFAULT_VOCAB_SIZE
 from capitu.data import registry
 from capitu.data.clean import clean_document
 from capitu.data.dedup import Document, deduplicate
-from capitu.data.sources import decode_text, iter_documents, list_inputs
+from capitu.data.sources import decode_text, iter_documents, list_inputs, other_files
 from capitu.data.split import SPLITS, assign_splits, count_leaks
 from capitu.environment import versions
 from capitu.errors import UserError, warn
@@ -103,6 +103,10 @@ def resolve_source(options: PrepareOptions) -> Path:
 
 def read_documents(source: Path, options: PrepareOptions) -> list[Document]:
     inputs = list_inputs(source)
+    others = other_files(source)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        warn(f"{len(others)} file(s) under {source} are neither .txt nor archives, and are left out: {shown}")
     documents = []
     # progress bars go to a terminal only (tqdm's disable=None): piped or logged, a bar's redraws
     # would bury the one-line error that may follow them
@@ -123,7 +127,7 @@ def read_documents(source: Path, options: PrepareOptions) -> list[Document]:
         if encoding != "utf-8":
             if options.strict:
                 raise UserError(f"{raw.name}: not UTF-8 (decoded as {encoding})")
-            warn(f"{raw.name}: not UTF-8, converted from {encoding}")
+            warn(f"{raw.name}: not UTF-8, read as {encoding}")
         documents.append(Document(raw.name, text, registry.sha256_bytes(raw.data), len(raw.data),
                                   extra={"encoding": encoding}))
     if not documents:
@@ -132,8 +136,11 @@ def read_documents(source: Path, options: PrepareOptions) -> list[Document]:
 
 
 def cache_key(documents: list[Document], options: PrepareOptions) -> str:
-    content = {"pipeline": PIPELINE_VERSION, "options": options.key_fields(),
-               "inputs": sorted((d.name, d.sha256) for d in documents)}
+    # a file read other than as plain UTF-8 is keyed with how it was read: an output made when it was read another way
+    # (a UTF-8 file with a broken byte was read as Windows-1252 before) is not up to date
+    inputs = [(d.name, d.sha256) + ((d.extra["encoding"],) if d.extra.get("encoding", "utf-8") != "utf-8" else ())
+              for d in documents]
+    content = {"pipeline": PIPELINE_VERSION, "options": options.key_fields(), "inputs": sorted(inputs)}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 

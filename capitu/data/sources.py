@@ -38,6 +38,15 @@ def is_archive_name(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
+def other_files(source: Path) -> list[str]:
+    """The files under a folder that are neither texts nor archives, which list_inputs leaves out (hidden ones,
+    .DS_Store say, not counted), by their paths under it."""
+    if not source.is_dir():
+        return []
+    return sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file()
+                  and not p.name.startswith(".") and not (is_text_name(p.name) or is_archive_name(p.name)))
+
+
 def list_inputs(source: Path) -> list[Path]:
     """The text files and archives under `source` (recursive), sorted for a stable order."""
     if not source.exists():
@@ -118,11 +127,18 @@ def looks_binary(data: bytes) -> bool:
     return controls / len(sample) > 0.01
 
 
+# a file is UTF-8 with a few broken sequences (cut in the middle of a character, a stray byte) when they are at most
+# this share of its non-ASCII characters; in a Latin-1 or Windows-1252 file nearly every accented letter is one
+MOSTLY_UTF8 = 0.01
+
+
 def decode_text(data: bytes) -> tuple[str | None, str]:
-    """(text, encoding) or (None, reason). UTF-8 first; then Windows-1252 and Latin-1.
+    """(text, encoding) or (None, reason). UTF-8 first, then UTF-8 with its few invalid sequences dropped; then
+    Windows-1252 and Latin-1.
 
     Windows-1252 is tried before Latin-1 because it is what Windows editors wrote for
-    Portuguese; Latin-1 catches the five byte values that Windows-1252 leaves undefined."""
+    Portuguese; Latin-1 catches the five byte values that Windows-1252 leaves undefined. Read as
+    Windows-1252, a UTF-8 file with one broken byte would have every accented letter garbled (ã as Ã£)."""
     for bom, encoding in ((codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
         if data.startswith(bom):
             try:
@@ -137,6 +153,11 @@ def decode_text(data: bytes) -> tuple[str | None, str]:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
+    lenient = data.decode("utf-8", errors="replace")  # each invalid sequence as one U+FFFD
+    invalid = lenient.count("\ufffd") - data.count("\ufffd".encode("utf-8"))
+    valid = sum(1 for character in lenient if character > "\x7f") - lenient.count("\ufffd")
+    if invalid <= MOSTLY_UTF8 * (valid + invalid):
+        return data.decode("utf-8", errors="ignore"), f"utf-8 less {invalid} invalid byte sequence(s)"
     try:
         return data.decode("cp1252"), "cp1252"
     except UnicodeDecodeError:
