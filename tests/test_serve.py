@@ -269,8 +269,21 @@ def test_a_person_generates_votes_three_times_and_sees_the_ranking(live_server):
         page.fill("#top_p", "0")
         page.click("#generate")
         expect(page.locator("#error")).to_have_text("valor inválido: top-p")
+        page.fill("#top_p", "1")
+        page.click("#tab-blind")  # judged from the keyboard: n draws, 2 votes B; the second 2 finds no pair
+        expect(page.locator(".keys")).to_contain_text("Teclas: n um novo par")
+        page.locator("body").click()  # out of the fields, whose keys are typing
+        page.keyboard.press("n")
+        expect(page.locator("#choices")).to_be_visible(timeout=60_000)
+        page.keyboard.press("2")
+        page.keyboard.press("2")
+        expect(page.locator("#verdict")).to_have_text("Voto registrado: B é melhor.")
+        page.wait_for_timeout(300)  # room for a second vote's answer, were one sent
+        assert page.locator("#error").inner_text() == ""
+        page.fill("#prompt", "n2")  # typed into a field: no draw, no vote
+        assert page.locator("#choices").is_hidden() and page.locator("#verdict").inner_text().startswith("Voto")
         browser.close()
-    assert len(read_votes(votes)) == 3
+    assert len(read_votes(votes)) == 4
 
 
 def test_a_start_refused_is_one_line_and_leaves_no_votes_file(runs, tmp_path, capsys):

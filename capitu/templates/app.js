@@ -62,7 +62,8 @@ $("generate").onclick = async () => {
   catch (error) { $("error").textContent = error.message; }
 };
 
-$("draw").onclick = async () => {
+$("draw").onclick = async () => {  // one draw at a time: a second click (or key) waits for the button
+  $("draw").disabled = true; $("choices").classList.add("hidden"); pair = null;
   $("error").textContent = ""; $("verdict").textContent = "";
   for (const side of ["a", "b"]) { $("text-" + side).textContent = "…"; $("name-" + side).textContent = ""; }
   try {
@@ -70,18 +71,31 @@ $("draw").onclick = async () => {
     pair = drawn.pair; $("text-a").textContent = drawn.a; $("text-b").textContent = drawn.b;
     $("choices").classList.remove("hidden");
   } catch (error) { $("error").textContent = error.message; }
+  $("draw").disabled = false;
 };
 
 for (const button of document.querySelectorAll("#choices button")) {
-  button.onclick = async () => {
+  button.onclick = async () => {  // one vote a pair: a second click (or key) finds no pair
+    if (pair === null) return;
+    const judged = pair; pair = null;
     try {
-      const result = await (await post("/api/vote", {pair, choice: button.dataset.choice})).json();
+      const result = await (await post("/api/vote", {pair: judged, choice: button.dataset.choice})).json();
       $("name-a").textContent = "(" + result.a + ")"; $("name-b").textContent = "(" + result.b + ")";
       $("verdict").textContent = T.recorded + button.textContent + ".";
-      $("choices").classList.add("hidden"); pair = null;
+      $("choices").classList.add("hidden");
     } catch (error) { $("error").textContent = error.message; }
   };
 }
+
+// blind judging from the keyboard: n draws a pair, 1-4 vote (A, B, tie, both bad) while a pair waits; not while
+// typing in a field, nor with a modifier held (the browser's own shortcuts)
+document.addEventListener("keydown", (event) => {
+  if ($("blind").classList.contains("hidden") || event.target.closest("input, textarea") ||
+      event.ctrlKey || event.metaKey || event.altKey) return;
+  const choices = document.querySelectorAll("#choices button");
+  if (event.key === "n" && !$("draw").disabled) $("draw").click();
+  else if ("1234".includes(event.key) && !$("choices").classList.contains("hidden")) choices[+event.key - 1].click();
+});
 
 function table(element, head, rows) {
   element.replaceChildren();
