@@ -48,6 +48,7 @@ class ServedModel:
     name: str
     folder: Path
     block_size: int
+    test_bpb: float | None = None  # what capitu eval (or the study) measured on its test split, where it did
     loaded: tuple | None = None  # (decoder, tokenizer), on first use: the decoder compiles once
 
 
@@ -73,10 +74,18 @@ def find_models(paths: list[Path]) -> list[ServedModel]:
     for number, (name, folder) in enumerate(found):
         config = read_config(folder)  # a one-line error for anything that is not a model
         weight_shapes(RunFolder(folder).weights)  # it opens: checked here, not at its first generation
-        models.append(ServedModel(f"m{number}", name, folder, config["model"]["block_size"]))
+        models.append(ServedModel(f"m{number}", name, folder, config["model"]["block_size"], test_bpb(folder)))
     if not models:
         raise UserError("nothing to serve: give a study folder or run folders")
     return models
+
+
+def test_bpb(folder: Path) -> float | None:
+    """The bits per byte capitu eval saved for the run's test split, if it has (a study's runs have)."""
+    try:
+        return float(json.loads(RunFolder(folder).evaluation_path("test").read_text(encoding="utf-8"))["bpb"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class SamplingRequest(BaseModel):
@@ -231,11 +240,12 @@ def add_writing_routes(app: FastAPI, server: Server) -> None:
     def page(request: Request, lang: str | None = None):
         language = page_language(lang, request.headers.get("accept-language"))
         return render("index.html", title="capitu", lang=language, t=PAGE_WORDS[language],
-                      models=[{"id": m.id, "name": m.name} for m in models])
+                      models=[{"id": m.id, "name": m.name, "test_bpb": m.test_bpb} for m in models])
 
     @app.get("/api/models")
     def list_models():
-        return {"models": [{"id": m.id, "name": m.name, "context": m.block_size} for m in models]}
+        return {"models": [{"id": m.id, "name": m.name, "context": m.block_size, "test_bpb": m.test_bpb}
+                           for m in models]}
 
     @app.post("/api/generate")
     def generate(request: GenerateRequest):

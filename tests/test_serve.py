@@ -58,6 +58,19 @@ def test_the_page_speaks_the_browsers_language_or_the_one_asked_for(client):
     assert "Side by side" in client.get("/?lang=xx").text
 
 
+def test_each_model_shows_its_test_bits_per_byte_where_it_was_measured(runs, tmp_path):
+    import shutil
+
+    shutil.copytree(runs / "rope", tmp_path / "rope")
+    (tmp_path / "rope" / "eval_test.json").write_text(json.dumps({"bpb": 1.96884, "loss": 4.8}))
+    app = create_app([tmp_path / "rope", runs / "baseline"], votes=tmp_path / "votes.sqlite")
+    with TestClient(app) as client:
+        assert [m["test_bpb"] for m in client.get("/api/models").json()["models"]] == [1.96884, None]
+        english, portuguese = client.get("/?lang=en").text, client.get("/?lang=pt").text
+    assert english.count("<div class=\"measured\">") == 1 and "1.969 bits per byte on the test split<" in english
+    assert "1,969 bits por byte na partição de teste<" in portuguese
+
+
 def test_every_language_has_every_word_of_the_page():
     from capitu.pages import PAGE_WORDS
     english = PAGE_WORDS["en"]
