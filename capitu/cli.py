@@ -409,7 +409,8 @@ def add_generate(commands) -> None:
         description="Sample a continuation of each prompt from RUN. A prompt is read as the start of a "
         "document (after end-of-text, as in training); an empty prompt starts from end-of-text. "
         "--compare prints every run's continuation of the same prompts with the same seed.")
-    p.add_argument("run", type=Path, nargs="?", help="a run or model folder")
+    p.add_argument("run", type=Path, nargs="?", help="a run or model folder, or a study folder (its variants' "
+                   "first-seed runs, side by side)")
     p.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: empty)")
     p.add_argument("--prompts", type=Path, help="a UTF-8 file with one prompt per line")
     add_sampling_options(p)
@@ -444,19 +445,23 @@ def sampling_of(args):
 
 def run_generate(args) -> None:
     from capitu.device import pick_device
+    from capitu.folders import StudyFolder
     from capitu.generate import as_trained, compare, complete, load_for_generation, read_prompts, run_labels
     from capitu.pages import markdown_comparison
 
-    runs = ([args.run] if args.run else []) + (args.compare or [])
-    if not runs:
+    given = ([args.run] if args.run else []) + (args.compare or [])
+    if not given:
         raise UserError("give a run folder (capitu generate RUN --prompt ...)")
+    runs = [run for path in given for run in ([run for _, run in StudyFolder(path).first_seed_runs()]
+                                               if StudyFolder(path).plan.is_file() else [path])]
     sampling = sampling_of(args)
     prompts = (args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
     prompts = prompts or [""]
-    if args.stream and (args.compare or args.markdown):
-        raise UserError("--stream prints one run's text as it comes: not with --compare or --markdown")
+    if args.stream and (len(runs) > 1 or args.markdown):
+        raise UserError("--stream prints one run's text as it comes: not with several runs (--compare, a study) or "
+                        "--markdown")
     device = pick_device(args.device, 0)
-    if args.compare or args.markdown:  # a comparison of one run is its Markdown table too
+    if len(runs) > 1 or args.markdown:  # a comparison of one run is its Markdown table too
         labels = dict(zip(map(str, runs), run_labels(runs)))
         results = [{"prompt": entry["prompt"], "outputs": {labels[run]: text for run, text in entry["outputs"].items()}}
                    for entry in compare(runs, prompts, args.new_tokens, sampling, args.seed, device, args.compile)]

@@ -119,3 +119,10 @@ class StudyFolder:
 
     def run(self, name: str, seed: int) -> Path:
         return self.path / "runs" / f"{name}-s{seed}"
+
+    def first_seed_runs(self) -> list[tuple[str, Path]]:
+        """(variant, run folder) of each variant's first-seed run, in the plan's order: the study's models as serve,
+        generate and the report's samples show them."""
+        content = json.loads(self.plan.read_text(encoding="utf-8"))
+        return [(variant["name"], self.run(variant["name"], content["study"]["first_seed"]))
+                for variant in content["variants"]]

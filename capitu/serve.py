@@ -62,10 +62,7 @@ def find_models(paths: list[Path]) -> list[ServedModel]:
     for path in paths:
         study = StudyFolder(path)
         if study.plan.is_file():
-            content = json.loads(study.plan.read_text(encoding="utf-8"))
-            seed = content["study"]["first_seed"]
-            found += [(v["name"], f"{labels[path]}/{v['name']}", study.run(v["name"], seed))
-                      for v in content["variants"]]
+            found += [(name, f"{labels[path]}/{name}", run) for name, run in study.first_seed_runs()]
         else:
             found.append((path.name, labels[path], path))
     names = [name for name, _, _ in found]

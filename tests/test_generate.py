@@ -206,6 +206,26 @@ def test_cli_compare_markdown(run, tmp_path, prepared_bpe, capsys):
         assert code == 2 and "--stream prints one run's text as it comes" in err
 
 
+def test_a_study_is_its_variants_first_seed_runs_side_by_side(run, tmp_path, prepared_bpe, capsys):
+    import json
+
+    study = tmp_path / "study"
+    (study / "runs").mkdir(parents=True)
+    (study / "study.json").write_text(json.dumps({"study": {"first_seed": 7}, "variants": [
+        {"name": "baseline"}, {"name": "rope"}]}), encoding="utf-8")
+    (study / "runs" / "baseline-s7").symlink_to(run)
+    make_run(study / "runs" / "rope-s7", prepared_bpe, block_size=32, pos="rope")
+    make_run(study / "runs" / "rope-s8", prepared_bpe, block_size=32, pos="rope")  # not the first seed: not shown
+    args = ["--prompt", "Era", "-n", "4", "--markdown"]
+    code, out, err = run_cli(["generate", study, *args], capsys)
+    assert code == 0, err
+    code, runs, _ = run_cli(["generate", study / "runs" / "baseline-s7", "--compare", study / "runs" / "rope-s7",
+                             *args], capsys)
+    assert out == runs and "| baseline-s7 | rope-s7 |" in out  # the same table as the runs given one by one
+    code, _, err = run_cli(["generate", study, "--prompt", "Era", "--stream"], capsys)
+    assert code == 2 and "not with several runs (--compare, a study)" in err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--top-p", "0"], "--top-p"),
     (["--top-p", "1.5"], "--top-p"),
