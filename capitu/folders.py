@@ -123,6 +123,12 @@ class StudyFolder:
     def first_seed_runs(self) -> list[tuple[str, Path]]:
         """(variant, run folder) of each variant's first-seed run, in the plan's order: the study's models as serve,
         generate and the report's samples show them."""
-        content = json.loads(self.plan.read_text(encoding="utf-8"))
-        return [(variant["name"], self.run(variant["name"], content["study"]["first_seed"]))
-                for variant in content["variants"]]
+        try:
+            content = json.loads(self.plan.read_text(encoding="utf-8"))
+            return [(variant["name"], self.run(variant["name"], content["study"]["first_seed"]))
+                    for variant in content["variants"]]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+            runs = sorted(path.parent for path in self.path.glob("runs/*/config.json"))
+            hint = f"; give one of its runs, such as {runs[0]}" if runs else ""
+            problem = f"no {error}" if isinstance(error, KeyError) else str(error)
+            raise UserError(f"{self.plan} is not a study plan capitu can read ({problem}){hint}") from None

@@ -253,7 +253,8 @@ HOSTILE = [
     # generate
     ("generate-no-run", ["generate", "--prompt", "Era"], "give a run folder"),
     ("generate-missing-run", ["generate", "{t}/missing"], "is not a capitu run or model folder"),
-    ("generate-a-study", ["generate", "{w}/study"], "runs/baseline-s1"),
+    ("generate-a-study", ["generate", "{w}/study"], "study.json is not a study plan capitu can read (no 'variants'); "
+     "give one of its runs, such as"),
     ("generate-new-tokens", ["generate", "{w}/run", "-n", "0"], "-n/--new-tokens must be at least 1"),
     ("generate-temperature", ["generate", "{w}/run", "--temperature", "-1"], "--temperature must be 0"),
     ("generate-top-k", ["generate", "{w}/run", "--top-k", "-3"], "--top-k must be 0"),
@@ -293,6 +294,7 @@ HOSTILE = [
     ("serve-nothing", ["serve", "{t}/full"], "is not a capitu run or model folder"),
     ("serve-file", ["serve", "{t}/file.txt"], "is not a capitu run or model folder"),
     ("serve-garbage-weights", ["serve", "{w}/garbage_weights"], "corrupt or unreadable weights"),
+    ("serve-a-bad-study", ["serve", "{w}/study"], "study.json is not a study plan capitu can read"),
     ("serve-port", ["serve", "{w}/run", "--port", "70000"], "--port must be between 1 and 65535"),
     ("votes-missing", ["votes", "{t}/nowhere/votes.sqlite"], "no votes file"),
     ("votes-not-sqlite", ["votes", "{t}/file.txt"], "not a capitu votes file"),
