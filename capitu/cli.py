@@ -173,18 +173,56 @@ def add_export(commands) -> None:
         "GPT-2-shaped model (learned positions, LayerNorm, GELU, biases, tied) as GPT2LMHeadModel, the same "
         "blocks with RoPE (tied or not, multi-head) as GPTNeoXForCausalLM, a Llama-shaped one (RoPE, RMSNorm, "
         "SwiGLU, no biases; tied or not; MHA, GQA or MQA) as LlamaForCausalLM. The tokenizer puts end-of-text "
-        "before a prompt and reads text in NFC, as capitu generate does.")
-    p.add_argument("run", type=Path, help="a run or model folder (model.safetensors, config.json)")
+        "before a prompt and reads text in NFC, as capitu generate does. Given a finished study, it exports the "
+        "first-seed run of its best variant (test bits per byte) that has an HF equivalent, saying which.")
+    p.add_argument("run", type=Path, help="a run or model folder (model.safetensors, config.json), or a finished "
+                   "study folder")
     p.add_argument("--format", choices=["hf"], default="hf", help="output format (hf)")
     p.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")
     p.set_defaults(handler=_export)
 
 
 def _export(args) -> None:
+    from capitu.folders import StudyFolder
     from capitu.hf import export_hf
 
-    architecture = export_hf(args.run, args.out)
-    print(f"exported {args.run} to {args.out} (HF {architecture})")
+    run = args.run
+    if StudyFolder(run).plan.is_file():
+        run, said = best_exportable(StudyFolder(run))
+        for line in said:
+            print(line)
+    architecture = export_hf(run, args.out)
+    print(f"exported {run} to {args.out} (HF {architecture})")
+
+
+def best_exportable(study) -> tuple[Path, list[str]]:
+    """The first-seed run of the study's best variant by mean test bits per byte that has an HF equivalent, and a
+    line for it and for each better one passed over."""
+    from capitu.checkpoint import read_config
+    from capitu.config import ModelConfig, from_dict
+    from capitu.hf import check_exportable
+
+    if not study.results.is_file():
+        raise UserError(f"{study.path} has no results.json yet: finish the study (capitu study ... --out "
+                        f"{study.path}), or give one of its runs")
+    try:
+        ranked = sorted(json.loads(study.results.read_text(encoding="utf-8"))["variants"],
+                        key=lambda entry: entry["bpb"]["mean"])
+        bpb = {entry["name"]: entry["bpb"]["mean"] for entry in ranked}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{study.results}: not a study's results capitu can read ({error})") from None
+    runs = dict(study.first_seed_runs())
+    said = []
+    for place, name in enumerate(bpb, 1):
+        try:
+            check_exportable(from_dict(ModelConfig, read_config(runs[name])["model"]))
+        except UserError as error:
+            said.append(f"{name} ({place} of {len(bpb)}, {bpb[name]:.4f} bits/byte): not exported: {error}")
+            continue
+        said.append(f"{name}: {place} of {len(bpb)} by test bits per byte ({bpb[name]:.4f}), the best with an HF "
+                    "equivalent")
+        return runs[name], said
+    raise UserError(f"none of the {len(bpb)} variants of {study.path} has an HF equivalent")
 
 
 def add_import(commands) -> None:

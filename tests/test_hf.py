@@ -298,3 +298,30 @@ def test_weight_mismatch_names_the_tensors(tmp_path):
     text = str(error.value)
     assert "missing transformer.h.1." in text and " and more" in text
     assert "transformer.h.0.attn.c_attn.weight (24, 8) where the config needs (48, 16)" in text
+
+
+def test_a_finished_study_exports_its_best_variant_with_an_hf_equivalent(prepared_bpe, tmp_path, capsys):
+    from conftest import make_run
+
+    study = tmp_path / "study"
+    variants = {"alibi": 1.90, "baseline": 2.04, "rope": 1.97}  # mean test bits per byte: alibi best, then rope
+    (study / "study.json").parent.mkdir()
+    (study / "study.json").write_text(json.dumps({"study": {"first_seed": 3}, "variants": [
+        {"name": name} for name in variants]}))
+    for name in variants:
+        make_run(study / "runs" / f"{name}-s3", prepared_bpe, pos="learned" if name == "baseline" else name)
+    code, _, err = run_cli(["export", study, "--out", tmp_path / "hf"], capsys)
+    assert code == 2 and "has no results.json yet" in err and not (tmp_path / "hf").exists()
+    (study / "results.json").write_text(json.dumps({"variants": [
+        {"name": name, "bpb": {"mean": bpb}} for name, bpb in variants.items()]}))
+    code, out, err = run_cli(["export", study, "--out", tmp_path / "hf"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("alibi (1 of 3, 1.9000 bits/byte): not exported: no HF equivalent")
+    assert lines[1] == "rope: 2 of 3 by test bits per byte (1.9700), the best with an HF equivalent"
+    assert lines[2] == f"exported {study / 'runs' / 'rope-s3'} to {tmp_path / 'hf'} (HF GPTNeoXForCausalLM)"
+    exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    reference, _ = load_model(study / "runs" / "rope-s3")
+    ids = torch.tensor([[0, 5, 9, 14]])
+    with torch.no_grad():
+        assert torch.allclose(exported(ids).logits, reference(ids)[0], atol=1e-4)

@@ -31,5 +31,6 @@ def test_the_notebook_runs_from_start_to_end(small_corpus, tmp_path, monkeypatch
     assert "» Capitu tinha olhos de" in printed  # the generations, side by side
     results = json.loads((tmp_path / "studies" / "colab" / "results.json").read_text())
     assert {e["name"] for e in results["variants"]} == {"baseline", "rope"}
+    assert "the best with an HF equivalent" in printed  # capitu export of the study folder says which it took
     exported = namespace["exported"]
     assert (exported / "config.json").is_file() and (exported / "model.safetensors").is_file()
