@@ -287,6 +287,8 @@ HOSTILE = [
     ("export-out-not-empty", ["export", "{w}/bpe_run", "--out", "{t}/full"], "is not empty"),
     ("export-out-unwritable", ["export", "{w}/bpe_run", "--out", "/proc/capitu"], "cannot write to /proc"),
     ("export-missing-run", ["export", "{t}/missing", "--out", "{t}/out"], "is not a capitu run or model folder"),
+    ("export-unfinished-study", ["export", "{w}/study", "--out", "{t}/out"], "has no results.json yet: finish the "
+     "study"),
     ("export-char-run", ["export", "{w}/run", "--out", "{t}/out"], "HF export needs the run's BPE tokenizer"),
     ("export-alibi-run", ["export", "{w}/alibi_run", "--out", "{t}/out"],
      "no HF equivalent: as GPT-2, model.pos = 'alibi' (needs 'learned')"),
