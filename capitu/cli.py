@@ -212,6 +212,9 @@ def best_exportable(study) -> tuple[Path, list[str]]:
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"{study.results}: not a study's results capitu can read ({error})") from None
     runs = dict(study.first_seed_runs())
+    if set(bpb) - set(runs):
+        raise UserError(f"{study.results} names variants that {study.plan} does not: "
+                        f"{', '.join(sorted(set(bpb) - set(runs)))}")
     said = []
     for place, name in enumerate(bpb, 1):
         try:

@@ -325,3 +325,6 @@ def test_a_finished_study_exports_its_best_variant_with_an_hf_equivalent(prepare
     ids = torch.tensor([[0, 5, 9, 14]])
     with torch.no_grad():
         assert torch.allclose(exported(ids).logits, reference(ids)[0], atol=1e-4)
+    (study / "results.json").write_text(json.dumps({"variants": [{"name": "ghost", "bpb": {"mean": 1.0}}]}))
+    code, _, err = run_cli(["export", study, "--out", tmp_path / "hf2"], capsys)
+    assert code == 2 and "names variants that" in err and "ghost" in err and not (tmp_path / "hf2").exists()
