@@ -53,7 +53,7 @@ def read_config(folder: Path) -> dict:
             or not isinstance(content.get("model"), dict):
         raise UserError(f"{folder / CONFIG}: not a capitu model config")
     try:  # here, so that an edited or damaged file is named, not only the value that is wrong in it
-        from_dict(ModelConfig, content["model"]).validate()
+        model_config(content).validate()
     except UserError as error:
         raise UserError(f"{folder / CONFIG}: {error}") from None
     return content
@@ -76,12 +76,16 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: corrupt or unreadable weights: {error}") from None
 
 
+def model_config(content: dict) -> ModelConfig:
+    """The ModelConfig of a config.json that read_config accepted."""
+    return from_dict(ModelConfig, content["model"])
+
+
 def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model of a run or model folder; returns (model in eval mode, config.json)."""
     folder = Path(folder)
     content = read_config(folder)
-    config = from_dict(ModelConfig, content["model"])
-    model = build_model(config)
+    model = build_model(model_config(content))
     restore_weights(model, folder / WEIGHTS)
     return model.to(device).eval(), content
 

@@ -198,8 +198,7 @@ def _export(args) -> None:
 def best_exportable(study) -> tuple[Path, list[str]]:
     """The first-seed run of the study's best variant by mean test bits per byte that has an HF equivalent, and a
     line for it and for each better one passed over."""
-    from capitu.checkpoint import read_config
-    from capitu.config import ModelConfig, from_dict
+    from capitu.checkpoint import model_config, read_config
     from capitu.hf import check_exportable
 
     if not study.results.is_file():
@@ -218,7 +217,7 @@ def best_exportable(study) -> tuple[Path, list[str]]:
     said = []
     for place, name in enumerate(bpb, 1):
         try:
-            check_exportable(from_dict(ModelConfig, read_config(runs[name])["model"]))
+            check_exportable(model_config(read_config(runs[name])))
         except UserError as error:
             said.append(f"{name} ({place} of {len(bpb)}, {bpb[name]:.4f} bits/byte): not exported: {error}")
             continue

@@ -56,9 +56,10 @@ def fed(compress, data: bytes, bar: tqdm | None) -> int:
     on."""
     written = 0
     for start in range(0, len(data), CHUNK):
-        written += len(compress(data[start:start + CHUNK]))
+        chunk = data[start:start + CHUNK]
+        written += len(compress(chunk))
         if bar is not None:
-            bar.update(len(data[start:start + CHUNK]))
+            bar.update(len(chunk))
     return written
 
 
@@ -67,8 +68,9 @@ def ppmd_bits(text: bytes, primer: bytes = b"", bar: tqdm | None = None) -> int:
     import pyppmd
 
     encoder = pyppmd.Ppmd7Encoder(PPMD_ORDER, PPMD_MEMORY_MIB << 20)
-    if primer:
-        fed(encoder.encode, primer + SEPARATOR.encode(), bar)
+    if primer:  # read as it comes: joined to the separator first, a whole corpus was copied once more
+        fed(encoder.encode, primer, bar)
+        fed(encoder.encode, SEPARATOR.encode(), bar)
     return 8 * (fed(encoder.encode, text, bar) + len(encoder.flush()))
 
 

@@ -197,13 +197,13 @@ def create_app(paths: list[Path], votes: Path | None = None, device: str = "cpu"
     server = Server(models, votes, pick_device(device), queue_limit, compile)
     app = FastAPI(title="capitu serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
-    add_error_handlers(app, server)
+    add_error_handlers(app)
     add_writing_routes(app, server)
     add_judging_routes(app, server)
     return app
 
 
-def add_error_handlers(app: FastAPI, server: Server) -> None:
+def add_error_handlers(app: FastAPI) -> None:
     """Every error as JSON (error_body): 4xx for what the request got wrong, 500 without a traceback."""
     @app.exception_handler(Refused)
     async def refused(request: Request, error: Refused):

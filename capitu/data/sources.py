@@ -154,8 +154,9 @@ def decode_text(data: bytes) -> tuple[str | None, str]:
     except UnicodeDecodeError:
         pass
     lenient = data.decode("utf-8", errors="replace")  # each invalid sequence as one U+FFFD
-    invalid = lenient.count("\ufffd") - data.count("\ufffd".encode("utf-8"))
-    valid = sum(1 for character in lenient if character > "\x7f") - lenient.count("\ufffd")
+    replaced = lenient.count("\ufffd")
+    invalid = replaced - data.count("\ufffd".encode("utf-8"))
+    valid = sum(1 for character in lenient if character > "\x7f") - replaced
     if invalid <= MOSTLY_UTF8 * (valid + invalid):
         return data.decode("utf-8", errors="ignore"), f"utf-8 less {invalid} invalid byte sequence(s)"
     try:

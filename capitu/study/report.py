@@ -347,8 +347,8 @@ def summary_table(results: dict) -> str:
     byte on one line."""
     head, rows = main_table(results)
     keep = [head.index(name) for name in SUMMARY_COLUMNS if name in head]
-    bpb = head.index("bits/byte")
-    variants = sorted(rows[:len(results["variants"])], key=lambda row: float(row[bpb].split(" ")[0]))
+    by_name = {row[0]: row for row in rows[:len(results["variants"])]}  # the references' rows come after
+    variants = [by_name[e["name"]] for e in sorted(results["variants"], key=lambda e: e["bpb"]["mean"])]
     table = [[SUMMARY_COLUMNS[head[i]] for i in keep]] + [[row[i] for i in keep] for row in variants]
     widths = [max(len(line[i]) for line in table) for i in range(len(keep))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
@@ -647,7 +647,8 @@ def csv_rows(results: dict) -> list[dict]:
 
 
 def write_report(out: Path, study: StudyConfig, variants: list[Variant], data: Path, command: list[str],
-                 seconds: float) -> Path:
+                 seconds: float) -> tuple[Path, dict]:
+    """The report's files in `out`; returns report.md's path and the results (results.json's content)."""
     results = collect(out, study, variants)
     generations = read_json(StudyFolder(out).generations)
     figures = make_figures(results)
@@ -676,4 +677,4 @@ def write_report(out: Path, study: StudyConfig, variants: list[Variant], data: P
     atomic_write_bytes(out / "results.csv", buffer.getvalue().encode("utf-8"))
     atomic_write_bytes(out / "report.html", render("report.html", title=title, sections=sections).encode("utf-8"))
     atomic_write_bytes(out / "report.md", render_markdown(title, sections).encode("utf-8"))
-    return out / "report.md"
+    return out / "report.md", results

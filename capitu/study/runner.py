@@ -449,7 +449,7 @@ def run_study(study: StudyConfig, variants: list[Variant], out: Path, data: Path
     generation_stage(out, study, first_runs, torch_device)
     say("references: PPMd, xz and the Kneser-Ney n-gram model on the same test split")
     references_stage(out, study, data)
-    report = write_report(out, study, variants, data, command or sys.argv, time.perf_counter() - started)
+    report, results = write_report(out, study, variants, data, command or sys.argv, time.perf_counter() - started)
     say(f"study done in {duration(time.perf_counter() - started)}: {report} (and report.html beside it)")
-    say(summary_table(json.loads(StudyFolder(out).results.read_text(encoding="utf-8"))))
+    say(summary_table(results))
     return report
